@@ -1,0 +1,49 @@
+"""The `graphprune` command: one subcommand per module, errors on one line.
+
+Each module in COMMANDS has `register(subparsers)`, which adds its subparser and
+sets `func` to a handler taking the parsed args and returning the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from graphprune.errors import GraphpruneError
+
+COMMANDS = [
+    "graphprune.cli.prune_commands",   # analyze, prune
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        self.exit(2, f"graphprune: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graphprune", description="Hardware-aware filter pruning of ONNX CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GraphpruneError as exc:
+        print(f"graphprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, with a way to get the traceback
+        if os.environ.get("GRAPHPRUNE_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"graphprune: internal error: {type(exc).__name__}: {msg} "
+              "(set GRAPHPRUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
