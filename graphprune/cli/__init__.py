@@ -14,6 +14,7 @@ from graphprune.errors import GraphpruneError
 
 COMMANDS = [
     "graphprune.cli.prune_commands",   # analyze, prune
+    "graphprune.cli.latency_commands",
 ]
 
 

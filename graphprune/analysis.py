@@ -1,0 +1,198 @@
+"""Channel-dependency analysis: which channels must be removed together.
+
+Propagates channel maps through the graph in topological order with the rules of
+`channel_rules`, then partitions elements into units (channels coupled one-to-one, e.g.
+across a residual Add, or a whole group of a grouped Conv) and units into groups (units
+made by the same producers: the set of layers that shrink together).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from graphprune.channel_rules import rule_for
+from graphprune.channels import ChannelMap, PropagationContext, Source
+from graphprune.errors import GraphpruneError
+
+PRODUCER_KINDS = ("conv", "convtranspose", "gemm", "matmul")
+
+
+@dataclass
+class Group:
+    """Channels that shrink together. `units` are the atoms of removal; `channels` is the
+    width of its widest producer (they differ only for grouped convs, whose unit is a group)."""
+    id: int
+    channels: int
+    units: int
+    frozen_units: int
+    members: list[str]
+    prunable: bool
+    reason: str
+    inexact: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "channels": self.channels, "members": self.members,
+                "prunable": self.prunable, "reason": self.reason, "units": self.units,
+                "frozen_units": self.frozen_units, "inexact": self.inexact}
+
+
+@dataclass
+class Analysis:
+    model: onnx.ModelProto               # the normalised model the analysis describes
+    groups: list[Group]
+    maps: dict[str, ChannelMap]          # tracked axis of every tensor that carries channels
+    sources: list[Source]
+    unit_of: np.ndarray                  # unit id per element
+    group_of_unit: np.ndarray            # group id per unit (-1: not reported)
+    unit_frozen: np.ndarray              # bool per unit
+    unit_inexact: np.ndarray             # bool per unit
+    inexact_reasons: dict[int, list[str]]
+    fingerprint: str
+    allow_inexact: bool
+
+    def group(self, gid: int) -> Group:
+        return self.groups[gid]
+
+    def units_of_group(self, gid: int) -> np.ndarray:
+        return np.flatnonzero(self.group_of_unit == gid)
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """Identifies a graph's structure (node names, ops, wiring); plans refer to it."""
+    h = hashlib.sha1()
+    for n in model.graph.node:
+        h.update(f"{n.name}|{n.op_type}|{','.join(n.input)}|{','.join(n.output)};".encode())
+    return h.hexdigest()
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    graph = gs.import_onnx(model)
+    for node in graph.nodes:  # rules read the opset to know attribute-vs-input forms
+        node._graphprune_opset = graph.opset
+    return graph
+
+
+def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
+    """Analyse a model already normalised by `NormalizePass` (see `graphprune.analyse`)."""
+    graph = import_graph(model)
+    if not any(n.op in ("Conv", "ConvTranspose") for n in graph.nodes):
+        raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
+    ctx = PropagationContext(allow_inexact=allow_inexact)
+    for node in graph.nodes:
+        rule_for(node).propagate(node, ctx)
+    for out in graph.outputs:
+        ctx.freeze_tensor(out, f"feeds graph output {out.name}")
+    for name in _names_used_in_subgraphs(model.graph):
+        if name in ctx.maps:
+            ctx.freeze(ctx.maps[name].elems, f"{name} is used inside a control-flow subgraph")
+    return _partition(model, ctx, allow_inexact)
+
+
+def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+
+    def walk(g: onnx.GraphProto):
+        for n in g.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    for sn in sub.node:
+                        names.update(sn.input)
+                    walk(sub)
+    walk(graph)
+    return names
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:
+    n = ctx.n
+    ua, ub = ctx.union_pairs()
+    unit_of = _components(n, ua, ub)
+    n_units = int(unit_of.max()) + 1 if n else 0
+
+    # units made by the same source belong to the same group
+    src_a, src_b = [], []
+    for s in ctx.sources:
+        if s.stop - s.start > 1:
+            src_a.append(np.full(s.stop - s.start - 1, s.start))
+            src_b.append(np.arange(s.start + 1, s.stop))
+    ga = unit_of[np.concatenate(src_a)] if src_a else np.zeros(0, np.int64)
+    gb = unit_of[np.concatenate(src_b)] if src_b else np.zeros(0, np.int64)
+    group_raw = _components(n_units, ga, gb)
+
+    frozen_reason = np.full(n, -1, np.int64)
+    reasons: list[str] = []
+    for elems, reason in ctx.freezes:
+        reasons.append(reason)
+        sel = elems[frozen_reason[elems] < 0]
+        frozen_reason[sel] = len(reasons) - 1
+    unit_frozen = np.zeros(n_units, bool)
+    unit_frozen[unit_of[frozen_reason >= 0]] = True
+    unit_inexact = np.zeros(n_units, bool)
+    inexact_of_unit: dict[int, set[str]] = {}
+    for elems, reason in ctx.inexact:
+        for u in np.unique(unit_of[elems]):
+            inexact_of_unit.setdefault(int(u), set()).add(reason)
+        unit_inexact[unit_of[elems]] = True
+
+    # report groups that contain at least one real producer, in topological order
+    producer_src = [s for s in ctx.sources if s.kind in PRODUCER_KINDS]
+    order: list[int] = []
+    seen = set()
+    for s in producer_src:
+        g = int(group_raw[unit_of[s.start]])
+        if g not in seen:
+            seen.add(g)
+            order.append(g)
+    renumber = np.full(int(group_raw.max()) + 1 if n_units else 0, -1, np.int64)
+    renumber[order] = np.arange(len(order))
+    group_of_unit = renumber[group_raw] if n_units else np.zeros(0, np.int64)
+
+    members: list[list[str]] = [[] for _ in order]
+    member_sets: list[set[str]] = [set() for _ in order]
+    for node_name, elems in ctx.touches:
+        if not len(elems):
+            continue
+        for g in np.unique(group_of_unit[unit_of[elems]]):
+            if g >= 0 and node_name not in member_sets[g]:
+                member_sets[g].add(node_name)
+                members[g].append(node_name)
+
+    width = np.zeros(len(order), np.int64)
+    for s in producer_src:
+        g = group_of_unit[unit_of[s.start]]
+        width[g] = max(width[g], s.stop - s.start)
+
+    groups = []
+    unit_group_count = np.bincount(group_of_unit[group_of_unit >= 0], minlength=len(order))
+    frozen_count = np.bincount(group_of_unit[(group_of_unit >= 0) & unit_frozen], minlength=len(order))
+    elem_group = group_of_unit[unit_of] if n else np.zeros(0, np.int64)
+    for g in range(len(order)):
+        units, frozen = int(unit_group_count[g]), int(frozen_count[g])
+        in_group = (elem_group == g) & (frozen_reason >= 0)
+        reason = ""
+        if frozen:
+            common = Counter(frozen_reason[in_group].tolist()).most_common(1)[0][0]
+            reason = reasons[common]
+            if frozen < units:
+                reason = f"{frozen} of {units} frozen: {reason}"
+        inexact = sorted({r for u in np.flatnonzero((group_of_unit == g) & unit_inexact)
+                          for r in inexact_of_unit.get(int(u), ())})
+        if inexact and frozen < units:
+            reason = (reason + "; " if reason else "") + "inexact: " + inexact[0]
+        groups.append(Group(id=g, channels=int(width[g]), units=units, frozen_units=frozen,
+                            members=members[g], prunable=frozen < units, reason=reason, inexact=inexact))
+    return Analysis(model=model, groups=groups, maps=ctx.maps, sources=ctx.sources, unit_of=unit_of,
+                    group_of_unit=group_of_unit, unit_frozen=unit_frozen, unit_inexact=unit_inexact,
+                    inexact_reasons={g.id: g.inexact for g in groups if g.inexact},
+                    fingerprint=fingerprint(model), allow_inexact=allow_inexact)

@@ -1,0 +1,811 @@
+"""How each ONNX operator moves, couples, creates or consumes channels: one table.
+
+Each rule has three jobs, so everything an op means for pruning lives in one place:
+- `propagate`: from the channel maps of its inputs, set the maps of its outputs and
+  record what it couples (unions), creates (sources) or cannot handle (freezes);
+- `rewrite`: given which channels are kept, slice its parameters and fix its attributes;
+- `zero`: for the exactness check, zero the weights that read removed channels
+  (only operators that mix channels need it).
+Supporting a new operator means adding one entry to `RULES`. An operator without an
+entry freezes every channel it touches: never a wrong rewrite.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphprune.channels import PropagationContext, RewriteContext
+
+
+# --------------------------------------------------------------------------- helpers
+def const(t: gs.Tensor | None) -> np.ndarray | None:
+    return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+
+
+def has_input(node: gs.Node, i: int) -> bool:
+    return len(node.inputs) > i and bool(node.inputs[i].name)
+
+
+def ints_from(node: gs.Node, attr: str, index: int, opset_input_from: int, opset: int):
+    """Read an int list given as attribute (old opsets) or constant input (new opsets).
+
+    Returns (values or None if absent, ok) where ok=False means a non-constant input.
+    """
+    if opset >= opset_input_from:
+        if not has_input(node, index):
+            return None, True
+        v = const(node.inputs[index])
+        return (None, False) if v is None else ([int(x) for x in v.reshape(-1)], True)
+    v = node.attrs.get(attr)
+    return (None, True) if v is None else ([int(x) for x in v], True)
+
+
+def _opset(node: gs.Node) -> int:
+    return getattr(node, "_graphprune_opset", 13)
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _freeze_inputs(node: gs.Node, ctx: PropagationContext, reason: str) -> None:
+    for t in node.inputs:
+        ctx.freeze_tensor(t, f"{reason} ({node.name})")
+
+
+def _set_all_outputs(node, ctx, axis, elems):
+    for o in node.outputs:
+        if o.name:
+            ctx.set_map(o, axis, elems, node)
+
+
+class Rule:
+    """Default behaviour of a rule: nothing to rewrite, nothing mixes channels."""
+
+    def propagate(self, node: gs.Node, ctx: PropagationContext) -> None:
+        raise NotImplementedError
+
+    def rewrite(self, node: gs.Node, rctx: RewriteContext) -> None:
+        pass
+
+    def zero(self, node: gs.Node, rctx: RewriteContext) -> None:
+        pass
+
+
+class Freeze(Rule):
+    """Operators the analysis does not follow: their channels stay as they are."""
+
+    def __init__(self, reason: str | None = None):
+        self.reason = reason
+
+    def propagate(self, node, ctx):
+        _freeze_inputs(node, ctx, self.reason or f"{node.op} is not supported by the channel analysis")
+
+
+class ShapeOnly(Rule):
+    """Reads only the shape (Shape, Size): pruning changes its value consistently."""
+
+    def propagate(self, node, ctx):
+        pass
+
+
+# --------------------------------------------------------------------------- elementwise
+class Elementwise(Rule):
+    """Unary and broadcasting n-ary elementwise ops: channels pass through; operands that
+    both carry channels are coupled (residual Add, SE-block Mul); constant per-channel
+    operands (bias, PRelu slope, scale) are sliced."""
+
+    def propagate(self, node, ctx):
+        out = node.outputs[0]
+        tracked = [(t, ctx.map(t)) for t in node.inputs if ctx.map(t) is not None]
+        if not tracked:
+            return
+        r_out = ctx.rank(out)
+        if r_out is None:
+            _freeze_inputs(node, ctx, "output rank unknown")
+            return
+        axes = {m.axis + r_out - m.rank for _, m in tracked}
+        if len(axes) > 1:
+            _freeze_inputs(node, ctx, f"{node.op} joins channels on different axes")
+            return
+        axis = axes.pop()
+        base = tracked[0][1].elems
+        for _, m in tracked[1:]:
+            if len(m.elems) != len(base):
+                _freeze_inputs(node, ctx, f"{node.op} joins different channel counts")
+                return
+            ctx.union(base, m.elems)
+        for t in node.inputs:
+            if not t.name or ctx.map(t) is not None:
+                continue
+            shape = ctx.shape(t)
+            if shape is None:
+                _freeze_inputs(node, ctx, f"operand {t.name} has no known shape")
+                return
+            a = axis - (r_out - len(shape))
+            if a < 0 or shape[a] == 1:
+                continue
+            if isinstance(t, gs.Constant) and shape[a] == len(base):
+                continue  # per-channel constant: sliced on rewrite
+            _freeze_inputs(node, ctx, f"operand {t.name} spans the channel axis and is not followed")
+            return
+        _set_all_outputs(node, ctx, axis, base)
+
+    def rewrite(self, node, rctx):
+        out = node.outputs[0]
+        if not rctx.changed(out):
+            return
+        mask, m = rctx.mask(out), rctx.maps[out.name]
+        for i, t in enumerate(node.inputs):
+            v = const(t)
+            if v is None or t.name in rctx.maps:
+                continue
+            a = m.axis - (m.rank - v.ndim)
+            if a >= 0 and v.shape[a] == len(mask) and len(mask) > 1:
+                rctx.set_input(node, i, np.compress(mask, v, axis=a))
+
+
+class PerChannelParams(Rule):
+    """BatchNormalization, InstanceNormalization: statistics per channel, parameters sliced."""
+
+    def __init__(self, params: tuple[int, ...]):
+        self.params = params
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        if m.axis != 1 or any(has_input(node, i) and const(node.inputs[i]) is None for i in self.params):
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant parameters or channels off axis 1")
+            return
+        if any(o.outputs for o in node.outputs[1:]):
+            _freeze_inputs(node, ctx, f"{node.op} running statistics are used")
+            return
+        ctx.set_map(node.outputs[0], 1, m.elems, node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if not rctx.changed(x):
+            return
+        mask = rctx.mask(x)
+        for i in self.params:
+            if has_input(node, i):
+                rctx.set_input(node, i, const(node.inputs[i])[mask])
+
+
+class ChannelPooling(Rule):
+    """Ops whose output mixes statistics over an axis (LayerNorm, Softmax, LRN): exact when
+    the channel axis is not pooled; otherwise pruning changes the result, so the channels
+    are frozen unless the user allows inexact pruning, in which case it is reported."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def _pooled(self, node, m, rank) -> bool:
+        if self.kind == "lrn":
+            return m.axis == 1
+        axis = node.attrs.get("axis", -1 if self.kind != "softmax_old" else 1)
+        axis = _norm_axis(axis, rank)
+        if self.kind == "layernorm" or (self.kind == "softmax" and _opset(node) < 13):
+            return m.axis >= axis
+        return m.axis == axis
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        if self.kind == "layernorm" and any(has_input(node, i) and const(node.inputs[i]) is None for i in (1, 2)):
+            _freeze_inputs(node, ctx, "LayerNormalization with non-constant scale")
+            return
+        if self._pooled(node, m, m.rank):
+            reason = f"{node.op} {node.name} pools over the channel axis: pruning it cannot be exact"
+            if not ctx.allow_inexact:
+                ctx.freeze(m.elems, reason + " (use --allow-inexact)")
+                return
+            ctx.mark_inexact(m.elems, reason)
+        ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+
+    def rewrite(self, node, rctx):
+        if self.kind != "layernorm" or not rctx.changed(node.inputs[0]):
+            return
+        x = node.inputs[0]
+        m, mask = rctx.maps[x.name], rctx.mask(x)
+        axis = _norm_axis(node.attrs.get("axis", -1), m.rank)
+        if m.axis < axis:
+            return
+        for i in (1, 2):
+            if has_input(node, i):
+                v = const(node.inputs[i])
+                a = (m.axis - axis) - ((m.rank - axis) - v.ndim)
+                if a >= 0 and v.shape[a] == len(mask):
+                    rctx.set_input(node, i, np.compress(mask, v, axis=a))
+
+
+class Pool(Rule):
+    """Spatial pooling: channels pass through on axis 1."""
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        if m.axis != 1 or (len(node.outputs) > 1 and node.outputs[1].outputs):
+            _freeze_inputs(node, ctx, f"{node.op} indices output or channels off axis 1")
+            return
+        ctx.set_map(node.outputs[0], 1, m.elems, node)
+
+
+# --------------------------------------------------------------------------- producers
+class Conv(Rule):
+    """Conv / ConvTranspose: output channels are a new source; input channels are consumed
+    (groups == 1) or, for grouped and depthwise convs, group k's input and output channels
+    form one unit, removed together (the group count shrinks)."""
+
+    def __init__(self, transposed: bool = False):
+        self.transposed = transposed
+
+    def _dims(self, node, w):
+        g = int(node.attrs.get("group", 1))
+        if self.transposed:
+            ci, co = w.shape[0] // g, w.shape[1]
+        else:
+            ci, co = w.shape[1], w.shape[0] // g
+        return g, ci, co
+
+    def propagate(self, node, ctx):
+        x, y = node.inputs[0], node.outputs[0]
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if not isinstance(w, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant weights")
+            return
+        g, ci, co = self._dims(node, w)
+        out = ctx.new_source(node, g * co, "convtranspose" if self.transposed else "conv")
+        m = ctx.map(x)
+        if m is not None and (m.axis != 1 or len(m.elems) != g * ci):
+            ctx.freeze(m.elems, f"{node.op} input channels off axis 1")
+            m = None
+        if g > 1:
+            if m is None:
+                ctx.freeze(out, f"grouped {node.op} {node.name} reads channels that are not followed")
+            else:
+                blocks = np.concatenate([m.elems.reshape(g, ci), out.reshape(g, co)], axis=1)
+                ctx.union(np.repeat(blocks[:, :1], blocks.shape[1] - 1, axis=1).ravel(), blocks[:, 1:].ravel())
+        if m is not None:
+            ctx.touch(node, m.elems)
+        ctx.set_map(y, 1, out, node)
+
+    def rewrite(self, node, rctx):
+        x, y = node.inputs[0], node.outputs[0]
+        if not (rctx.changed(x) or rctx.changed(y)):
+            return
+        w = const(node.inputs[1])
+        g, ci, co = self._dims(node, w)
+        om = rctx.mask(y)
+        im = rctx.mask(x)
+        im = np.ones(g * ci, bool) if im is None else im
+        if g == 1:
+            w = w[im][:, om] if self.transposed else w[om][:, im]
+        else:
+            kept = om.reshape(g, co).all(axis=1)
+            w = w[im] if self.transposed else w[om]
+            node.attrs["group"] = int(kept.sum())
+        rctx.set_input(node, 1, w)
+        if has_input(node, 2):
+            rctx.set_input(node, 2, const(node.inputs[2])[om])
+
+    def zero(self, node, rctx):
+        x = node.inputs[0]
+        g = int(node.attrs.get("group", 1))
+        if g != 1 or not rctx.changed(x):
+            return
+        w = const(node.inputs[1]).copy()
+        removed = ~rctx.mask(x)
+        if self.transposed:
+            w[removed] = 0
+        else:
+            w[:, removed] = 0
+        rctx.set_input(node, 1, w)
+
+
+class Gemm(Rule):
+    """Gemm with constant B (a fully connected layer): consumes input features, creates
+    output features; bias C sliced along the output features."""
+
+    def propagate(self, node, ctx):
+        a, b = node.inputs[0], node.inputs[1]
+        if not isinstance(b, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+            _freeze_inputs(node, ctx, "Gemm with non-constant weights")
+            return
+        m = ctx.map(a)
+        feat_axis = 0 if node.attrs.get("transA", 0) else 1
+        if m is not None and m.axis != feat_axis:
+            ctx.freeze(m.elems, "Gemm input features off the feature axis")
+        elif m is not None:
+            ctx.touch(node, m.elems)
+        n_out = b.shape[0] if node.attrs.get("transB", 0) else b.shape[1]
+        ctx.set_map(node.outputs[0], 1, ctx.new_source(node, n_out, "gemm"), node)
+
+    def rewrite(self, node, rctx):
+        a, y = node.inputs[0], node.outputs[0]
+        if not (rctx.changed(a) or rctx.changed(y)):
+            return
+        b = const(node.inputs[1])
+        trans_b = node.attrs.get("transB", 0)
+        om = rctx.mask(y)
+        im = rctx.mask(a)
+        if im is None:
+            im = np.ones(b.shape[1] if trans_b else b.shape[0], bool)
+        rctx.set_input(node, 1, b[om][:, im] if trans_b else b[im][:, om])
+        if has_input(node, 2):
+            c = const(node.inputs[2])
+            if c.ndim >= 1 and c.shape[-1] == len(om) and len(om) > 1:
+                rctx.set_input(node, 2, c[..., om])
+
+    def zero(self, node, rctx):
+        a = node.inputs[0]
+        if not rctx.changed(a):
+            return
+        b = const(node.inputs[1]).copy()
+        removed = ~rctx.mask(a)
+        if node.attrs.get("transB", 0):
+            b[:, removed] = 0
+        else:
+            b[removed] = 0
+        rctx.set_input(node, 1, b)
+
+
+class MatMul(Rule):
+    """MatMul by a constant 2-D weight (a Linear layer, as in channels-last MLPs)."""
+
+    def propagate(self, node, ctx):
+        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        w = const(b)
+        if w is None or w.ndim != 2 or isinstance(a, gs.Constant):
+            _freeze_inputs(node, ctx, "MatMul without a constant 2-D weight")
+            return
+        m = ctx.map(a)
+        if m is not None and m.axis != m.rank - 1:
+            ctx.freeze(m.elems, "MatMul input channels not on the last axis")
+        elif m is not None:
+            ctx.touch(node, m.elems)
+        r = ctx.rank(y)
+        out = ctx.new_source(node, w.shape[1], "matmul")
+        if r is None:
+            ctx.freeze(out, f"no shape known for {y.name}")
+            return
+        ctx.set_map(y, r - 1, out, node)
+
+    def rewrite(self, node, rctx):
+        a, y = node.inputs[0], node.outputs[0]
+        if not (rctx.changed(a) or rctx.changed(y)):
+            return
+        w = const(node.inputs[1])
+        im = rctx.mask(a)
+        im = np.ones(w.shape[0], bool) if im is None else im
+        om = rctx.mask(y)
+        rctx.set_input(node, 1, w[im][:, om])
+
+    def zero(self, node, rctx):
+        a = node.inputs[0]
+        if not rctx.changed(a):
+            return
+        w = const(node.inputs[1]).copy()
+        w[~rctx.mask(a)] = 0
+        rctx.set_input(node, 1, w)
+
+
+# --------------------------------------------------------------------------- layout ops
+class Transpose(Rule):
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        perm = list(node.attrs.get("perm", range(m.rank)[::-1]))
+        ctx.set_map(node.outputs[0], perm.index(m.axis), m.elems, node)
+
+
+class Unsqueeze(Rule):
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        axes, ok = ints_from(node, "axes", 1, 13, _opset(node))
+        if not ok or axes is None:
+            _freeze_inputs(node, ctx, "Unsqueeze with non-constant axes")
+            return
+        r_out = m.rank + len(axes)
+        axes = {_norm_axis(a, r_out) for a in axes}
+        kept = [p for p in range(r_out) if p not in axes]
+        ctx.set_map(node.outputs[0], kept[m.axis], m.elems, node)
+
+
+class Squeeze(Rule):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        axes, ok = ints_from(node, "axes", 1, 13, _opset(node))
+        if not ok:
+            _freeze_inputs(node, ctx, "Squeeze with non-constant axes")
+            return
+        if axes is None:
+            shape = ctx.shape(x)
+            axes = [i for i, d in enumerate(shape) if d == 1] if shape and None not in shape else None
+            if axes is None:
+                _freeze_inputs(node, ctx, "Squeeze of unknown dims")
+                return
+        axes = [_norm_axis(a, m.rank) for a in axes]
+        if m.axis in axes:
+            _freeze_inputs(node, ctx, "Squeeze removes the channel axis")
+            return
+        ctx.set_map(node.outputs[0], m.axis - sum(a < m.axis for a in axes), m.elems, node)
+
+
+class Flatten(Rule):
+    """Flatten into a Gemm: each channel becomes a block of features."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        axis = _norm_axis(int(node.attrs.get("axis", 1)), m.rank)
+        shape = ctx.shape(x)
+        inner = shape[axis:] if shape else None
+        if m.axis < axis or inner is None or not all(isinstance(d, (int, np.integer)) for d in inner):
+            _freeze_inputs(node, ctx, "Flatten merges the channel axis with unknown or leading dims")
+            return
+        k = m.axis - axis
+        grid = np.broadcast_to(m.elems.reshape([-1 if i == k else 1 for i in range(len(inner))]), inner)
+        ctx.set_map(node.outputs[0], 1, grid.ravel().copy(), node, rank=2)
+
+
+def _product_equal(a: list, b: list) -> bool:
+    """Whether two dim lists hold the same number of elements (symbolic dims by name)."""
+    if any(d is None for d in a) or any(d is None for d in b):
+        return False
+    sa = sorted(d for d in a if isinstance(d, str))
+    sb = sorted(d for d in b if isinstance(d, str))
+    if sa != sb:
+        return False
+    return math.prod(int(d) for d in a if not isinstance(d, str)) == \
+        math.prod(int(d) for d in b if not isinstance(d, str))
+
+
+def reshape_channel_map(shape_in: list, shape_out: list, axis: int, elems: np.ndarray):
+    """Where the channel axis lands after a Reshape: (axis_out, elems_out) or None.
+
+    Supported: the axis moves intact (squeeze/unsqueeze-like), or merges with the dims
+    right after it (flatten: each channel becomes a block of features). A Reshape that
+    splits channels (channel shuffle, attention heads) or merges them with leading dims
+    returns None and the caller freezes.
+    """
+    c = len(elems)
+    left, right = shape_in[:axis], shape_in[axis + 1:]
+    for o, d in enumerate(shape_out):
+        if not isinstance(d, (int, np.integer)) or not _product_equal(left, shape_out[:o]):
+            continue
+        if d == c and _product_equal(right, shape_out[o + 1:]):
+            return o, elems
+        for k in range(1, len(right) + 1):
+            block = right[:k]
+            if not all(isinstance(b, (int, np.integer)) for b in block):
+                break
+            f = math.prod(block)
+            if d == c * f and _product_equal(right[k:], shape_out[o + 1:]):
+                return o, np.repeat(elems, f)
+    return None
+
+
+class Reshape(Rule):
+    def propagate(self, node, ctx):
+        x, y = node.inputs[0], node.outputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        si, so = ctx.shape(x), ctx.shape(y)
+        res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
+        if res is None:
+            _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis (e.g. channel shuffle)")
+            return
+        ctx.set_map(y, res[0], res[1], node)
+
+    def rewrite(self, node, rctx):
+        y = node.outputs[0]
+        target = const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if target is None or not rctx.changed(y):
+            return
+        o = rctx.maps[y.name].axis
+        if target[o] > 0:
+            target = target.copy()
+            target[o] = int(rctx.mask(y).sum())
+            rctx.set_input(node, 1, target)
+
+
+class Concat(Rule):
+    """Concat along channels: the output's channels are the inputs' channels, in order.
+    Along another axis: inputs must have the same channels, so they are coupled."""
+
+    def propagate(self, node, ctx):
+        y = node.outputs[0]
+        tracked = [ctx.map(t) for t in node.inputs if ctx.map(t) is not None]
+        if not tracked:
+            return
+        rank = ctx.rank(y)
+        axis = _norm_axis(int(node.attrs.get("axis", 1)), rank if rank is not None else tracked[0].rank)
+        if any(m.axis == axis for m in tracked):
+            parts = []
+            for t in node.inputs:
+                m = ctx.map(t)
+                if m is not None and m.axis == axis:
+                    parts.append(m.elems)
+                    continue
+                if m is not None:
+                    ctx.freeze(m.elems, "Concat of channels on different axes")
+                shape = ctx.shape(t)
+                d = shape[axis] if shape is not None and axis < len(shape) else None
+                if not isinstance(d, (int, np.integer)):
+                    _freeze_inputs(node, ctx, "Concat with an input of unknown size")
+                    return
+                parts.append(ctx.untracked(int(d), f"concatenated with {t.name}, which is not followed"))
+            ctx.set_map(y, axis, np.concatenate(parts), node)
+            return
+        if len(tracked) != len(node.inputs) or len({m.axis for m in tracked}) > 1 \
+                or len({len(m.elems) for m in tracked}) > 1:
+            _freeze_inputs(node, ctx, "Concat of tensors whose channels do not line up")
+            return
+        for m in tracked[1:]:
+            ctx.union(tracked[0].elems, m.elems)
+        ctx.set_map(y, tracked[0].axis, tracked[0].elems, node)
+
+
+class Split(Rule):
+    def _sizes(self, node, c):
+        opset = _opset(node)
+        sizes, ok = ints_from(node, "split", 1, 13, opset)
+        if not ok:
+            return None
+        if sizes is None:
+            n = len(node.outputs)
+            size = -(-c // n)
+            sizes = [size] * (n - 1) + [c - size * (n - 1)]
+        return sizes
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        axis = _norm_axis(int(node.attrs.get("axis", 0)), m.rank)
+        if axis != m.axis:
+            _set_all_outputs(node, ctx, m.axis, m.elems)
+            return
+        sizes = self._sizes(node, len(m.elems))
+        if sizes is None or sum(sizes) != len(m.elems):
+            _freeze_inputs(node, ctx, "Split with non-constant sizes")
+            return
+        off = np.cumsum([0] + sizes)
+        for o, s, e in zip(node.outputs, off[:-1], off[1:]):
+            if o.name:
+                ctx.set_map(o, axis, m.elems[s:e], node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        m = rctx.maps.get(x.name)
+        if m is None or not rctx.changed(x) or _norm_axis(int(node.attrs.get("axis", 0)), m.rank) != m.axis:
+            return
+        mask = rctx.mask(x)
+        sizes = self._sizes(node, len(mask))
+        off = np.cumsum([0] + sizes)
+        new = np.array([mask[s:e].sum() for s, e in zip(off[:-1], off[1:])], np.int64)
+        node.attrs.pop("num_outputs", None)
+        if rctx.opset >= 13:
+            if has_input(node, 1):
+                rctx.set_input(node, 1, new)
+            else:
+                node.inputs[1:] = [gs.Constant(f"{node.name}__split_sizes", new)]
+        else:
+            node.attrs["split"] = [int(v) for v in new]
+
+
+class Slice(Rule):
+    _INPUTS = {"starts": 1, "ends": 2, "axes": 3, "steps": 4}
+
+    def _params(self, node, rank):
+        opset = _opset(node)
+        vals = {}
+        for key, idx in self._INPUTS.items():
+            v, ok = ints_from(node, key, idx, 10, opset)
+            if not ok:
+                return None
+            vals[key] = v
+        n = len(vals["starts"])
+        axes = [_norm_axis(a, rank) for a in (vals["axes"] or range(n))]
+        return vals["starts"], vals["ends"], axes, vals["steps"] or [1] * n
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        p = self._params(node, m.rank)
+        if p is None:
+            _freeze_inputs(node, ctx, "Slice with non-constant bounds")
+            return
+        starts, ends, axes, steps = p
+        if m.axis not in axes:
+            ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+            return
+        i = axes.index(m.axis)
+        if steps[i] != 1:
+            _freeze_inputs(node, ctx, "strided Slice along channels")
+            return
+        out = m.elems[slice(starts[i], ends[i])]
+        if len(out) == 0:
+            _freeze_inputs(node, ctx, "empty Slice along channels")
+            return
+        ctx.set_map(node.outputs[0], m.axis, out, node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if not rctx.changed(x):
+            return
+        m, mask = rctx.maps[x.name], rctx.mask(x)
+        starts, ends, axes, _ = self._params(node, m.rank)
+        if m.axis not in axes:
+            return
+        i = axes.index(m.axis)
+        s, e, _ = slice(starts[i], ends[i]).indices(len(mask))
+        new_s = int(mask[:s].sum())
+        new_e = new_s + int(mask[s:e].sum())
+        starts, ends = list(starts), list(ends)
+        starts[i] = new_s
+        if ends[i] < len(mask):  # "to the end" sentinels stay as they are
+            ends[i] = new_e
+        if _opset(node) >= 10:
+            rctx.set_input(node, 1, np.array(starts, np.int64))
+            rctx.set_input(node, 2, np.array(ends, np.int64))
+        else:
+            node.attrs["starts"], node.attrs["ends"] = starts, ends
+
+
+class Pad(Rule):
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        opset = _opset(node)
+        pads, ok = ints_from(node, "pads", 1, 11, opset)
+        axes, ok2 = ints_from(node, "axes", 3, 18, opset) if opset >= 18 else (None, True)
+        if not ok or not ok2 or pads is None:
+            _freeze_inputs(node, ctx, "Pad with non-constant pads")
+            return
+        axes = [_norm_axis(a, m.rank) for a in (axes or range(m.rank))]
+        n = len(axes)
+        if m.axis in axes:
+            i = axes.index(m.axis)
+            if pads[i] != 0 or pads[i + n] != 0:
+                _freeze_inputs(node, ctx, "Pad along channels")
+                return
+        ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+
+
+class Resize(Rule):
+    """Resize / Upsample: spatial only; a constant `sizes` naming the channel count is fixed."""
+
+    def _scales_sizes(self, node):
+        if node.op == "Upsample" or _opset(node) < 11:
+            idx_scales, idx_sizes = 1, None
+        else:
+            idx_scales, idx_sizes = 2, 3
+        scales = node.inputs[idx_scales] if has_input(node, idx_scales) else None
+        sizes = node.inputs[idx_sizes] if idx_sizes is not None and has_input(node, idx_sizes) else None
+        if scales is None and "scales" in node.attrs:
+            scales = gs.Constant("attr_scales", np.array(node.attrs["scales"], np.float32))
+        return scales, sizes, idx_sizes
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        scales, sizes, _ = self._scales_sizes(node)
+        axes = node.attrs.get("axes")
+        pos = m.axis if axes is None else ([_norm_axis(a, m.rank) for a in axes].index(m.axis)
+                                           if m.axis in [_norm_axis(a, m.rank) for a in axes] else None)
+        if pos is not None:
+            sv, zv = const(scales), const(sizes)
+            if scales is not None and scales.name and sv is None or (sv is not None and sv.size and sv[pos] != 1):
+                _freeze_inputs(node, ctx, "Resize along channels or with computed scales")
+                return
+            if zv is not None and zv[pos] != len(m.elems):
+                _freeze_inputs(node, ctx, "Resize along channels")
+                return
+        ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if not rctx.changed(x):
+            return
+        _, sizes, idx = self._scales_sizes(node)
+        zv = const(sizes)
+        if zv is not None and node.attrs.get("axes") is None:
+            zv = zv.copy()
+            zv[rctx.maps[x.name].axis] = int(rctx.mask(x).sum())
+            rctx.set_input(node, idx, zv)
+
+
+class Reduce(Rule):
+    """Reductions over spatial axes pass channels through; over channels they freeze."""
+
+    def propagate(self, node, ctx):
+        m = ctx.map(node.inputs[0])
+        if m is None:
+            return
+        opset = _opset(node)
+        from_input = 13 if node.op == "ReduceSum" else 18
+        axes, ok = ints_from(node, "axes", 1, from_input, opset)
+        if not ok or not axes:
+            _freeze_inputs(node, ctx, f"{node.op} over all axes or non-constant axes")
+            return
+        axes = [_norm_axis(a, m.rank) for a in axes]
+        if m.axis in axes:
+            _freeze_inputs(node, ctx, f"{node.op} over the channel axis")
+            return
+        keep = node.attrs.get("keepdims", 1)
+        axis = m.axis if keep else m.axis - sum(a < m.axis for a in axes)
+        ctx.set_map(node.outputs[0], axis, m.elems, node)
+
+
+class Gather(Rule):
+    def propagate(self, node, ctx):
+        data, idx = node.inputs[0], node.inputs[1]
+        if ctx.map(idx) is not None:
+            _freeze_inputs(node, ctx, "Gather with channel-carrying indices")
+            return
+        m = ctx.map(data)
+        if m is None:
+            return
+        axis = _norm_axis(int(node.attrs.get("axis", 0)), m.rank)
+        r_idx = ctx.rank(idx)
+        if axis == m.axis or r_idx is None:
+            _freeze_inputs(node, ctx, "Gather along channels")
+            return
+        ctx.set_map(node.outputs[0], m.axis + r_idx - 1 if axis < m.axis else m.axis, m.elems, node)
+
+
+# --------------------------------------------------------------------------- the table
+_ELEMENTWISE = Elementwise()
+_POOL = Pool()
+RULES: dict[str, Rule] = {
+    "Conv": Conv(), "ConvTranspose": Conv(transposed=True),
+    "Gemm": Gemm(), "MatMul": MatMul(),
+    "BatchNormalization": PerChannelParams((1, 2, 3, 4)),
+    "InstanceNormalization": PerChannelParams((1, 2)),
+    "LayerNormalization": ChannelPooling("layernorm"),
+    "Softmax": ChannelPooling("softmax"), "LogSoftmax": ChannelPooling("softmax"),
+    "Hardmax": ChannelPooling("softmax"), "LRN": ChannelPooling("lrn"),
+    "GroupNormalization": Freeze("GroupNormalization pools statistics over channel groups"),
+    "MaxPool": _POOL, "AveragePool": _POOL, "LpPool": _POOL, "GlobalAveragePool": _POOL,
+    "GlobalMaxPool": _POOL, "GlobalLpPool": _POOL,
+    "Transpose": Transpose(), "Reshape": Reshape(), "Flatten": Flatten(),
+    "Squeeze": Squeeze(), "Unsqueeze": Unsqueeze(),
+    "Concat": Concat(), "Split": Split(), "Slice": Slice(), "Pad": Pad(),
+    "Resize": Resize(), "Upsample": Resize(), "Gather": Gather(),
+    "Shape": ShapeOnly(), "Size": ShapeOnly(),
+    **{r: Reduce() for r in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                             "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+    **{op: _ELEMENTWISE for op in (
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Mod",
+        "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor",
+        "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
+        "Gelu", "Tanh", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Softplus", "Softsign", "Mish",
+        "Cast", "CastLike", "Identity", "Dropout", "Floor", "Ceil", "Round", "Reciprocal", "Not",
+        "Sign", "Sin", "Cos", "ThresholdedRelu", "Swish", "IsNaN", "IsInf", "BitShift")},
+}
+
+
+def rule_for(node: gs.Node) -> Rule:
+    if node.domain not in (None, "", "ai.onnx"):
+        return Freeze(f"custom op {node.domain}::{node.op}")
+    return RULES.get(node.op) or Freeze()

@@ -1,0 +1,83 @@
+"""`graphprune targets`, `graphprune compile`, `graphprune bench`: latency on real targets."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _targets_file_arg(p):
+    p.add_argument("--targets-file", metavar="JSON", help="extra targets file (same shape as targets/builtin.json)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("targets", help="list the known latency targets")
+    _targets_file_arg(p)
+    p.add_argument("--json", action="store_true", help="print the target table as JSON")
+    p.set_defaults(func=_targets)
+
+    p = sub.add_parser("compile", help="compile an ONNX model with TVM into a deployable library")
+    p.add_argument("model")
+    p.add_argument("--target", default="x86")
+    p.add_argument("-o", "--output", required=True, metavar="LIB.so")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials for the base model (0 = untuned); variants replay it")
+    _targets_file_arg(p)
+    p.set_defaults(func=_compile)
+
+    p = sub.add_parser("bench", help="measure the inference latency of an ONNX model")
+    p.add_argument("model")
+    p.add_argument("--target", default="x86")
+    p.add_argument("--backend", choices=["ort", "tvm"], default="ort")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT")
+    p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _targets_file_arg(p)
+    p.set_defaults(func=_bench)
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from graphprune.targets import list_targets
+    targets = list_targets([args.targets_file] if args.targets_file else None)
+    if args.json:
+        print(json.dumps({t.name: t.to_json() for t in targets}, indent=2))
+        return 0
+    print(f"{'name':<12} {'tvm target':<62} {'cc':<22} {'rpc key':<10} step power_w")
+    for t in targets:
+        tvm = json.dumps(t.tvm, separators=(",", ":"))
+        print(f"{t.name:<12} {tvm:<62} {t.cc or '(host)':<22} {t.rpc_key or '-':<10} {t.channel_step:<4} "
+              f"{t.power_w if t.power_w is not None else '-'}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    from graphprune.targets import compile_model, get_target
+    if args.tune_trials < 0:
+        raise GraphpruneError("--tune-trials must be >= 0")
+    get_target(args.target, [args.targets_file] if args.targets_file else None)  # fail before reading the model
+    c = compile_model(args.model, args.target, tune_trials=args.tune_trials, output=args.output,
+                      targets_file=args.targets_file)
+    print(f"wrote {args.output} (target {c.target.name}, {c.tuning})")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    from graphprune.targets import get_target, measure_latency
+    if args.tune_trials < 0:
+        raise GraphpruneError("--tune-trials must be >= 0")
+    get_target(args.target, [args.targets_file] if args.targets_file else None)
+    if args.rpc_tracker:
+        from graphprune.targets.measure_rpc import parse_address
+        parse_address(args.rpc_tracker)
+    r = measure_latency(args.model, target=args.target, backend=args.backend, rpc_tracker=args.rpc_tracker,
+                        rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
+                        threads=args.threads, cache=not args.no_cache, timeout=args.timeout,
+                        targets_file=args.targets_file)
+    print(json.dumps(r.to_dict()) if args.json else r.summary())
+    return 0

@@ -1,0 +1,52 @@
+"""MACs (multiply-accumulates, batch 1) and parameter counts."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from graphprune.inputs import concrete_shapes, with_static_inputs
+
+
+@dataclass
+class Counts:
+    macs: int
+    params: int
+    param_bytes: int
+
+
+def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
+    static = with_static_inputs(model, concrete_shapes(model, input_shapes, batch=1))
+    try:
+        static = onnx.shape_inference.infer_shapes(static, data_prop=True)
+    except Exception:
+        pass
+    shapes = {}
+    for vi in list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    macs = 0
+    for n in static.graph.node:
+        w = inits.get(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type == "Conv" and w is not None and n.output[0] in shapes:
+            macs += math.prod(shapes[n.output[0]]) * math.prod(w[1:])
+        elif n.op_type == "ConvTranspose" and w is not None and n.input[0] in shapes:
+            macs += math.prod(shapes[n.input[0]]) * math.prod(w[1:])
+        elif n.op_type in ("Gemm", "MatMul") and n.output[0] in shapes and n.input[0] in shapes:
+            a = shapes[n.input[0]]
+            trans_a = any(at.name == "transA" and at.i for at in n.attribute)
+            k = a[0] if (n.op_type == "Gemm" and trans_a) else a[-1]
+            macs += math.prod(shapes[n.output[0]]) * k
+    params = 0
+    nbytes = 0
+    for t in model.graph.initializer:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                           onnx.TensorProto.BFLOAT16):
+            size = math.prod(t.dims)
+            params += size
+            nbytes += size * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return Counts(int(macs), int(params), int(nbytes))

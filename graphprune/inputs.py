@@ -1,0 +1,59 @@
+"""Concrete inputs for running a model: shapes for symbolic dims, random feeds."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+DEFAULT_DYNAMIC_DIM = 64
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def concrete_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None,
+                    batch: int = 1) -> dict[str, list[int]]:
+    """Each input's shape with symbolic dims resolved: the first to `batch`, others to 64."""
+    shapes = {}
+    for inp in graph_inputs(model):
+        if overrides and inp.name in overrides:
+            shapes[inp.name] = list(overrides[inp.name])
+            continue
+        dims = []
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            else:
+                dims.append(batch if i == 0 else DEFAULT_DYNAMIC_DIM)
+        shapes[inp.name] = dims
+    return shapes
+
+
+def random_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in graph_inputs(model):
+        dtype = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        shape = shapes[inp.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[inp.name] = np.ones(shape, dtype)
+        else:
+            feeds[inp.name] = np.zeros(shape, dtype)
+    return feeds
+
+
+def with_static_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy whose inputs have the given static shapes (for shape-dependent counting)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in graph_inputs(m):
+        dims = inp.type.tensor_type.shape.dim
+        for d, v in zip(dims, shapes[inp.name]):
+            d.Clear()
+            d.dim_value = int(v)
+    del m.graph.value_info[:]
+    return m

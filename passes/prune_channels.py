@@ -1,0 +1,78 @@
+"""PruneChannelsPass: remove the channels a plan drops and rewrite every member.
+
+Weights, biases, BN parameters, Concat/Split sizes, Slice bounds, Reshape targets and
+Gemm columns are rewritten by each op's rule; shapes of intermediate tensors are
+dropped and re-inferred. Importance metadata keeps the scores of the kept channels,
+so importance is computed once and pruning can be iterated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphprune.errors import GraphpruneError
+from graphprune.metadata import IMPORTANCE_KEY, PER_CLASS_KEY, get_json, set_json
+from graphprune.passes.base import Pass
+from graphprune.passes.rewrite import apply_rules, export
+from graphprune.selection import PruningPlan
+
+
+class PruneChannelsPass(Pass):
+    name = "prune-channels"
+
+    def __init__(self, plan: PruningPlan, check: bool = True):
+        self.plan = plan
+        self.check = check
+
+    def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        graph = apply_rules(model, self.plan, "rewrite")
+        fixed = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Variable) and t.name not in fixed:
+                t.shape = None  # stale after pruning; re-inferred below
+        out = export(graph, model)
+        _update_importance(out, self.plan)
+        if self.check:
+            check_model(out)
+        try:
+            out = onnx.shape_inference.infer_shapes(out, data_prop=True)
+        except Exception:
+            pass
+        return out
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Full ONNX check with strict shape inference; a failure means a pruning bug."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()
+        raise GraphpruneError(f"pruned model failed the ONNX check: {first[0] if first else exc}") from None
+
+
+def _output_mask(plan: PruningPlan, node: onnx.NodeProto) -> np.ndarray | None:
+    m = plan.analysis.maps.get(node.output[0]) if node.output else None
+    return None if m is None else plan.keep_elems[m.elems]
+
+
+def _update_importance(model: onnx.ModelProto, plan: PruningPlan) -> None:
+    imp = get_json(model, IMPORTANCE_KEY)
+    per_class = get_json(model, PER_CLASS_KEY)
+    if imp is None and per_class is None:
+        return
+    nodes = {n.name: n for n in plan.analysis.model.graph.node}
+    if imp is not None:
+        for name, scores in list(imp.get("scores", {}).items()):
+            mask = _output_mask(plan, nodes[name]) if name in nodes else None
+            if mask is not None and len(mask) == len(scores):
+                imp["scores"][name] = [s for s, k in zip(scores, mask) if k]
+        set_json(model, IMPORTANCE_KEY, imp)
+    if per_class is not None and isinstance(per_class.get("scores"), dict):
+        # per-class scores as {node: [[score per channel] per class]}
+        for name, rows in list(per_class["scores"].items()):
+            mask = _output_mask(plan, nodes[name]) if name in nodes else None
+            if mask is not None and isinstance(rows, list) and rows and isinstance(rows[0], list) \
+                    and len(rows[0]) == len(mask):
+                per_class["scores"][name] = [[s for s, k in zip(r, mask) if k] for r in rows]
+        set_json(model, PER_CLASS_KEY, per_class)
