@@ -73,6 +73,15 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """gs import; initializers that old IR versions also list as inputs stay constants."""
+    inits = {t.name for t in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):
+        stripped = onnx.ModelProto()
+        stripped.CopyFrom(model)
+        keep = [i for i in stripped.graph.input if i.name not in inits]
+        del stripped.graph.input[:]
+        stripped.graph.input.extend(keep)
+        model = stripped
     graph = gs.import_onnx(model)
     for node in graph.nodes:  # rules read the opset to know attribute-vs-input forms
         node._graphprune_opset = graph.opset

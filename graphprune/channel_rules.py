@@ -55,6 +55,11 @@ def _freeze_inputs(node: gs.Node, ctx: PropagationContext, reason: str) -> None:
         ctx.freeze_tensor(t, f"{reason} ({node.name})")
 
 
+def _take2(w: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """w[rows][:, cols] for boolean masks, as one gather (weights can be hundreds of MB)."""
+    return w[np.ix_(np.flatnonzero(rows), np.flatnonzero(cols))]
+
+
 def _set_all_outputs(node, ctx, axis, elems):
     for o in node.outputs:
         if o.name:
@@ -286,7 +291,7 @@ class Conv(Rule):
         im = rctx.mask(x)
         im = np.ones(g * ci, bool) if im is None else im
         if g == 1:
-            w = w[im][:, om] if self.transposed else w[om][:, im]
+            w = _take2(w, im, om) if self.transposed else _take2(w, om, im)
         else:
             kept = om.reshape(g, co).all(axis=1)
             w = w[im] if self.transposed else w[om]
@@ -337,7 +342,7 @@ class Gemm(Rule):
         im = rctx.mask(a)
         if im is None:
             im = np.ones(b.shape[1] if trans_b else b.shape[0], bool)
-        rctx.set_input(node, 1, b[om][:, im] if trans_b else b[im][:, om])
+        rctx.set_input(node, 1, _take2(b, om, im) if trans_b else _take2(b, im, om))
         if has_input(node, 2):
             c = const(node.inputs[2])
             if c.ndim >= 1 and c.shape[-1] == len(om) and len(om) > 1:
@@ -385,7 +390,7 @@ class MatMul(Rule):
         im = rctx.mask(a)
         im = np.ones(w.shape[0], bool) if im is None else im
         om = rctx.mask(y)
-        rctx.set_input(node, 1, w[im][:, om])
+        rctx.set_input(node, 1, _take2(w, im, om))
 
     def zero(self, node, rctx):
         a = node.inputs[0]
@@ -605,7 +610,9 @@ class Split(Rule):
             if has_input(node, 1):
                 rctx.set_input(node, 1, new)
             else:
-                node.inputs[1:] = [gs.Constant(f"{node.name}__split_sizes", new)]
+                while len(node.inputs) > 1:
+                    node.inputs.pop()
+                node.inputs.append(gs.Constant(f"{node.name}__split_sizes", new))
         else:
             node.attrs["split"] = [int(v) for v in new]
 

@@ -10,6 +10,27 @@ import onnx
 from graphprune.inputs import concrete_shapes, with_static_inputs
 
 
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _shapes_by_running(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Shapes inference could not resolve (computed Reshape targets): run the model once."""
+    from graphprune.inputs import random_feeds
+    from graphprune.runtime import run
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    names = list(dict.fromkeys(n for n in names if n not in known))
+    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    shapes = {inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim] for inp in m.graph.input}
+    try:
+        outs = run(m, random_feeds(m, shapes))
+    except Exception:
+        return {}
+    return {o.name: list(v.shape) for o, v in zip(m.graph.output, outs) if o.name in names}
+
+
 @dataclass
 class Counts:
     macs: int
@@ -29,6 +50,10 @@ def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[vi.name] = [d.dim_value for d in dims]
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    needed = [n.output[0] for n in static.graph.node if n.op_type in _MAC_OPS] + \
+        [n.input[0] for n in static.graph.node if n.op_type in _MAC_OPS]
+    if any(name not in shapes for name in needed):
+        shapes.update(_shapes_by_running(static, [n for n in needed if n not in shapes]))
     macs = 0
     for n in static.graph.node:
         w = inits.get(n.input[1]) if len(n.input) > 1 else None

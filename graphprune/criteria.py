@@ -35,8 +35,9 @@ def _filter_norms(node: onnx.NodeProto, w: np.ndarray, kind: str, order: int) ->
         flat = w if trans_b else w.T
     else:  # matmul
         flat = w.T
-    flat = np.abs(flat.astype(np.float64))
-    return flat.sum(1) if order == 1 else np.sqrt((flat ** 2).sum(1))
+    if order == 1:
+        return np.abs(flat).sum(1, dtype=np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
 
 
 def _normalised(v: np.ndarray) -> np.ndarray:

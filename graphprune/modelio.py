@@ -40,8 +40,8 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
     """Write `model` to `path` atomically (temp file + rename); refuse to overwrite `source`."""
     out = Path(path)
-    if source is not None and _same_file(out, Path(source)):
-        raise GraphpruneError(f"{out}: output path is the input model; choose another -o")
+    if source is not None:
+        refuse_overwriting_input(out, source)
     if out.exists() and out.is_dir():
         raise GraphpruneError(f"{out}: is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +69,12 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, source: str 
             os.unlink(tmp)
         raise
     return out
+
+
+def refuse_overwriting_input(output: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Inputs are never modified: an output path naming the input is an error."""
+    if _same_file(Path(output), Path(source)):
+        raise GraphpruneError(f"{output}: output path is the input model; choose another -o")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -19,7 +19,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import numpy_helper
 
-from graphprune.passes.base import Pass
+from graphprune.analysis import import_graph
+from graphprune.passes.base import Pass, copy_model_fields
 
 G_LOGGER.severity = G_LOGGER.ERROR  # gs warns on every unused tensor
 
@@ -36,31 +37,55 @@ class NormalizePass(Pass):
     name = "normalize"
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        graph = gs.import_onnx(model)
+        graph = import_graph(_with_shapes(model))
         _fold_constant_nodes(graph)
+        if _fold_static_shape_reads(graph):
+            _fold_constant_nodes(graph)
         _bypass_identities(graph)
         _name_nodes(graph)
         graph.cleanup(remove_unused_graph_inputs=False)
         out = gs.export_onnx(graph, do_type_check=False)
-        _restore_model_fields(model, out)
-        try:
-            out = onnx.shape_inference.infer_shapes(out, data_prop=True)
-        except Exception:  # shape inference is best effort; the analysis freezes what it cannot see
-            pass
-        return out
+        copy_model_fields(model, out)
+        return _with_shapes(out)
 
 
-def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    """gs export resets model-level fields; keep the user's."""
-    dst.ir_version = src.ir_version
-    del dst.opset_import[:]
-    dst.opset_import.extend(src.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(dst, field, getattr(src, field))
-    del dst.metadata_props[:]
-    dst.metadata_props.extend(src.metadata_props)
-    if src.functions and not dst.functions:
-        dst.functions.extend(src.functions)
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # best effort: the analysis freezes what it cannot see
+        return model
+
+
+def _fold_static_shape_reads(graph: gs.Graph) -> bool:
+    """`x.size(1)` with a dynamic batch: Shape(x) is not constant, but Gather(Shape(x), 1)
+    or Slice(Shape(x), 1, 4) are when those dims are static. Folding them turns the Slice
+    bounds of `chunk` and the targets of `view` into constants the analysis can follow."""
+    folded = False
+    for node in list(graph.nodes):
+        if node.op != "Shape" or node.inputs[0].shape is None:
+            continue
+        dims = list(node.inputs[0].shape)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+        dims = dims[slice(start, end)]
+        for consumer in list(node.outputs[0].outputs):
+            picked = None
+            if consumer.op == "Gather" and isinstance(consumer.inputs[1], gs.Constant):
+                idx = np.asarray(consumer.inputs[1].values)
+                picked = [dims[int(i)] for i in idx.reshape(-1)], idx.shape
+            elif consumer.op == "Slice" and all(isinstance(t, gs.Constant) for t in consumer.inputs[1:]):
+                st, en = (int(np.asarray(t.values).reshape(-1)[0]) for t in consumer.inputs[1:3])
+                steps = consumer.inputs[4].values if len(consumer.inputs) > 4 else [1]
+                picked = dims[slice(st, en, int(np.asarray(steps).reshape(-1)[0]))], None
+            if picked is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in picked[0]):
+                continue
+            values = np.array(picked[0], np.int64)
+            if picked[1] is not None:
+                values = values.reshape(picked[1])
+            _replace_uses(consumer.outputs[0], gs.Constant(consumer.outputs[0].name + "_static", values))
+            consumer.outputs.clear()
+            consumer.inputs.clear()
+            folded = True
+    return folded
 
 
 def _fold_constant_nodes(graph: gs.Graph) -> None:
@@ -98,8 +123,9 @@ def _fold_constant_nodes(graph: gs.Graph) -> None:
 def _evaluate(evaluator_cls, opset: int, node: gs.Node):
     inputs = [t for t in node.inputs]
     names = [t.name if t.name else "" for t in inputs]
-    proto = onnx.helper.make_node(node.op, names, [f"out{i}" for i in range(len(node.outputs))],
-                                  **{k: v for k, v in node.attrs.items()})
+    attrs = {k: numpy_helper.from_array(np.asarray(v.values)) if isinstance(v, gs.Constant) else v
+             for k, v in node.attrs.items()}
+    proto = onnx.helper.make_node(node.op, names, [f"out{i}" for i in range(len(node.outputs))], **attrs)
     g = onnx.helper.make_graph([proto], "fold", [], [onnx.helper.make_tensor_value_info(f"out{i}", 0, None)
                                                     for i in range(len(node.outputs))],
                                [numpy_helper.from_array(np.asarray(t.values), t.name) for t in inputs if t.name])

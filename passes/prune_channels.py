@@ -1,8 +1,8 @@
 """PruneChannelsPass: remove the channels a plan drops and rewrite every member.
 
 Weights, biases, BN parameters, Concat/Split sizes, Slice bounds, Reshape targets and
-Gemm columns are rewritten by each op's rule; shapes of intermediate tensors are
-dropped and re-inferred. Importance metadata keeps the scores of the kept channels,
+Gemm columns are rewritten by each op's rule; stale shapes of intermediate tensors are
+dropped (`graphprune.load` re-infers them when the pruned model is analysed again). Importance metadata keeps the scores of the kept channels,
 so importance is computed once and pruning can be iterated.
 """
 from __future__ import annotations
@@ -35,10 +35,6 @@ class PruneChannelsPass(Pass):
         _update_importance(out, self.plan)
         if self.check:
             check_model(out)
-        try:
-            out = onnx.shape_inference.infer_shapes(out, data_prop=True)
-        except Exception:
-            pass
         return out
 
 

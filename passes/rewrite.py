@@ -8,6 +8,7 @@ from graphprune.analysis import fingerprint, import_graph
 from graphprune.channel_rules import rule_for
 from graphprune.channels import RewriteContext
 from graphprune.errors import GraphpruneError
+from graphprune.passes.base import copy_model_fields
 from graphprune.selection import PruningPlan
 
 
@@ -26,12 +27,5 @@ def export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export with the model-level fields (IR version, opsets, metadata) of `like`."""
     graph.cleanup(remove_unused_graph_inputs=False)
     out = gs.export_onnx(graph, do_type_check=False)
-    out.ir_version = like.ir_version
-    del out.opset_import[:]
-    out.opset_import.extend(like.opset_import)
-    for f in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(out, f, getattr(like, f))
-    out.metadata_props.extend(like.metadata_props)
-    if like.functions:
-        out.functions.extend(like.functions)
+    copy_model_fields(like, out)
     return out

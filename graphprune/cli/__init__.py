@@ -15,6 +15,7 @@ from graphprune.errors import GraphpruneError
 COMMANDS = [
     "graphprune.cli.prune_commands",   # analyze, prune
     "graphprune.cli.latency_commands",
+    "graphprune.cli.optimize_commands",
 ]
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except GraphpruneError as exc:
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,99 @@
+"""`graphprune optimize`: the Pareto front of pruned models, latency on a target vs accuracy."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "optimize", help="search kept channels per group for the latency/accuracy Pareto front on a target",
+        description="Multi-objective search (nevergrad) over kept units per channel group, measuring latency on "
+                    "the target and error on --data; writes best.onnx, pareto.json, pareto.png, report.md and a "
+                    "journal that --resume continues. See docs/optimize.md.")
+    p.add_argument("model", help="ONNX classifier")
+    p.add_argument("--data", required=True, help="labelled data (.npz with x, y) for accuracy")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    g = p.add_argument_group("latency (as `graphprune bench`)")
+    g.add_argument("--target", default="x86")
+    g.add_argument("--backend", choices=["ort", "tvm"], default="ort")
+    g.add_argument("--rpc-tracker", metavar="HOST:PORT")
+    g.add_argument("--rpc-key", metavar="KEY")
+    g.add_argument("--tune-trials", type=int, default=0, metavar="N")
+    g.add_argument("--repeats", type=int, default=30, help="timed runs per candidate (median reported)")
+    g.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads when timing")
+    g.add_argument("--stand-in", metavar="TARGET",
+                   help="measure on this target instead when --target has no reachable device; every output "
+                        "is labelled as stand-in timings")
+    g.add_argument("--targets-file", metavar="JSON")
+    g = p.add_argument_group("objectives, constraints, preferences")
+    g.add_argument("--objectives", default="latency,error",
+                   help="comma list of latency, error, macs, params, energy (default latency,error)")
+    g.add_argument("--max-error-increase", type=float, metavar="E",
+                   help="constraint: error may rise by at most E over the original (0.01 = 1 pp)")
+    g.add_argument("--latency-budget", metavar="T", help="constraint: latency at most T (e.g. 4ms, 800us)")
+    g.add_argument("--prefer", action="append", metavar="OBJ=W",
+                   help="weight of an objective in the final choice (default 1 each), e.g. latency=2")
+    g = p.add_argument_group("search")
+    g.add_argument("--optimizer", default="DE", help="nevergrad optimizer name (DE, TwoPointsDE, NGOpt, CMA, ...)")
+    g.add_argument("--budget", type=int, default=60, help="candidates the optimizer proposes (default 60)")
+    g.add_argument("--workers", type=int, default=1, help="parallel evaluations (latency is always timed alone)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "metadata", "random"],
+                   help="which channels go within a group (metadata: `graphprune importance` scores)")
+    g.add_argument("--channel-step", type=int, metavar="N", help="kept-channel multiple (default: the target's)")
+    g.add_argument("--min-keep", type=float, default=0.25, help="smallest kept fraction per group (default 0.25)")
+    g.add_argument("--group-bounds", metavar="G:MIN:MAX,...", help="per-group kept-fraction bounds")
+    g.add_argument("--sensitivity-ratios", default="0.25,0.5,0.75", help="removed fractions swept per group")
+    g.add_argument("--holdout", type=int, default=6, help="random configurations measured to test the surrogate")
+    g.add_argument("--samples", type=int, help="evaluate accuracy on a fixed-seed subset of --data")
+    g.add_argument("--resume", action="store_true", help="continue the search in OUTDIR from its journal")
+    g.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("recovery by fine-tuning")
+    g.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs in all (0: no recovery)")
+    g.add_argument("--train-data", help="training data for fine-tuning (default: hold out part of --data)")
+    g.add_argument("--finetune-steps", type=int, default=2, help="prune in this many steps, fine-tuning between")
+    g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
+    p.set_defaults(func=optimize)
+
+
+def optimize(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    from graphprune.search.optimize import OptimizeOptions, parse_duration_ms, parse_prefer, run_optimize
+
+    try:
+        ratios = tuple(float(v) for v in args.sensitivity_ratios.split(",") if v.strip())
+    except ValueError:
+        raise GraphpruneError(f"--sensitivity-ratios: expected numbers, got {args.sensitivity_ratios!r}") from None
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise GraphpruneError("--sensitivity-ratios: each ratio must be in (0, 1)")
+    if args.epochs < 0:
+        raise GraphpruneError("--epochs must be >= 0")
+    o = OptimizeOptions(
+        model=args.model, data=args.data, outdir=args.output, target=args.target, backend=args.backend,
+        rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
+        threads=args.threads, stand_in=args.stand_in, targets_file=args.targets_file, objectives=args.objectives,
+        max_error_increase=args.max_error_increase, latency_budget_ms=parse_duration_ms(args.latency_budget),
+        prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=args.workers,
+        seed=args.seed, criterion=args.criterion, channel_step=args.channel_step, min_keep=args.min_keep,
+        group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
+        epochs=args.epochs, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
+        batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress)
+    s = run_optimize(o)
+    s.pop("_measured", None)
+    if args.json:
+        print(json.dumps(s, default=str))
+        return 0
+    ch = s["chosen"]
+    b = s["baseline"]
+    print(f"front: {len(s['front'])} configurations; original {100 * (1 - b['error']):.2f} % / {b['latency_ms']:.3f} ms "
+          f"({s['latency_label']})")
+    print(f"chosen {ch['key']}: {100 * (1 - ch['error']):.2f} % / {ch['latency_ms']:.3f} ms "
+          f"({b['latency_ms'] / ch['latency_ms']:.2f}x faster) -- {s['choice_reason']}")
+    if s.get("recovery"):
+        r = s["recovery"]
+        print(f"after recovery: {100 * r['accuracy_after']:.2f} % (before {100 * r['accuracy_before']:.2f} %)")
+    print(f"wrote {args.output}/best.onnx, pareto.json, pareto.png, report.md")
+    return 0

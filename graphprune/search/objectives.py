@@ -1,0 +1,165 @@
+"""Measuring one configuration: every objective the search can trade.
+
+error       top-1 error on the user's data, model run in onnxruntime
+latency_ms  median latency on the target (graphprune.targets.measure_latency)
+macs        multiply-accumulates at batch 1 (graphprune.count)
+param_bytes bytes of the float initializers
+energy_mj   ESTIMATE = latency x the target's stated power_w (not measured)
+
+The evaluation job (rewrite + error + counts) runs on an executor with the model,
+its analysis and the data loaded once per worker; latency is measured in the
+calling process (see executor.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from graphprune.errors import GraphpruneError
+
+OBJECTIVES = ("latency_ms", "error", "macs", "param_bytes", "energy_mj")
+ALIASES = {"latency": "latency_ms", "error": "error", "accuracy": "error", "macs": "macs", "flops": "macs",
+           "params": "param_bytes", "param_bytes": "param_bytes", "size": "param_bytes",
+           "energy": "energy_mj", "latency_ms": "latency_ms", "energy_mj": "energy_mj"}
+
+
+def parse_objectives(text: str) -> list[str]:
+    out = []
+    for name in [s.strip() for s in text.split(",") if s.strip()]:
+        if name not in ALIASES:
+            raise GraphpruneError(f"unknown objective {name!r} (choose from latency, error, macs, params, energy)")
+        if ALIASES[name] not in out:
+            out.append(ALIASES[name])
+    if len(out) < 2:
+        raise GraphpruneError("--objectives needs at least two objectives to trade, e.g. latency,error")
+    return out
+
+
+def _first_input(model: onnx.ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in inits]
+    if len(ins) != 1:
+        raise GraphpruneError(f"optimize needs a model with one input, this one has {len(ins)}")
+    return ins[0]
+
+
+def check_data_fits(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> None:
+    """One-line errors for data that cannot be the model's: shape, classes."""
+    inp = _first_input(model)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != x.ndim:
+        raise GraphpruneError(f"data x has shape {tuple(x.shape)} but model input {inp.name!r} has rank {len(dims)}")
+    for i, (d, s) in enumerate(zip(dims, x.shape)):
+        if i > 0 and d is not None and d != s:
+            raise GraphpruneError(f"data x has shape {tuple(x.shape)}, model input {inp.name!r} expects "
+                                  f"{['N' if v is None else v for v in dims]} (axis {i}: {s} vs {d})")
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    if len(out) == 2 and out[1].HasField("dim_value") and out[1].dim_value > 0:
+        if int(y.max()) >= out[1].dim_value:
+            raise GraphpruneError(f"data labels go up to {int(y.max())} but the model has {out[1].dim_value} outputs")
+    elif len(out) != 2:
+        raise GraphpruneError(f"optimize needs a classifier with (N, classes) output; output "
+                              f"{model.graph.output[0].name!r} has rank {len(out)}")
+
+
+def error_rate(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 256, threads: int = 0) -> float:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise GraphpruneError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
+    inp = sess.get_inputs()[0]
+    fixed = isinstance(inp.shape[0], int) and inp.shape[0] > 0
+    bs = inp.shape[0] if fixed else batch
+    wrong = 0
+    try:
+        for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            if fixed and len(xb) < bs:   # fixed batch size: pad the last batch
+                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - len(xb), 0)])
+            logits = sess.run(None, {inp.name: xb})[0][: len(x[i:i + bs])]
+            wrong += int((logits.reshape(len(logits), -1).argmax(1) != y[i:i + bs]).sum())
+    except GraphpruneError:
+        raise
+    except Exception as exc:
+        raise GraphpruneError(f"the data does not fit the model: {str(exc).strip().splitlines()[0][:200]}") from None
+    return wrong / len(x)
+
+
+# ---- the executor job: state loaded once per worker ---------------------------------
+
+_STATE: dict = {}
+
+
+def init_worker(model_bytes: bytes, data_path: str | None, x=None, y=None, criterion: str = "l1",
+                eval_threads: int = 0) -> None:
+    """Load the model, its analysis and the data once in this (worker) process."""
+    import graphprune as gp
+    model = gp.load(onnx.load_from_string(model_bytes))
+    _STATE.clear()
+    _STATE.update(model=model, analysis=gp.analyse(model), criterion=criterion, threads=eval_threads)
+    if data_path is not None:
+        with np.load(data_path) as f:
+            x, y = f["x"], f["y"]
+    _STATE["x"], _STATE["y"] = np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
+
+
+def build(config: dict[int, int]) -> onnx.ModelProto:
+    import graphprune as gp
+    an = _STATE["analysis"]
+    if all(config[g] == an.group(g).units for g in config):
+        return _STATE["model"]
+    plan = gp.choose(an, keep={int(k): int(v) for k, v in config.items()}, criterion=_STATE["criterion"])
+    return gp.prune(_STATE["model"], plan)
+
+
+def evaluate_job(config: dict[int, int]) -> dict:
+    """Rewrite + error + counts of one configuration (no latency)."""
+    import graphprune as gp
+    pruned = build(config)
+    c = gp.count(pruned)
+    err = error_rate(pruned, _STATE["x"], _STATE["y"], threads=_STATE["threads"])
+    return {"error": err, "macs": c.macs, "params": c.params, "param_bytes": c.param_bytes,
+            "model": pruned.SerializeToString()}
+
+
+@dataclass
+class LatencySpec:
+    """How latency is measured: the same options as `graphprune bench`."""
+    target: str = "x86"
+    backend: str = "ort"
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    tune_trials: int = 0
+    repeats: int = 30
+    threads: int | None = None
+    power_w: float | None = None
+    stand_in: str | None = None      # the target actually measured when the requested one has no device
+    targets_file: str | None = None
+
+    @property
+    def measured_target(self) -> str:
+        return self.stand_in or self.target
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("target", "backend", "rpc_tracker", "rpc_key", "tune_trials",
+                                              "repeats", "threads", "power_w", "stand_in")}
+
+
+def measure(model: onnx.ModelProto, spec: LatencySpec) -> dict:
+    from graphprune.targets import measure_latency
+    r = measure_latency(model, target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
+                        rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats,
+                        threads=spec.threads, targets_file=spec.targets_file)
+    out = {"latency_ms": r.median_ms, "latency_spread_ms": r.spread_ms, "latency_backend": r.backend,
+           "latency_device": r.device, "latency_tuning": r.tuning, "latency_cached": r.cached,
+           "latency_emulated": r.emulated}
+    out["energy_mj"] = r.median_ms * spec.power_w if spec.power_w else None
+    return out

@@ -1,0 +1,406 @@
+"""`graphprune optimize` as one function: load -> analyse -> sensitivity -> surrogate ->
+search -> choose -> recover -> write outputs."""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphprune.errors import GraphpruneError
+from graphprune.search import objectives as obj
+from graphprune.search import report as rep
+from graphprune.search import sensitivity as sens
+from graphprune.search.evaluate import Evaluator
+from graphprune.search.executor import make_executor
+from graphprune.search.journal import Journal
+from graphprune.search.optimizer import DEFAULT_OPTIMIZER, Search
+from graphprune.search.pareto import Constraints, choose_best, front
+from graphprune.search.space import build_space, parse_bounds
+from graphprune.search.surrogate import Surrogate, prediction_error
+
+RESULT_KEY = "graphprune.optimize"
+
+
+@dataclass
+class OptimizeOptions:
+    model: str
+    data: str
+    outdir: str
+    target: str = "x86"
+    backend: str = "ort"
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    tune_trials: int = 0
+    repeats: int = 30
+    threads: int | None = None
+    stand_in: str | None = None
+    targets_file: str | None = None
+    objectives: str = "latency,error"
+    max_error_increase: float | None = None
+    latency_budget_ms: float | None = None
+    prefer: dict[str, float] = field(default_factory=dict)
+    optimizer: str = DEFAULT_OPTIMIZER
+    budget: int = 60
+    workers: int = 1
+    seed: int = 0
+    criterion: str = "l1"
+    channel_step: int | None = None
+    min_keep: float = 0.25
+    group_bounds: str | None = None
+    sensitivity_ratios: tuple = (0.25, 0.5, 0.75)
+    holdout: int = 6
+    uniform_ratios: tuple = (0.25, 0.5, 0.75)
+    samples: int | None = None          # evaluate on a fixed-seed subset of --data
+    epochs: float = 0.0                 # recovery fine-tuning (0: none)
+    train_data: str | None = None
+    finetune_steps: int = 2
+    lr: float = 5e-4
+    batch_size: int = 64
+    resume: bool = False
+    progress: bool = True
+
+
+def parse_duration_ms(text: str | None) -> float | None:
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    try:
+        if t.endswith("ms"):
+            v = float(t[:-2])
+        elif t.endswith("us"):
+            v = float(t[:-2]) / 1000
+        elif t.endswith("s"):
+            v = float(t[:-1]) * 1000
+        else:
+            v = float(t)
+    except ValueError:
+        raise GraphpruneError(f"--latency-budget: expected a time such as 4ms, got {text!r}") from None
+    if not v > 0:
+        raise GraphpruneError(f"--latency-budget must be positive, got {text!r}")
+    return v
+
+
+def parse_prefer(items: list[str] | None) -> dict[str, float]:
+    out = {}
+    for item in items or []:
+        for part in item.split(","):
+            if "=" not in part:
+                raise GraphpruneError(f"--prefer: expected OBJECTIVE=WEIGHT, got {part!r}")
+            k, v = part.split("=", 1)
+            name = obj.ALIASES.get(k.strip())
+            if name is None:
+                raise GraphpruneError(f"--prefer: unknown objective {k.strip()!r}")
+            try:
+                w = float(v)
+            except ValueError:
+                raise GraphpruneError(f"--prefer {part!r}: weight must be a number") from None
+            if w < 0:
+                raise GraphpruneError(f"--prefer {part!r}: weight must be >= 0")
+            out[name] = w
+    return out
+
+
+def _resolve_latency(o: OptimizeOptions, need_latency: bool) -> tuple[obj.LatencySpec, int, str]:
+    """The measurement spec, the channel step, and the label every output carries."""
+    from graphprune.targets import get_target
+    extra = [o.targets_file] if o.targets_file else None
+    tgt = get_target(o.target, extra)
+    if o.backend not in ("ort", "tvm"):
+        raise GraphpruneError(f"unknown backend {o.backend!r} (use ort or tvm)")
+    if o.tune_trials < 0:
+        raise GraphpruneError("--tune-trials must be >= 0")
+    if o.rpc_tracker:   # fail now, not after compiling: the tracker and a device under the key must answer
+        from graphprune.targets.measure_rpc import check_key
+        check_key(o.rpc_tracker, o.rpc_key or tgt.rpc_key, timeout=10.0)
+    stand = None
+    local_ok = tgt.runs_on_host and (o.backend == "tvm" or tgt.name == "x86")
+    if o.stand_in:
+        stand = get_target(o.stand_in, extra)
+        if o.rpc_tracker:
+            raise GraphpruneError("--stand-in is for a target without a device; with --rpc-tracker the "
+                                  "target's own device is measured")
+        if stand.name == tgt.name:
+            stand = None
+    elif need_latency and not o.rpc_tracker and not local_ok:
+        raise GraphpruneError(f"target {tgt.name!r} has no reachable device from this host: give --rpc-tracker "
+                              f"HOST:PORT (--rpc-key, default {tgt.rpc_key}), or measure an explicit stand-in with "
+                              f"--stand-in x86 (every output is then labelled as stand-in timings)")
+    measured_tgt = stand or tgt
+    power = measured_tgt.power_w
+    spec = obj.LatencySpec(target=tgt.name, backend=o.backend, rpc_tracker=o.rpc_tracker, rpc_key=o.rpc_key,
+                           tune_trials=o.tune_trials, repeats=o.repeats, threads=o.threads, power_w=power,
+                           stand_in=stand.name if stand else None, targets_file=o.targets_file)
+    if stand:
+        label = (f"STAND-IN: measured on {stand.name} ({o.backend}, this host), not on {tgt.name}")
+    elif o.rpc_tracker:
+        label = f"measured on {tgt.name} device via RPC ({o.backend}, key {o.rpc_key or tgt.rpc_key})"
+    else:
+        label = f"measured on {tgt.name} (this host, {o.backend})"
+    step = o.channel_step or tgt.channel_step
+    return spec, step, label
+
+
+def _data_hash(x, y) -> str:
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_data(o: OptimizeOptions):
+    """(x_eval, y_eval, train or None, description)."""
+    from graphprune.data import load_data
+    d = load_data(o.data)
+    desc = f"{o.data} ({len(d)} samples)"
+    train = None
+    if o.epochs > 0:
+        if o.train_data:
+            train = load_data(o.train_data)
+            desc += f"; fine-tuning on {o.train_data} ({len(train)} samples)"
+        else:   # hold out: fine-tuning never sees the evaluation part
+            n = len(d)
+            if n < 20:
+                raise GraphpruneError(f"--data has {n} samples: too few to hold out a validation part; "
+                                      "give --train-data")
+            idx = np.random.default_rng(o.seed).permutation(n)
+            n_eval = max(10, n // 2)
+            ev, tr = np.sort(idx[:n_eval]), np.sort(idx[n_eval:])
+            train = type(d)(d.x[tr], d.y[tr])
+            d = type(d)(d.x[ev], d.y[ev])
+            desc += (f"; no --train-data, so it was split with seed {o.seed}: {len(tr)} samples for fine-tuning, "
+                     f"{len(ev)} held out for the search and every reported accuracy")
+    if o.samples is not None:
+        d = d.subsample(o.samples, o.seed)
+        desc += f"; evaluated on a fixed-seed subset of {len(d)}"
+    return d.x, d.y, train, desc
+
+
+def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
+    import onnx
+
+    import graphprune as gp
+    from graphprune.search.report import slim
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_start = time.time()
+    objectives = obj.parse_objectives(o.objectives)
+    if o.max_error_increase is not None and not (0 <= o.max_error_increase < 1):
+        raise GraphpruneError(f"--max-error-increase must be in [0, 1) (0.01 = 1 pp), got {o.max_error_increase}")
+    if o.budget < 1:
+        raise GraphpruneError(f"--budget must be >= 1, got {o.budget}")
+    for name in o.prefer:
+        if name not in objectives:
+            raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
+    need_latency = "latency_ms" in objectives or "energy_mj" in objectives or o.latency_budget_ms is not None
+    spec, step, label = _resolve_latency(o, True)
+    if "energy_mj" in objectives and not spec.power_w:
+        raise GraphpruneError(f"target {spec.measured_target!r} states no power_w: energy cannot be estimated")
+
+    model = gp.load(o.model)
+    an = gp.analyse(model)
+    x, y, train, data_desc = _load_data(o)
+    obj.check_data_fits(model, x, y)
+    space = build_space(an, step, o.min_keep, parse_bounds(o.group_bounds))
+
+    out = Path(o.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"version": 1, "model_sha": _model_hash(model), "data": _data_hash(x, y), "objectives": objectives,
+              "latency": spec.to_json(), "criterion": o.criterion, "space": space.to_json(), "seed": o.seed,
+              "optimizer": o.optimizer, "workers": o.workers, "sensitivity_ratios": list(o.sensitivity_ratios),
+              "holdout": o.holdout, "uniform_ratios": list(o.uniform_ratios),
+              "max_error_increase": o.max_error_increase, "latency_budget_ms": o.latency_budget_ms}
+    journal = Journal(out / "journal.jsonl", header, o.resume)
+    resumed = len(journal.records)
+    if o.resume:
+        log(f"resuming: {resumed} record(s) in {out / 'journal.jsonl'} will be reused, not measured again")
+
+    model_bytes = model.SerializeToString()
+    obj.init_worker(model_bytes, None, x, y, o.criterion)         # this process: exact counts, final builds
+    own_executor = executor is None
+    if own_executor:
+        executor = make_executor(o.workers, obj.init_worker, (model_bytes, None, x, y, o.criterion, 1 if o.workers > 1 else 0))
+    try:
+        ev = Evaluator(space, journal, executor, spec, measure_latency=need_latency)
+        # 1. the original
+        base = ev.evaluate([space.full()], "baseline")[0]
+        if base.get("latency_ms") is None:
+            base = ev.add_latency(base, model)
+        base_err = base["error"]
+        log(f"original: accuracy {100 * (1 - base_err):.2f} %, latency {base['latency_ms']:.3f} ms ({label})")
+        cons = Constraints(
+            max_error=None if o.max_error_increase is None else base_err + o.max_error_increase,
+            max_latency_ms=o.latency_budget_ms)
+        # 2. sensitivity sweep
+        sweep = sens.sweep_configs(space, list(o.sensitivity_ratios))
+        s_recs = ev.evaluate([c for _, _, c in sweep], "sensitivity",
+                             [{"group": g, "ratio": r} for g, r, _ in sweep])
+        for (g, r, _), rec in zip(sweep, s_recs):
+            rec.setdefault("group", g)
+        bounds = sens.lower_bounds(space, s_recs, base_err, o.max_error_increase)
+        if bounds:
+            space = space.restrict(bounds)
+            ev.space = space
+            log("sensitivity bounds: " + ", ".join(f"group {g} keeps >= {v}" for g, v in bounds.items()))
+        # 3. hold-out configurations for the surrogate's prediction error
+        rng = np.random.default_rng(o.seed + 7)
+        hold_cfgs = [space.decode(rng.random(space.dims)) for _ in range(o.holdout)]
+        h_recs = ev.evaluate(hold_cfgs, "holdout")
+        uni_cfgs = [{a.gid: space.snap(a.gid, a.units * (1 - r)) for a in space.axes} for r in o.uniform_ratios]
+        u_recs = ev.evaluate(uni_cfgs, "uniform", [{"ratio": r} for r in o.uniform_ratios])
+        fit_recs = [base] + s_recs
+        sur = Surrogate()
+        F = sens.as_fractions(space, fit_recs)
+        lat = np.asarray([r["latency_ms"] for r in fit_recs]) if need_latency else None
+        sur.fit(F, lat, np.asarray([r["error"] for r in fit_recs]), o.seed)
+        h_eval = [r for r in _unique(h_recs) if r.get("phase") == "holdout"]   # never a fitted point
+        hold_pe = prediction_error(sur, sens.as_fractions(space, h_eval),
+                                   [r["latency_ms"] for r in h_eval] if need_latency else None,
+                                   [r["error"] for r in h_eval]) if h_eval else {"n": 0}
+        if hold_pe.get("n"):
+            mape = f"latency MAPE {hold_pe['latency_mape_pct']:.1f} %, " if hold_pe.get("latency_mape_pct") is not None else ""
+            log(f"surrogate on {hold_pe['n']} held-out configurations: {mape}error MAE {hold_pe['error_mae_pp']:.2f} pp")
+        margins = {"latency_rel": max(0.05, (hold_pe.get("latency_mape_pct") or 10.0) / 100),
+                   "error_abs": max(0.005, hold_pe.get("error_mae", 0.01))}
+        measured = _unique([base] + s_recs + h_recs + u_recs)
+        # 4. the search
+        pbar = None
+        if o.progress:
+            from tqdm import tqdm
+            pbar = tqdm(total=o.budget, desc="candidates", unit="cand", file=sys.stderr, dynamic_ncols=True)
+
+        def progress(search, recs):
+            if pbar is None:
+                return
+            pbar.n = search.stats.asked
+            feas = [r for r in recs if not cons.violations(r) and r.get("latency_ms") is not None]
+            best = min(feas, key=lambda r: r["latency_ms"]) if feas else None
+            pbar.set_postfix_str(f"measured {search.stats.measured}+{search.stats.reused} reused, "
+                                 f"screened {search.stats.screened}, best feasible "
+                                 + (f"{best['latency_ms']:.3f} ms @ {100 * (1 - best['error']):.1f} %" if best else "-"))
+            pbar.refresh()
+
+        def exact_counts(cfg):
+            c = gp.count(obj.build(cfg))
+            return {"macs": c.macs, "param_bytes": c.param_bytes}
+
+        sur_fit = Surrogate()
+        search = Search(space, ev, objectives, base, cons, sur_fit, margins, o.optimizer, o.budget, o.workers,
+                        o.seed, exact_counts=exact_counts, progress=progress)
+        search.refit(measured)
+        measured = search.run(measured)
+        if pbar is not None:
+            pbar.close()
+        # prospective prediction error: search candidates predicted before being measured
+        pros = [r for r in measured if r.get("phase") == "search" and r.get("predicted")]
+        prospective = {"n": len(pros)}
+        if pros:
+            err_abs = [abs(r["predicted"]["error"] - r["error"]) for r in pros]
+            prospective.update(error_mae=float(np.mean(err_abs)), error_mae_pp=float(np.mean(err_abs) * 100))
+            lat_rows = [r for r in pros if "latency_ms" in r["predicted"] and r.get("latency_ms")]
+            prospective["latency_mape_pct"] = (float(np.mean([abs(r["predicted"]["latency_ms"] - r["latency_ms"]) / r["latency_ms"]
+                                                               for r in lat_rows]) * 100) if lat_rows else None)
+        # 5. the front and the choice
+        fr = front(measured, objectives)
+        if not need_latency:   # MACs-driven search: time the front (and the uniform baselines) afterwards
+            for r in fr + u_recs:
+                ev.add_latency(r, obj.build({int(k): v for k, v in r["config"].items()}))
+        weights = {ob: o.prefer.get(ob, 1.0) for ob in objectives}
+        choice = choose_best(fr, base, objectives, cons, weights)
+        chosen = choice.record
+        recovery = None
+        best_model = None
+        if chosen is not None:
+            cfg = {int(k): v for k, v in chosen["config"].items()}
+            pruned = obj.build(cfg)
+            best_model = pruned
+            if o.epochs > 0 and cfg == {a.gid: a.units for a in space.axes}:
+                log("recovery skipped: the chosen configuration is the original model")
+            elif o.epochs > 0:
+                from graphprune.search.finetune import recover
+                best_model, recovery = recover(model, an, cfg, o.criterion, train, x, y, epochs=o.epochs,
+                                               steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size,
+                                               seed=o.seed, log=log)
+                recovery.update(obj.measure(best_model, spec))
+                recovery["text"] = (f"pruned in {recovery['steps']} step(s) with {recovery['epochs_per_step']:.2f} "
+                                    f"epoch(s) of fine-tuning after each, then {recovery['final_epochs']:.2f} final "
+                                    f"epoch(s) on {recovery['train_samples']} training samples: accuracy "
+                                    f"{100 * recovery['accuracy_before']:.2f} % before recovery (pruned, no training) -> "
+                                    f"{100 * recovery['accuracy_after']:.2f} % after, original "
+                                    f"{100 * (1 - base_err):.2f} %, on {len(y)} samples the fine-tuning never saw; "
+                                    f"latency {recovery['latency_ms']:.3f} ms")
+        summary = {
+            "model": str(o.model), "latency": spec.to_json(), "latency_label": label,
+            "energy_note": f"estimate = latency x {spec.power_w} W (stated power of {spec.measured_target}), not measured"
+            if spec.power_w else None,
+            "data": {"description": data_desc, "samples": int(len(y))},
+            "objectives": objectives, "constraints_text": _cons_text(o, cons),
+            "weights": weights, "weights_text": ", ".join(f"{k}={v:g}" for k, v in weights.items()),
+            "optimizer": o.optimizer, "budget": o.budget, "workers": o.workers, "seed": o.seed,
+            "criterion": o.criterion, "space": space.to_json(), "space_size": float(space.size()),
+            "counts": {"asked": search.stats.asked, "measured_total": len(journal.of_type("measured")),
+                       "measured_this_run": ev.n_measured, "from_journal": ev.n_reused,
+                       "screened": search.stats.screened, "duplicates": search.stats.duplicates},
+            "baseline": slim(base), "uniform": [slim(r) for r in u_recs],
+            "front": [slim(r) for r in fr], "chosen": slim(chosen), "choice_reason": choice.reason,
+            "recovery": recovery,
+            "sensitivity": {"ratios": list(o.sensitivity_ratios), "bounds": {str(k): v for k, v in bounds.items()},
+                            "curves": {str(k): v for k, v in sens.curves(space, s_recs, base).items()}},
+            "surrogate": {"model": "latency: Ridge on log-latency over kept fractions and their pairwise products; "
+                                   "error: Ridge (gradient boosting from 30 measured configurations) on the same features",
+                          "holdout": hold_pe, "prospective": prospective},
+            "seconds": time.time() - t_start,
+        }
+        # 6. outputs
+        if best_model is not None:
+            meta = {"configuration": chosen["config"], "key": chosen["key"], "target": spec.target,
+                    "latency_label": label, "original": slim(base), "chosen_measured": slim(chosen),
+                    "recovery": {k: v for k, v in (recovery or {}).items() if k != "text"} or None,
+                    "energy_note": summary["energy_note"], "choice_reason": choice.reason}
+            from graphprune.metadata import set_json
+            bm = onnx.ModelProto()
+            bm.CopyFrom(best_model)
+            set_json(bm, RESULT_KEY, meta)
+            gp.save(bm, out / "best.onnx", source=o.model)
+            summary["best_model"] = str(out / "best.onnx")
+        rep.write_json(out / "pareto.json", summary)
+        rep.plot(out / "pareto.png", measured, fr, base, u_recs, chosen,
+                 ({"latency_ms": recovery["latency_ms"], "error": 1 - recovery["accuracy_after"]} if recovery else None),
+                 label, f"{Path(o.model).name} on {spec.target}"
+                 + (f" (STAND-IN {spec.stand_in})" if spec.stand_in else ""))
+        rep.atomic_write_text(out / "report.md", rep.markdown(summary))
+        summary["_measured"] = measured
+        if chosen is None:
+            raise GraphpruneError(f"{choice.reason}; see {out / 'report.md'}")
+        return summary
+    finally:
+        journal.close()
+        if own_executor:
+            executor.shutdown()
+
+
+def _unique(recs):
+    seen, out = set(), []
+    for r in recs:
+        if r["key"] not in seen:
+            seen.add(r["key"])
+            out.append(r)
+    return out
+
+
+def _model_hash(model) -> str:
+    from graphprune.targets.cache import graph_hash
+    return graph_hash(model)[:16]
+
+
+def _cons_text(o: OptimizeOptions, c: Constraints) -> str:
+    parts = []
+    if o.max_error_increase is not None:
+        parts.append(f"error increase <= {o.max_error_increase:g} (error <= {c.max_error:.4f})")
+    if o.latency_budget_ms is not None:
+        parts.append(f"latency <= {o.latency_budget_ms:g} ms")
+    return ", ".join(parts) or "none"

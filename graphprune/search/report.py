@@ -1,0 +1,153 @@
+"""Outputs: pareto.json, pareto.png (matplotlib Agg), report.md."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+_KEYS = ("key", "phase", "config", "error", "latency_ms", "latency_spread_ms", "macs", "params", "param_bytes",
+         "energy_mj", "group", "ratio", "predicted")
+
+
+def slim(r: dict | None) -> dict | None:
+    if r is None:
+        return None
+    out = {k: r[k] for k in _KEYS if k in r}
+    if "error" in out:
+        out["accuracy"] = 1.0 - out["error"]
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=_default) + "\n")
+
+
+def _default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, uniform: list[dict],
+         chosen: dict | None, recovered: dict | None, latency_label: str, title: str,
+         extra_series: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def xy(rows):
+        rows = [r for r in rows if r.get("latency_ms") is not None]
+        return [r["latency_ms"] for r in rows], [100 * (1 - r["error"]) for r in rows]
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    x, y = xy(measured)
+    ax.scatter(x, y, s=12, c="0.75", label=f"measured candidates ({len(x)})")
+    fr = sorted([r for r in front if r.get("latency_ms") is not None], key=lambda r: r["latency_ms"])
+    x, y = xy(fr)
+    ax.plot(x, y, "o-", c="tab:blue", ms=5, label=f"Pareto front ({len(x)})")
+    if uniform:
+        x, y = xy(sorted(uniform, key=lambda r: r["latency_ms"] or 0))
+        ax.plot(x, y, "s--", c="tab:orange", ms=5, label="uniform L1 baseline")
+    for name, pts in (extra_series or {}).items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "^:", ms=6, label=name)
+    x, y = xy([baseline])
+    ax.scatter(x, y, marker="*", s=220, c="k", zorder=5, label="original")
+    if chosen is not None:
+        x, y = xy([chosen])
+        ax.scatter(x, y, marker="D", s=90, facecolors="none", edgecolors="tab:red", linewidths=2, zorder=6,
+                   label="chosen (before recovery)")
+    if recovered is not None and recovered.get("latency_ms") is not None:
+        ax.scatter([recovered["latency_ms"]], [100 * (1 - recovered["error"])], marker="P", s=120, c="tab:green",
+                   zorder=7, label="chosen after fine-tuning")
+    ax.set_xlabel(f"latency [ms] ({latency_label})")
+    ax.set_ylabel("accuracy [%] on held-out data")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".pareto.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _row(r: dict, base: dict, energy: bool) -> str:
+    lat = r.get("latency_ms")
+    sp = f"{base['latency_ms'] / lat:.2f}x" if lat and base.get("latency_ms") else "-"
+    cells = [r["key"], f"{100 * (1 - r['error']):.2f}", f"{lat:.3f}" if lat is not None else "-", sp,
+             f"{r['macs'] / 1e6:.2f}", f"{r['param_bytes'] / 1024:.1f}"]
+    if energy:
+        cells.append(f"{r['energy_mj']:.3f}" if r.get("energy_mj") is not None else "-")
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(s: dict) -> str:
+    """The human report from the summary dict that pareto.json also holds."""
+    base = s["baseline"]
+    energy = s["latency"].get("power_w") is not None
+    L = [f"# graphprune optimize: {s['model']}", ""]
+    if s["latency"].get("stand_in"):
+        L += [f"> **STAND-IN TIMINGS**: {s['latency_label']}. No latency below is from "
+              f"target `{s['latency']['target']}`.", ""]
+    L += [f"- target: `{s['latency']['target']}`; latency: {s['latency_label']}",
+          f"- data: {s['data']['description']}",
+          f"- objectives: {', '.join(s['objectives'])}; constraints: {s['constraints_text']}; "
+          f"preferences: {s['weights_text']}",
+          f"- search space: {len(s['space']['groups'])} groups, channel step {s['space']['step']}, "
+          f"{s['space_size']:.3g} configurations; optimizer {s['optimizer']} (nevergrad), budget {s['budget']}, "
+          f"{s['workers']} worker(s), seed {s['seed']}",
+          f"- candidates: {s['counts']['asked']} proposed, {s['counts']['measured_total']} measured in all "
+          f"({s['counts']['measured_this_run']} in this run, {s['counts']['from_journal']} read back from the journal), "
+          f"{s['counts']['screened']} screened out by the surrogate, {s['counts']['duplicates']} repeats",
+          ""]
+    if energy:
+        L += [f"Energy is an ESTIMATE: latency x stated power {s['latency']['power_w']} W of the "
+              f"{'stand-in ' if s['latency'].get('stand_in') else ''}target; it is not measured.", ""]
+    L += ["## Original", "", f"accuracy {100 * (1 - base['error']):.2f} %, latency {base['latency_ms']:.3f} ms, "
+          f"{base['macs'] / 1e6:.2f} M MACs, {base['param_bytes'] / 1024:.1f} KiB parameters", ""]
+    ch = s.get("chosen")
+    L += ["## Choice", ""]
+    if ch is None:
+        L += [f"**No candidate meets the constraints.** {s['choice_reason']}", ""]
+    else:
+        L += [f"Chosen configuration `{ch['key']}` (kept units per group): {s['choice_reason']}.", ""]
+        rec = s.get("recovery")
+        if rec:
+            L += ["### Recovery by fine-tuning", "", rec["text"], ""]
+    L += ["## Pareto front", "", "kept units per group in the order " +
+          ", ".join(f"{g['id']} ({g['units']})" for g in s["space"]["groups"]), "",
+          "| configuration | accuracy % | latency ms | speed-up | M MACs | param KiB |" + (" energy mJ (est.) |" if energy else ""),
+          "|---|---|---|---|---|---|" + ("---|" if energy else "")]
+    L += [_row(r, base, energy) for r in s["front"]]
+    L += ["", "## Sensitivity (each group pruned alone)", ""]
+    for gid, rows in s["sensitivity"]["curves"].items():
+        cells = ", ".join(f"{r['kept']}: {100 * (1 - r['error']):.1f}% / {r['latency_ms']:.3f} ms"
+                          if r.get("latency_ms") is not None else f"{r['kept']}: {100 * (1 - r['error']):.1f}%"
+                          for r in rows)
+        L.append(f"- group {gid}: {cells}")
+    b = s["sensitivity"]["bounds"]
+    L += ["", "Search bounds from sensitivity: " + (", ".join(f"group {g} keeps >= {v}" for g, v in b.items())
+                                                     if b else "none (no error constraint, or no group fails alone)"), ""]
+    sg = s["surrogate"]
+    L += ["## Surrogate (regression) accuracy", ""]
+    for name, pe in (("held-out random configurations, fitted on the sensitivity sweep", sg.get("holdout")),
+                     ("search candidates, predicted before they were measured", sg.get("prospective"))):
+        if pe and pe.get("n"):
+            mape = f"latency MAPE {pe['latency_mape_pct']:.1f} %, " if pe.get("latency_mape_pct") is not None else ""
+            L.append(f"- {name} (n={pe['n']}): {mape}error MAE {pe['error_mae_pp']:.2f} pp")
+    L += ["", f"Model: {sg['model']}", ""]
+    L += ["## Files", "", "- `best.onnx`: the chosen model" + (" after recovery" if s.get("recovery") else ""),
+          "- `pareto.json`, `pareto.png`, `journal.jsonl` (every measurement; `--resume` continues from it)", ""]
+    return "\n".join(L)
