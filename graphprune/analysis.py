@@ -36,9 +36,10 @@ class Group:
     prunable: bool
     reason: str
     inexact: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)   # nodes whose filters these channels are
 
     def to_json(self) -> dict:
-        return {"id": self.id, "channels": self.channels, "members": self.members,
+        return {"id": self.id, "channels": self.channels, "members": self.members, "producers": self.producers,
                 "prunable": self.prunable, "reason": self.reason, "units": self.units,
                 "frozen_units": self.frozen_units, "inexact": self.inexact}
 
@@ -178,9 +179,11 @@ def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:
                 members[g].append(node_name)
 
     width = np.zeros(len(order), np.int64)
+    producers: list[list[str]] = [[] for _ in order]
     for s in producer_src:
         g = group_of_unit[unit_of[s.start]]
         width[g] = max(width[g], s.stop - s.start)
+        producers[g].append(s.node)
 
     groups = []
     unit_group_count = np.bincount(group_of_unit[group_of_unit >= 0], minlength=len(order))
@@ -200,7 +203,8 @@ def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:
         if inexact and frozen < units:
             reason = (reason + "; " if reason else "") + "inexact: " + inexact[0]
         groups.append(Group(id=g, channels=int(width[g]), units=units, frozen_units=frozen,
-                            members=members[g], prunable=frozen < units, reason=reason, inexact=inexact))
+                            members=members[g], prunable=frozen < units, reason=reason, inexact=inexact,
+                            producers=producers[g]))
     return Analysis(model=model, groups=groups, maps=ctx.maps, sources=ctx.sources, unit_of=unit_of,
                     group_of_unit=group_of_unit, unit_frozen=unit_frozen, unit_inexact=unit_inexact,
                     inexact_reasons={g.id: g.inexact for g in groups if g.inexact},

@@ -96,6 +96,10 @@ class OnnxModule(nn.Module):
         init_names = {t.name for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
+        # static input dims (None where symbolic), so callers can check data before running
+        self.input_shapes = [[d.dim_value if d.HasField("dim_value") else None
+                              for d in i.type.tensor_type.shape.dim]
+                             for i in graph.input if i.name not in init_names]
 
         # constants: initializers, Constant node outputs, and Identity aliases of either
         self._const_np: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -12,7 +12,11 @@ from graphprune.passes.zero_removed import ZeroRemovedChannelsPass
 from graphprune.runtime import run
 from graphprune.selection import PruningPlan
 
-RELATIVE_TOLERANCE = 1e-4
+# float32 rounding through a deep network (summation order changes with channel counts;
+# LayerNorm and Softmax amplify it) stays far below this; a wrong rewrite gives errors of
+# the order of the outputs themselves.
+ABSOLUTE_TOLERANCE = 1e-5
+RELATIVE_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -53,5 +57,6 @@ def verify(model: onnx.ModelProto, plan: PruningPlan, pruned: onnx.ModelProto, *
             scale = max(scale, float(np.abs(a64)[finite].max(initial=0.0)))
     rel = diff / scale if scale > 0 else diff
     inexact = plan.inexact()
-    passed = shapes_equal and (bool(inexact) or rel <= RELATIVE_TOLERANCE)
+    within = diff <= ABSOLUTE_TOLERANCE + RELATIVE_TOLERANCE * scale
+    passed = shapes_equal and (bool(inexact) or within)
     return VerifyReport(diff, rel, not inexact, passed, inexact, shapes_equal)

@@ -18,7 +18,7 @@ from graphprune.search import sensitivity as sens
 from graphprune.search.evaluate import Evaluator
 from graphprune.search.executor import make_executor
 from graphprune.search.journal import Journal
-from graphprune.search.optimizer import DEFAULT_OPTIMIZER, Search
+from graphprune.search.optimizer import DEFAULT_OPTIMIZER, Search, check_optimizer
 from graphprune.search.pareto import Constraints, choose_best, front
 from graphprune.search.space import build_space, parse_bounds
 from graphprune.search.surrogate import Surrogate, prediction_error
@@ -196,6 +196,9 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
     for name in o.prefer:
         if name not in objectives:
             raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
+    check_optimizer(o.optimizer)
+    if o.workers < 1:
+        raise GraphpruneError(f"--workers must be >= 1, got {o.workers}")
     need_latency = "latency_ms" in objectives or "energy_mj" in objectives or o.latency_budget_ms is not None
     spec, step, label = _resolve_latency(o, True)
     if "energy_mj" in objectives and not spec.power_w:
@@ -206,6 +209,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
     x, y, train, data_desc = _load_data(o)
     obj.check_data_fits(model, x, y)
     space = build_space(an, step, o.min_keep, parse_bounds(o.group_bounds))
+    user_space = space   # the user's bounds; the sensitivity bounds below only steer the search
 
     out = Path(o.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,7 +309,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             prospective["latency_mape_pct"] = (float(np.mean([abs(r["predicted"]["latency_ms"] - r["latency_ms"]) / r["latency_ms"]
                                                                for r in lat_rows]) * 100) if lat_rows else None)
         # 5. the front and the choice
-        fr = front(measured, objectives)
+        fr = front([r for r in measured if user_space.contains(r["config"])], objectives)
         if not need_latency:   # MACs-driven search: time the front (and the uniform baselines) afterwards
             for r in fr + u_recs:
                 ev.add_latency(r, obj.build({int(k): v for k, v in r["config"].items()}))

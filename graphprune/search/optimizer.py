@@ -24,12 +24,17 @@ from graphprune.search.surrogate import Surrogate
 DEFAULT_OPTIMIZER = "DE"
 
 
-def make_optimizer(name: str, dims: int, budget: int, workers: int, seed: int):
+def check_optimizer(name: str) -> None:
     import nevergrad as ng
     if name not in ng.optimizers.registry:
         close = [n for n in ng.optimizers.registry if n.lower() == name.lower()]
         hint = f" (did you mean {close[0]}?)" if close else " (e.g. DE, TwoPointsDE, NGOpt, CMA, RandomSearch)"
         raise GraphpruneError(f"unknown nevergrad optimizer {name!r}{hint}")
+
+
+def make_optimizer(name: str, dims: int, budget: int, workers: int, seed: int):
+    import nevergrad as ng
+    check_optimizer(name)
     param = ng.p.Array(shape=(dims,), lower=0.0, upper=1.0)
     param.random_state = np.random.RandomState(seed)
     return ng.optimizers.registry[name](parametrization=param, budget=budget, num_workers=workers)

@@ -58,7 +58,7 @@ def curves(space: SearchSpace, points: list[dict], baseline: dict) -> dict[int, 
         rows = [{"kept": a.units, "fraction": 1.0, "latency_ms": baseline["latency_ms"], "error": baseline["error"]}]
         for p in sorted(pts, key=lambda p: -p["config"][str(a.gid)]):
             k = p["config"][str(a.gid)]
-            rows.append({"kept": k, "fraction": k / a.units, "latency_ms": p["latency_ms"], "error": p["error"]})
+            rows.append({"kept": k, "fraction": k / a.units, "latency_ms": p.get("latency_ms"), "error": p["error"]})
         out[a.gid] = rows
     return out
 

@@ -88,6 +88,10 @@ class SearchSpace:
             axes.append(Axis(a.gid, a.units, a.channels, ch, a.members))
         return SearchSpace(axes, self.step, self.min_keep)
 
+    def contains(self, config: dict) -> bool:
+        """Every group's kept count is one of its axis' choices (within the user's bounds)."""
+        return all(int(config.get(a.gid, config.get(str(a.gid), -1))) in a.choices for a in self.axes)
+
     def size(self) -> int:
         return math.prod(len(a.choices) for a in self.axes)
 

@@ -1,0 +1,92 @@
+"""Small ONNX graphs built node by node, for cases exporters produce but torch tests miss."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(0)
+
+
+def w(*shape):
+    return RNG.standard_normal(shape).astype(np.float32) * 0.3
+
+
+def model(nodes, inits, inputs, outputs, opset=13, ir=8):
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir
+    return m
+
+
+def x_input(c=3, hw=8, batch="N"):
+    return helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, hw, hw])
+
+
+def out(name="y"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+
+def paddle_style():
+    """Weights in Constant nodes, an Identity in front of a weight, and one zero bias shared
+    by two convs of different groups (what PyTorch's initializer dedup produces)."""
+    const_w = helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w(8, 3, 3, 3)))
+    ident = helper.make_node("Identity", ["w2_init"], ["w2"])
+    nodes = [
+        const_w, ident,
+        helper.make_node("Conv", ["x", "w1", "zero8"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "w2", "zero8"], ["b"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("Conv", ["br", "w3"], ["c"], name="conv3"),
+        helper.make_node("GlobalAveragePool", ["c"], ["y"]),
+    ]
+    inits = {"w2_init": w(8, 8, 3, 3), "zero8": np.zeros(8, np.float32), "w3": w(4, 8, 1, 1)}
+    return model(nodes, inits, [x_input()], [out()], opset=11)
+
+
+def opset11_layout_ops():
+    """Split by attribute, Slice/Pad by inputs, Resize with `sizes`, Gemm after Flatten."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Split", ["ar"], ["s1", "s2"], axis=1, split=[6, 10]),
+        helper.make_node("Conv", ["s2", "w2"], ["c2"]),
+        helper.make_node("Concat", ["s1", "c2"], ["cat"], axis=1),
+        helper.make_node("Slice", ["cat", "starts", "ends", "axes"], ["sl"]),
+        helper.make_node("Pad", ["sl", "pads"], ["pd"], mode="constant"),
+        helper.make_node("Resize", ["pd", "roi", "noscales", "sizes"], ["rs"], mode="nearest"),
+        helper.make_node("Conv", ["rs", "w3"], ["c3"], strides=[2, 2]),
+        helper.make_node("Flatten", ["c3"], ["fl"], axis=1),
+        helper.make_node("Gemm", ["fl", "fc", "fcb"], ["y"], transB=0),
+    ]
+    inits = {
+        "w1": w(16, 3, 3, 3), "b1": w(16), "w2": w(12, 10, 1, 1),
+        "starts": np.array([2], np.int64), "ends": np.array([17], np.int64), "axes": np.array([1], np.int64),
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "roi": np.zeros(0, np.float32), "noscales": np.zeros(0, np.float32),
+        "sizes": np.array([1, 15, 20, 20], np.int64), "w3": w(6, 15, 2, 2),
+        "fc": w(6 * 10 * 10, 5), "fcb": w(5),
+    }
+    return model(nodes, inits, [x_input(batch=1)], [out()], opset=11, ir=6)
+
+
+def opset21_convtranspose_matmul():
+    """Opset 21: ConvTranspose, grouped conv, channels-last MatMul with Transpose."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["a", "wt", "bt"], ["up"], strides=[2, 2]),
+        helper.make_node("Relu", ["up"], ["upr"]),
+        helper.make_node("Conv", ["upr", "wg"], ["g"], group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["t", "m1"], ["h"]),
+        helper.make_node("Add", ["h", "m1b"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "m2"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    inits = {"w1": w(8, 3, 3, 3), "wt": w(8, 16, 2, 2), "bt": w(16), "wg": w(16, 4, 3, 3),
+             "m1": w(16, 24), "m1b": w(24), "m2": w(24, 4)}
+    return model(nodes, inits, [x_input()], [out()], opset=21, ir=10)
+
+
+def no_conv():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    return model(nodes, {}, [x_input()], [out()])
