@@ -16,6 +16,7 @@ COMMANDS = [
     "graphprune.cli.prune_commands",   # analyze, prune
     "graphprune.cli.latency_commands",
     "graphprune.cli.optimize_commands",
+    "graphprune.cli.importance_commands",
 ]
 
 

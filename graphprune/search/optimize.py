@@ -254,17 +254,18 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         rng = np.random.default_rng(o.seed + 7)
         hold_cfgs = [space.decode(rng.random(space.dims)) for _ in range(o.holdout)]
         h_recs = ev.evaluate(hold_cfgs, "holdout")
-        uni_cfgs = [{a.gid: space.snap(a.gid, a.units * (1 - r)) for a in space.axes} for r in o.uniform_ratios]
+        uni_cfgs = [{a.gid: user_space.snap(a.gid, a.units * (1 - r)) for a in user_space.axes} for r in o.uniform_ratios]
         u_recs = ev.evaluate(uni_cfgs, "uniform", [{"ratio": r} for r in o.uniform_ratios])
         fit_recs = [base] + s_recs
         sur = Surrogate()
         F = sens.as_fractions(space, fit_recs)
         lat = np.asarray([r["latency_ms"] for r in fit_recs]) if need_latency else None
-        sur.fit(F, lat, np.asarray([r["error"] for r in fit_recs]), o.seed)
+        mrel = lambda recs: np.asarray([r["macs"] / base["macs"] for r in recs])  # noqa: E731
+        sur.fit(F, lat, np.asarray([r["error"] for r in fit_recs]), o.seed, macs_rel=mrel(fit_recs))
         h_eval = [r for r in _unique(h_recs) if r.get("phase") == "holdout"]   # never a fitted point
         hold_pe = prediction_error(sur, sens.as_fractions(space, h_eval),
                                    [r["latency_ms"] for r in h_eval] if need_latency else None,
-                                   [r["error"] for r in h_eval]) if h_eval else {"n": 0}
+                                   [r["error"] for r in h_eval], mrel(h_eval)) if h_eval else {"n": 0}
         if hold_pe.get("n"):
             mape = f"latency MAPE {hold_pe['latency_mape_pct']:.1f} %, " if hold_pe.get("latency_mape_pct") is not None else ""
             log(f"surrogate on {hold_pe['n']} held-out configurations: {mape}error MAE {hold_pe['error_mae_pp']:.2f} pp")
@@ -288,11 +289,16 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
                                  + (f"{best['latency_ms']:.3f} ms @ {100 * (1 - best['error']):.1f} %" if best else "-"))
             pbar.refresh()
 
-        def exact_counts(cfg):
-            c = gp.count(obj.build(cfg))
-            return {"macs": c.macs, "param_bytes": c.param_bytes}
+        counts_cache: dict[str, dict] = {}
 
-        sur_fit = Surrogate()
+        def exact_counts(cfg):
+            k = space.key(cfg)
+            if k not in counts_cache:
+                c = gp.count(obj.build(cfg))
+                counts_cache[k] = {"macs": c.macs, "param_bytes": c.param_bytes}
+            return counts_cache[k]
+
+        sur_fit = Surrogate()  # refitted on everything measured as the search goes
         search = Search(space, ev, objectives, base, cons, sur_fit, margins, o.optimizer, o.budget, o.workers,
                         o.seed, exact_counts=exact_counts, progress=progress)
         search.refit(measured)
@@ -354,7 +360,8 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             "recovery": recovery,
             "sensitivity": {"ratios": list(o.sensitivity_ratios), "bounds": {str(k): v for k, v in bounds.items()},
                             "curves": {str(k): v for k, v in sens.curves(space, s_recs, base).items()}},
-            "surrogate": {"model": "latency: Ridge on log-latency over kept fractions and their pairwise products; "
+            "surrogate": {"model": "latency: Ridge on log-latency over the exact MAC count (relative, and its log), the "
+                                   "kept fractions and their pairwise products; "
                                    "error: Ridge (gradient boosting from 30 measured configurations) on the same features",
                           "holdout": hold_pe, "prospective": prospective},
             "seconds": time.time() - t_start,
@@ -375,7 +382,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         rep.plot(out / "pareto.png", measured, fr, base, u_recs, chosen,
                  ({"latency_ms": recovery["latency_ms"], "error": 1 - recovery["accuracy_after"]} if recovery else None),
                  label, f"{Path(o.model).name} on {spec.target}"
-                 + (f" (STAND-IN {spec.stand_in})" if spec.stand_in else ""))
+                 + (f" (STAND-IN {spec.stand_in})" if spec.stand_in else ""), criterion=o.criterion)
         rep.atomic_write_text(out / "report.md", rep.markdown(summary))
         summary["_measured"] = measured
         if chosen is None:

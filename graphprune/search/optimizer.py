@@ -83,7 +83,11 @@ class Search:
     def _predict(self, cfg) -> dict | None:
         if self.sur is None or self.sur.err_model is None:
             return None
-        lat, err = self.sur.predict(self.space.fractions(cfg)[None])
+        counts = self.exact_counts(cfg) if self.exact_counts is not None else None
+        macs_rel = [counts["macs"] / self.baseline["macs"]] if (counts and self.sur.uses_macs) else None
+        if self.sur.uses_macs and macs_rel is None:
+            return None
+        lat, err = self.sur.predict(self.space.fractions(cfg)[None], macs_rel)
         p = {"error": float(err[0])}
         if lat is not None:
             p["latency_ms"] = float(lat[0])
@@ -91,8 +95,8 @@ class Search:
             return None
         if self.b_power and "latency_ms" in p:
             p["energy_mj"] = p["latency_ms"] * self.b_power
-        if self.exact_counts is not None and any(o in ("macs", "param_bytes") for o in self.objectives):
-            p.update(self.exact_counts(cfg))
+        if counts is not None:
+            p.update(counts)
         return p
 
     @property
@@ -133,7 +137,8 @@ class Search:
         with_lat = all(r.get("latency_ms") is not None for r in rows)
         F = np.asarray([self.space.fractions({int(k): v for k, v in r["config"].items()}) for r in rows])
         self.sur.fit(F, np.asarray([r["latency_ms"] for r in rows]) if with_lat else None,
-                     np.asarray([r["error"] for r in rows]), self.seed)
+                     np.asarray([r["error"] for r in rows]), self.seed,
+                     macs_rel=np.asarray([r["macs"] / self.baseline["macs"] for r in rows]))
 
     def run(self, measured: list[dict]) -> list[dict]:
         """`measured`: the records before the search (baseline, sensitivity, hold-out); extended in

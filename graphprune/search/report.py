@@ -39,7 +39,7 @@ def _default(o):
 
 
 def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, uniform: list[dict],
-         chosen: dict | None, recovered: dict | None, latency_label: str, title: str,
+         chosen: dict | None, recovered: dict | None, latency_label: str, title: str, criterion: str = "l1",
          extra_series: dict[str, list[tuple[float, float]]] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -57,7 +57,7 @@ def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, un
     ax.plot(x, y, "o-", c="tab:blue", ms=5, label=f"Pareto front ({len(x)})")
     if uniform:
         x, y = xy(sorted(uniform, key=lambda r: r["latency_ms"] or 0))
-        ax.plot(x, y, "s--", c="tab:orange", ms=5, label="uniform L1 baseline")
+        ax.plot(x, y, "s--", c="tab:orange", ms=5, label=f"uniform ratio baseline ({criterion} ranking)")
     for name, pts in (extra_series or {}).items():
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "^:", ms=6, label=name)

@@ -2,7 +2,9 @@
 
 Features: each group's kept fraction and their pairwise products (a conv's cost
 scales with the product of its input and output widths). Latency: Ridge on those
-features, fitted to log-latency (multiplicative effects add up). Error: gradient
+features plus, when given, the configuration's exact MAC count relative to the
+original (cheap to compute: a graph rewrite and a count, no measurement), fitted to
+log-latency (multiplicative effects add up). Error: gradient
 boosting when enough configurations are measured, Ridge below that. Accuracy of the
 model is reported on measured configurations it was not fitted to (MAPE for
 latency, MAE for error, in error units: 0.01 = 1 pp).
@@ -27,12 +29,23 @@ class Surrogate:
     err_model: object = None
     n_fit: int = 0
 
-    def fit(self, fractions: np.ndarray, latency_ms: np.ndarray, error: np.ndarray, seed: int = 0) -> "Surrogate":
+    uses_macs: bool = False
+
+    def _lat_features(self, X, macs_rel):
+        if not self.uses_macs:
+            return X
+        m = np.asarray(macs_rel, float).reshape(-1, 1)
+        return np.column_stack([m, np.log(m), X])
+
+    def fit(self, fractions: np.ndarray, latency_ms: np.ndarray, error: np.ndarray, seed: int = 0,
+            macs_rel: np.ndarray | None = None) -> "Surrogate":
         from sklearn.ensemble import GradientBoostingRegressor
         from sklearn.linear_model import Ridge
         X = features(fractions)
+        self.uses_macs = macs_rel is not None
         if latency_ms is not None:
-            self.lat_model = Ridge(alpha=1e-2).fit(X, np.log(np.maximum(np.asarray(latency_ms, float), 1e-6)))
+            self.lat_model = Ridge(alpha=1e-2).fit(self._lat_features(X, macs_rel),
+                                                   np.log(np.maximum(np.asarray(latency_ms, float), 1e-6)))
         if len(X) >= 30:
             self.err_model = GradientBoostingRegressor(n_estimators=150, max_depth=2, learning_rate=0.05,
                                                        subsample=0.8, random_state=seed).fit(X, error)
@@ -41,15 +54,19 @@ class Surrogate:
         self.n_fit = len(X)
         return self
 
-    def predict(self, fractions: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def predict(self, fractions: np.ndarray, macs_rel: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
         X = features(fractions)
-        lat = np.exp(self.lat_model.predict(X)) if self.lat_model is not None else None
+        lat = None
+        if self.lat_model is not None:
+            if self.uses_macs and macs_rel is None:
+                raise ValueError("this surrogate was fitted with MAC counts: give macs_rel")
+            lat = np.exp(self.lat_model.predict(self._lat_features(X, macs_rel)))
         return lat, np.clip(self.err_model.predict(X), 0.0, 1.0)
 
 
-def prediction_error(sur: Surrogate, fractions, latency_ms, error) -> dict:
+def prediction_error(sur: Surrogate, fractions, latency_ms, error, macs_rel=None) -> dict:
     """MAPE of latency (%) and MAE of error on configurations `sur` was not fitted to."""
-    lat_p, err_p = sur.predict(np.asarray(fractions))
+    lat_p, err_p = sur.predict(np.asarray(fractions), macs_rel)
     err = np.asarray(error, float)
     mape = None
     if lat_p is not None and latency_ms is not None:

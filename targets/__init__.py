@@ -1,0 +1,95 @@
+"""Targets and latency measurement: the Python API behind `graphprune targets|compile|bench`.
+
+    from graphprune.targets import list_targets, measure_latency
+    r = measure_latency("model.onnx", target="x86", backend="ort")   # quick, host CPU
+    r = measure_latency(m, target="arm-a72", backend="tvm", rpc_tracker="10.0.0.2:9190",
+                        rpc_key="rasp4", tune_trials=64)              # tuned, on a board
+
+Modules, one job each: registry (targets as JSON data), compile (ONNX -> Relax
+-> .so), tune (MetaSchedule database per target, replay onto pruned shapes),
+measure_local (ORT / TVM VM on this host), measure_rpc (tracker devices),
+cache (on-disk results), localrpc (a throw-away local tracker + servers).
+"""
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from graphprune.errors import GraphpruneError
+from graphprune.targets import cache as _cache
+from graphprune.targets.registry import Target, get_target, list_targets, load_targets
+from graphprune.targets.result import LatencyResult
+
+__all__ = ["Target", "LatencyResult", "list_targets", "get_target", "load_targets", "compile_model",
+           "measure_latency", "tune_base"]
+
+
+def _as_model(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from graphprune.modelio import read_model
+    return read_model(model)
+
+
+def compile_model(model, target="x86", tune_trials: int = 0, output=None, targets_file=None):
+    """Compile an ONNX model (path or ModelProto) for a target; optionally export the .so to `output`."""
+    from graphprune.targets.compile import compile_model as _compile
+    return _compile(_as_model(model), target, tune_trials=tune_trials, output=output,
+                    extra_target_files=[targets_file] if targets_file else None)
+
+
+def tune_base(model, target="x86", trials: int = 64, work_dir=None) -> str:
+    """Tune a base architecture once per target (conv/matmul tasks only); pruned variants replay it.
+    Returns a description of what the database now holds."""
+    from graphprune.targets.compile import import_onnx
+    from graphprune.targets.tune import tune_module
+    return tune_module(import_onnx(_as_model(model)), get_target(target), trials, work_dir=work_dir)
+
+
+def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str | None = None,
+                    rpc_key: str | None = None, tune_trials: int = 0, repeats: int = 50, warmup: int = 5,
+                    threads: int | None = None, cache: bool = True, timeout: float = 60.0,
+                    emulated: bool = False, targets_file=None) -> LatencyResult:
+    """Median latency of one inference at batch 1, cached on disk by
+    (graph hash, target, backend, tuning state, device, repeats)."""
+    m = _as_model(model)
+    tgt = get_target(target, [targets_file] if targets_file else None)
+    if backend not in ("ort", "tvm"):
+        raise GraphpruneError(f"unknown backend {backend!r} (use ort or tvm)")
+    if backend == "ort" and (rpc_tracker or tgt.name != "x86" and not tgt.runs_on_host):
+        raise GraphpruneError("the ort backend measures this host's CPU only; use --backend tvm for "
+                              f"target {tgt.name!r} or RPC devices")
+    if rpc_tracker:
+        from graphprune.targets.measure_rpc import parse_address
+        parse_address(rpc_tracker)
+        rpc_key = rpc_key or tgt.rpc_key
+    if repeats < 1:
+        raise GraphpruneError("repeats must be >= 1")
+    key = None
+    if cache:
+        key = _cache.entry_key(_cache.graph_hash(m), target=tgt.name, tvm=tgt.tvm, backend=backend,
+                               tune_trials=tune_trials if backend == "tvm" else 0,
+                               device=f"rpc:{rpc_key}@{rpc_tracker}" if rpc_tracker else "host",
+                               repeats=repeats, threads=threads if backend == "ort" else None)
+        hit = _cache.get(key)
+        if hit is not None:
+            r = LatencyResult.from_dict(hit)
+            r.cached = True
+            return r
+    if backend == "ort":
+        from graphprune.targets.measure_local import measure_ort
+        result = measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads)
+    else:
+        from graphprune.targets.compile import compile_model as _compile
+        compiled = _compile(m, tgt, tune_trials=tune_trials)
+        if rpc_tracker:
+            from graphprune.targets.measure_rpc import measure_rpc
+            result = measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,
+                                 timeout=timeout, emulated=emulated)
+        else:
+            from graphprune.targets.measure_local import measure_tvm_local
+            result = measure_tvm_local(compiled, m, repeats=repeats, warmup=warmup)
+    if key is not None:
+        _cache.put(key, result.to_dict())
+    return result

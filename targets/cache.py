@@ -1,0 +1,64 @@
+"""On-disk measurement cache, so rerunning a search or a bench is instant.
+
+Key = (graph content hash, target, backend, tuning state, measurement settings).
+The graph hash is over the serialised ModelProto with the doc strings and
+producer fields that do not change the computation removed, so re-exporting
+the same model hits the cache. One small JSON file per entry, written
+atomically, under $GRAPHPRUNE_CACHE or ~/.cache/graphprune/latency.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRAPHPRUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "graphprune"
+    return Path(root)
+
+
+def graph_hash(model: onnx.ModelProto) -> str:
+    """sha256 of the computation: the model bytes minus producer and doc strings."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.producer_name = m.producer_version = m.doc_string = ""
+    m.graph.doc_string = ""
+    for n in m.graph.node:
+        n.doc_string = ""
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+
+
+def entry_key(ghash: str, **parts) -> str:
+    blob = json.dumps({"graph": ghash, **parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _path(key: str) -> Path:
+    return cache_dir() / "latency" / key[:2] / f"{key}.json"
+
+
+def get(key: str) -> dict | None:
+    p = _path(key)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # missing or half-written by a killed older version: measure again
+
+
+def put(key: str, value: dict) -> None:
+    p = _path(key)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp.", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,142 @@
+"""Unit tests of the search's pieces: space, Pareto front and choice, journal, executor, surrogate."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import graphprune as gp  # noqa: E402
+from graphprune.errors import GraphpruneError  # noqa: E402
+from graphprune.search.executor import SerialExecutor, make_executor  # noqa: E402
+from graphprune.search.journal import Journal  # noqa: E402
+from graphprune.search.pareto import Constraints, choose_best, dominates, front, front_indices, hypervolume_2d  # noqa: E402
+from graphprune.search.space import build_space, parse_bounds  # noqa: E402
+from graphprune.search.surrogate import Surrogate, prediction_error  # noqa: E402
+from test_search_common import tiny_resnet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return gp.analyse(gp.load(tiny_resnet()))
+
+
+def test_space_grid_follows_channel_step_and_bounds(analysis):
+    sp = build_space(analysis, step=8, min_keep=0.25)
+    assert [a.gid for a in sp.axes] == [0, 1, 2]            # the classifier's output group is frozen
+    assert sp.axis(1).choices == [8, 16, 24, 32]
+    assert sp.axis(0).choices == [8, 16]                    # 16 units: 4 would be below one step
+    for a in sp.axes:
+        assert all(c % 8 == 0 for c in a.choices) and a.choices[-1] == a.units
+    sp2 = build_space(analysis, step=4, min_keep=0.5, bounds=parse_bounds("1:0.75:1"))
+    assert sp2.axis(1).choices == [24, 28, 32] and sp2.axis(0).choices == [8, 12, 16]
+    with pytest.raises(GraphpruneError):
+        build_space(analysis, step=8, bounds=parse_bounds("3:0.5:1"))       # frozen group
+    with pytest.raises(GraphpruneError):
+        parse_bounds("1:0.9:0.2")
+    with pytest.raises(GraphpruneError):
+        build_space(analysis, step=64)                                      # nothing left to search
+
+
+def test_space_decode_encode_roundtrip_and_restrict(analysis):
+    sp = build_space(analysis, step=2, min_keep=0.25)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        cfg = sp.decode(rng.random(sp.dims))
+        assert all(cfg[a.gid] in a.choices for a in sp.axes)
+        assert sp.decode(sp.encode(cfg)) == cfg
+        assert sp.from_key(sp.key(cfg)) == cfg
+    r = sp.restrict({1: 20})
+    assert min(r.axis(1).choices) == 20 and r.key(sp.full()) == sp.key(sp.full())
+    cfg = sp.decode(np.zeros(sp.dims))
+    plan = gp.choose(analysis, keep=cfg)
+    assert plan.config() == {**cfg, **{g.id: g.units for g in analysis.groups if g.prunable and g.id not in cfg}}
+
+
+def test_front_is_exactly_the_non_dominated_set():
+    rng = np.random.default_rng(3)
+    pts = rng.random((200, 2))
+    idx = front_indices(pts)
+    for i in idx:
+        assert not any(dominates(pts[j], pts[i]) for j in range(len(pts)))
+    for j in set(range(len(pts))) - set(idx):
+        assert any(dominates(pts[i], pts[j]) for i in idx)
+    recs = [{"latency_ms": float(a), "error": float(b), "key": str(k)} for k, (a, b) in enumerate(pts)]
+    fr = front(recs, ["latency_ms", "error"])
+    assert [r["latency_ms"] for r in fr] == sorted(r["latency_ms"] for r in fr)
+    errs = [r["error"] for r in fr]
+    assert errs == sorted(errs, reverse=True)               # 2-D front: error falls as latency rises
+    assert hypervolume_2d(pts[idx], (1, 1)) == pytest.approx(hypervolume_2d(pts, (1, 1)))
+
+
+def test_choice_meets_constraints_and_follows_preferences():
+    base = {"latency_ms": 10.0, "error": 0.10}
+    fr = [{"key": "a", "latency_ms": 4.0, "error": 0.16}, {"key": "b", "latency_ms": 6.0, "error": 0.105},
+          {"key": "c", "latency_ms": 8.0, "error": 0.10}]
+    obj = ["latency_ms", "error"]
+    c = choose_best(fr, base, obj, Constraints(max_error=0.11), {"latency_ms": 1, "error": 1})
+    assert c.record["key"] == "b" and "error <= 0.1100" in c.reason
+    c = choose_best(fr, base, obj, Constraints(), {"latency_ms": 1, "error": 1})
+    assert c.record["key"] == "b"
+    c = choose_best(fr, base, obj, Constraints(), {"latency_ms": 10, "error": 1})
+    assert c.record["key"] == "a"                            # latency weighted up: the fastest
+    c = choose_best(fr, base, obj, Constraints(max_error=0.11, max_latency_ms=5.0), {})
+    assert c.record is None and "no candidate meets" in c.reason
+
+
+def test_journal_fsyncs_survives_a_cut_line_and_refuses_other_settings(tmp_path):
+    p = tmp_path / "j.jsonl"
+    j = Journal(p, {"a": 1}, resume=False)
+    j.append({"type": "measured", "key": "8-8", "error": 0.1})
+    j.append({"type": "measured", "key": "16-8", "error": 0.05})
+    j.close()
+    with open(p, "a") as f:                                   # a kill in the middle of a write
+        f.write('{"type":"measured","key":"8-1')
+    with pytest.raises(GraphpruneError, match="--resume"):
+        Journal(p, {"a": 1}, resume=False)
+    with pytest.raises(GraphpruneError, match="other settings"):
+        Journal(p, {"a": 2}, resume=True)
+    j = Journal(p, {"a": 1}, resume=True)
+    assert j.dropped_partial and j.get("measured", "8-8")["error"] == 0.1 and len(j.of_type("measured")) == 2
+    j.append({"type": "measured", "key": "24-8", "error": 0.0})
+    j.close()
+    j = Journal(p, {"a": 1}, resume=True)
+    assert [r["key"] for r in j.of_type("measured")] == ["8-8", "16-8", "24-8"]
+    j.close()
+    lines = p.read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "header"
+
+
+def _square(v):
+    return v * v
+
+
+def test_executors_are_futures_like():
+    ex = SerialExecutor()
+    f = ex.submit(_square, 7)
+    assert isinstance(f, Future) and f.result() == 49
+    bad = ex.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        bad.result()
+    with make_executor(2) as pool:
+        assert [f.result() for f in [pool.submit(_square, i) for i in range(5)]] == [0, 1, 4, 9, 16]
+    with pytest.raises(GraphpruneError):
+        make_executor(0)
+
+
+def test_surrogate_learns_a_cost_model_and_reports_its_error():
+    rng = np.random.default_rng(0)
+    F = rng.uniform(0.25, 1, (60, 3))
+    lat = 1.0 + 2.0 * F[:, 0] * F[:, 1] + 0.5 * F[:, 2]       # conv cost ~ product of widths
+    err = 0.1 + 0.3 * (1 - F[:, 0]) ** 2 + 0.05 * (1 - F[:, 2])
+    s = Surrogate().fit(F[:40], lat[:40], err[:40])
+    pe = prediction_error(s, F[40:], lat[40:], err[40:])
+    assert pe["n"] == 20 and pe["latency_mape_pct"] < 3.0 and pe["error_mae"] < 0.02
+    s2 = Surrogate().fit(F[:40], None, err[:40])               # MACs-driven search: no latency model
+    lat_p, err_p = s2.predict(F[40:])
+    assert lat_p is None and err_p.shape == (20,)

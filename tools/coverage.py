@@ -1,0 +1,282 @@
+"""Prune every model in the local zoo and report what works: docs/coverage.md.
+
+Why: the claim "graphprune prunes real CNNs" is only as good as the set of
+graphs it has been run on. This script runs the whole pipeline on each model
+and checks what a user would check:
+
+  load -> analyse -> choose(ratio, l1) -> prune
+  -> onnx.checker.check_model(pruned, full_check=True)
+  -> onnxruntime runs original and pruned on the same random input,
+     and every output keeps its shape
+  -> gp.verify (pruned vs. the original with the pruned channels removed)
+  -> gp.count (MACs and parameters, after / before)
+
+Models (see tools/export_torchvision.py and tools/fetch_real_models.sh):
+  .cache/models/torchvision/*.{ts,dynamo}.onnx   torchvision zoo, both exporters
+  .cache/models/rapidocr/*.onnx                  PaddleOCR via paddle2onnx
+  onnx/backend/test/data/light/*.onnx            inside the installed onnx wheel
+
+Each model runs in its own subprocess (with a time limit), so a crash, a hang
+or a memory blow-up in one model is recorded as that model's failure and the
+run goes on. Input is seeded (numpy default_rng(0)), so rerunning the script
+on the same commit reproduces every number. Symbolic input dims: batch -> 1,
+other unknown dims -> 64 (or --shape; a few real models have known shapes).
+
+Outputs: a markdown table printed and written to docs/coverage.md, and the
+full records (with traceback tails of failures) in .cache/coverage.json.
+
+Usage: .venv/bin/python tools/coverage.py [--models resnet50,densenet121.ts] [--ratio 0.3]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+MD_OUT = ROOT / "docs" / "coverage.md"
+JSON_OUT = CACHE / "coverage.json"
+
+# Real models whose free dims must take specific values (PP-OCR recogniser and
+# classifier are trained for 48-pixel-high text lines).
+KNOWN_SHAPES = {
+    "ch_PP-OCRv4_rec_infer": [1, 3, 48, 320],
+    "ch_ppocr_mobile_v2.0_cls_infer": [1, 3, 48, 192],
+}
+
+
+def discover() -> list[dict]:
+    """All zoo models as {id, model, source, path}; id is what --models matches."""
+    import onnx  # only for its install path
+
+    found = []
+    for p in sorted((CACHE / "models" / "torchvision").glob("*.onnx")):
+        name, exporter = p.name[: -len(".onnx")].rsplit(".", 1)
+        found.append({"model": name, "source": f"torchvision/{exporter}", "path": str(p)})
+    for p in sorted((CACHE / "models" / "rapidocr").glob("*.onnx")):
+        found.append({"model": p.stem, "source": "rapidocr", "path": str(p)})
+    light = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+    for p in sorted(glob.glob(os.path.join(light, "*.onnx"))):
+        found.append({"model": Path(p).stem.replace("light_", ""), "source": "onnx-light", "path": p})
+    for r in found:
+        r["id"] = f"{r['model']}.{r['source'].split('/')[-1]}"
+    return found
+
+
+def select(models: list[dict], spec: str | None) -> list[dict]:
+    """--models a,b: a term is a model name, an id (resnet50.ts) or a source (rapidocr, torchvision/ts)."""
+    if not spec:
+        return models
+    terms = {t for t in spec.split(",") if t}
+    return [m for m in models
+            if terms & {m["model"], m["id"], m["source"], m["source"].split("/")[0]}]
+
+
+# --------------------------------------------------------------- child process
+def feeds_for(model, name: str, shape_override: list[int] | None):
+    """Seeded random inputs for the graph inputs that are not initializers."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.dim_value > 0 else None for d in tt.shape.dim]
+        fixed = shape_override or KNOWN_SHAPES.get(name)
+        if fixed and len(fixed) == len(dims):
+            dims = [d if d is not None else f for d, f in zip(dims, fixed)]
+        dims = [d if d is not None else (1 if i == 0 else 64) for i, d in enumerate(dims)]
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(dtype)
+    return feeds
+
+
+def run_ort(model, feeds):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def one(path: str, model_name: str, ratio: float, shape: list[int] | None) -> dict:
+    """Run the pipeline on one model; return the record. Raises nothing."""
+    import traceback
+
+    import numpy as np
+    import onnx
+
+    import graphprune as gp
+
+    rec: dict = {"stage": "load"}
+    t0 = time.perf_counter()
+    try:
+        m = gp.load(path)
+        rec["stage"] = "analyse"
+        t1 = time.perf_counter()
+        an = gp.analyse(m)
+        rec["groups_total"] = len(an.groups)
+        rec["groups_prunable"] = sum(1 for g in an.groups if g.prunable)
+        rec["stage"] = "choose"
+        plan = gp.choose(an, ratio=ratio, criterion="l1", round_to=1)
+        rec["stage"] = "prune"
+        pruned = gp.prune(m, plan)
+        rec["prune_s"] = time.perf_counter() - t1  # analyse + choose + prune
+        rec["stage"] = "count"
+        c0, c1 = gp.count(m), gp.count(pruned)
+        rec["mac_ratio"] = c1.macs / c0.macs if c0.macs else None
+        rec["param_ratio"] = c1.params / c0.params if c0.params else None
+        rec["stage"] = "checker"
+        onnx.checker.check_model(pruned, full_check=True)
+        rec["stage"] = "ort"
+        feeds = feeds_for(m, model_name, shape)
+        outs0 = run_ort(m, feeds)
+        outs1 = run_ort(pruned, feeds)
+        rec["stage"] = "shape"
+        bad = [(i, a.shape, b.shape) for i, (a, b) in enumerate(zip(outs0, outs1)) if a.shape != b.shape]
+        if len(outs0) != len(outs1) or bad:
+            raise AssertionError(f"output shapes changed: {len(outs0)} vs {len(outs1)} outputs, "
+                                 f"(index, before, after) {bad}")
+        rec["stage"] = "verify"
+        rep = gp.verify(m, plan, pruned)
+        scale = max((float(np.abs(o).max()) for o in outs0 if o.size), default=0.0)
+        rec["max_abs_diff"] = float(rep.max_abs_diff)
+        rec["rel_diff"] = float(rep.max_abs_diff) / scale if scale else None
+        rec["verify_passed"] = bool(rep.passed)
+        rec["inexact"] = [str(r) for r in (rep.inexact or [])]
+        rec["stage"] = "done"
+        rec["ok"] = bool(rep.passed)
+        if not rep.passed:
+            rec["error"] = f"verify failed: max_abs_diff {rep.max_abs_diff:.3g}"
+    except Exception as exc:
+        rec["ok"] = False
+        rec["error"] = f"{rec['stage']}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        rec["traceback"] = traceback.format_exc().splitlines()[-25:]
+    rec["time_s"] = time.perf_counter() - t0
+    return rec
+
+
+# -------------------------------------------------------------- parent process
+def run_child(entry: dict, args) -> dict:
+    cmd = [sys.executable, __file__, "--_one", entry["path"], "--_name", entry["model"],
+           "--ratio", str(args.ratio)]
+    if args.shape:
+        cmd += ["--shape", args.shape]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timeout after {args.timeout}s", "time_s": args.timeout}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-20:]
+        return {"ok": False, "error": f"child exited {p.returncode}: {tail[-1] if tail else ''}"[:300],
+                "traceback": tail, "time_s": time.perf_counter() - t0}
+    return json.loads(lines[-1])
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(records: list[dict]) -> str:
+    rows = ["| model | source | groups (prunable/total) | MACs after/before | params after/before "
+            "| verify max abs diff | relative | passed | time s | note |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        groups = f"{r['groups_prunable']}/{r['groups_total']}" if "groups_total" in r else "-"
+        note = r.get("error", "")
+        if not note and r.get("inexact"):
+            note = "inexact: " + "; ".join(r["inexact"])[:150]
+        note = note.replace("|", "\\|")
+        rows.append(f"| {r['model']} | {r['source']} | {groups} | {fmt(r.get('mac_ratio'), '.3f')} "
+                    f"| {fmt(r.get('param_ratio'), '.3f')} | {fmt(r.get('max_abs_diff'), '.2e')} "
+                    f"| {fmt(r.get('rel_diff'), '.2e')} | {'yes' if r.get('ok') else '**no**'} "
+                    f"| {fmt(r.get('time_s'), '.1f')} | {note} |")
+    return "\n".join(rows)
+
+
+def git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=ROOT).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", help="comma-separated model names or ids (resnet50, resnet50.dynamo)")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--shape", help="input shape for unknown dims, e.g. 1x3x64x64")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    ap.add_argument("--_one", help=argparse.SUPPRESS)
+    ap.add_argument("--_name", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    shape = [int(s) for s in args.shape.split("x")] if args.shape else None
+
+    if args._one:  # child: one model, one JSON line on stdout
+        print(json.dumps(one(args._one, args._name, args.ratio, shape)))
+        return 0
+
+    entries = select(discover(), args.models)
+    if not entries:
+        print("no models found: run tools/export_torchvision.py and tools/fetch_real_models.sh", file=sys.stderr)
+        return 1
+    commit = git_head()
+    records = []
+    for e in entries:
+        rec = {"model": e["model"], "source": e["source"], **run_child(e, args), "commit": commit}
+        records.append(rec)
+        status = "ok  " if rec.get("ok") else "FAIL"
+        print(f"{status} {e['id']:<40} {fmt(rec.get('time_s'), '6.1f')}s {rec.get('error', '')}", flush=True)
+
+    # A --models run updates its rows in the last full run's records, so
+    # rerunning only the failing models keeps the table whole.
+    if args.models and JSON_OUT.exists():
+        old = json.loads(JSON_OUT.read_text())
+        new = {(r["model"], r["source"]): r for r in records}
+        merged = [new.pop((r["model"], r["source"]), r) for r in old]
+        records = merged + list(new.values())
+        records = [r for r in records if r.get("ratio", args.ratio) == args.ratio]
+    for r in records:
+        r.setdefault("ratio", args.ratio)
+
+    n_ok = sum(bool(r.get("ok")) for r in records)
+    commits = sorted({r.get("commit", "?") for r in records})
+    head = (f"# Coverage: prune every zoo model at ratio {args.ratio} (l1)\n\n"
+            f"Generated by `.venv/bin/python tools/coverage.py"
+            f"{' --ratio ' + str(args.ratio) if args.ratio != 0.3 else ''}` "
+            f"(commit {', '.join(commits)}): {n_ok}/{len(records)} models pass: "
+            f"`onnx.checker.check_model(full_check=True)` accepts the pruned model, onnxruntime "
+            f"output shapes are unchanged, `gp.verify` passed. MACs and params are after/before "
+            f"(`gp.count`); `relative` is the verify difference over the largest absolute output "
+            f"value; time is the whole per-model check (load, analyse, prune, count, checker, two "
+            f"onnxruntime runs, verify). Models: tools/export_torchvision.py (random weights, seed 0) "
+            f"and tools/fetch_real_models.sh.\n\n")
+    md = head + table(records) + "\n"
+    print()
+    print(md)
+    MD_OUT.parent.mkdir(exist_ok=True)
+    MD_OUT.write_text(md)
+    CACHE.mkdir(exist_ok=True)
+    JSON_OUT.write_text(json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
