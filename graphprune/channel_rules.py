@@ -16,12 +16,14 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphprune.arrays import constant_values
 from graphprune.channels import PropagationContext, RewriteContext
 
 
 # --------------------------------------------------------------------------- helpers
 def const(t: gs.Tensor | None) -> np.ndarray | None:
-    return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+    """A constant input's values (read-only view), or None for a computed tensor."""
+    return constant_values(t) if isinstance(t, gs.Constant) else None
 
 
 def has_input(node: gs.Node, i: int) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from graphprune.analysis import Analysis
+from graphprune.arrays import view
 from graphprune.errors import GraphpruneError
 from graphprune.metadata import read_importance
 
@@ -56,7 +56,7 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
     if criterion == "bn":
         for n in model.graph.node:
             if n.op_type == "BatchNormalization" and n.input[0] in an.maps and n.input[1] in inits:
-                pairs.append((an.maps[n.input[0]].elems, np.abs(numpy_helper.to_array(inits[n.input[1]]))))
+                pairs.append((an.maps[n.input[0]].elems, np.abs(view(inits[n.input[1]]))))
         return pairs, notes
     meta = read_importance(model) if criterion == "metadata" else None
     if criterion == "metadata" and meta is None:
@@ -76,7 +76,7 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
         else:
             if meta is not None:
                 missing += 1
-            w = numpy_helper.to_array(inits[node.input[1]])
+            w = view(inits[node.input[1]])
             v = _filter_norms(node, w, s.kind, 2 if criterion == "l2" else 1)
         pairs.append((np.arange(s.start, s.stop), v))
     if missing:
