@@ -90,3 +90,27 @@ def opset21_convtranspose_matmul():
 def no_conv():
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
     return model(nodes, {}, [x_input()], [out()])
+
+
+def elementwise_zoo():
+    """Per-channel ops with broadcast constants: InstanceNorm, PRelu, Sub/Div by [C,1,1],
+    Clip, LeakyRelu, ReduceMean without keepdims, Unsqueeze back, SE-style Mul."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("InstanceNormalization", ["a", "in_s", "in_b"], ["n"]),
+        helper.make_node("PRelu", ["n", "slope"], ["p"]),
+        helper.make_node("Sub", ["p", "mean"], ["s"]),
+        helper.make_node("Div", ["s", "std"], ["d"]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["c"]),
+        helper.make_node("LeakyRelu", ["c"], ["l"], alpha=0.1),
+        helper.make_node("ReduceMean", ["l"], ["r"], axes=[2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["r", "uaxes"], ["u"]),
+        helper.make_node("Sigmoid", ["u"], ["g"]),
+        helper.make_node("Mul", ["l", "g"], ["m"]),
+        helper.make_node("Conv", ["m", "w2"], ["y"]),
+    ]
+    inits = {"w1": w(12, 3, 3, 3), "in_s": w(12), "in_b": w(12), "slope": w(12, 1, 1),
+             "mean": w(12, 1, 1), "std": np.abs(w(12, 1, 1)) + 0.5,
+             "lo": np.array(-1.0, np.float32), "hi": np.array(1.0, np.float32),
+             "uaxes": np.array([2, 3], np.int64), "w2": w(5, 12, 1, 1)}
+    return model(nodes, inits, [x_input()], [out()], opset=13)

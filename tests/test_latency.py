@@ -107,6 +107,7 @@ def _closed_port() -> int:
     (["bench", "{m}", "--target", "arm-a72", "--backend", "ort"], "ort backend measures this host"),
     (["bench", "{m}", "--target", "arm-a72", "--backend", "tvm"], "cannot run on this host"),
     (["bench", "{m}", "--tune-trials", "-1"], "--tune-trials must be >= 0"),
+    (["bench", "{m}", "--target", "arm-a72", "--backend", "tvm", "--tune-trials", "4"], "cannot tune here"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, model_path, tmp_path, capsys):
     bad = tmp_path / "bad.onnx"

@@ -118,3 +118,12 @@ def test_rapidocr_paddle_exports(path):
     report = gp.verify(model, plan, pruned, input_shapes=shapes)
     assert report.passed and report.exact and report.shapes_equal
     assert gp.count(pruned, shapes).macs < 0.75 * gp.count(model, shapes).macs
+
+
+def test_per_channel_elementwise_ops():
+    model, an, plan, pruned = _prune_and_verify(ob.elementwise_zoo(), ratio=0.5)
+    conv1 = next(g for g in an.groups if g.producers == ["Conv_0"])
+    assert conv1.prunable and plan.kept(conv1.id) == 6
+    for name in ("in_s", "slope", "mean", "std"):
+        t = next(t for t in pruned.graph.initializer if t.name.startswith(name))
+        assert t.dims[0] == 6

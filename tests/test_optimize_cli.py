@@ -205,7 +205,7 @@ def test_workers_pool_gives_the_same_measured_figures(case, tmp_path):
 
 def test_recovery_finetunes_on_data_it_never_evaluates(case, tmp_path):
     out = tmp_path / "out"
-    s = run_optimize(_opts(case, out, budget=12, epochs=2.0, lr=1e-3, max_error_increase=None,
+    s = run_optimize(_opts(case, out, budget=12, epochs=2.0, max_error_increase=None,
                            group_bounds="1:0.5:0.75"), log=lambda m: None)   # forces a pruned choice
     rec = s["recovery"]
     assert int(s["chosen"]["key"].split("-")[1]) <= 24

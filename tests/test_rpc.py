@@ -127,25 +127,10 @@ def test_hung_devices_cost_a_timeout_never_a_hang():
 def test_remote_outputs_are_exact(cluster):
     """The uploaded library computes the same numbers as onnxruntime."""
     import onnxruntime as ort
-    import tvm
-    from tvm import relax, rpc
-    from graphprune.targets.compile import export_library
     from graphprune.targets.inputs import random_inputs
-    from graphprune.targets.measure_rpc import _Tracker
+    from graphprune.targets.measure_rpc import run_remote
     m = tiny_cnn(channels=5)
     feeds = random_inputs(m, seed=1)
-    t = _Tracker(cluster.address, 10)
-    try:
-        url, port, matchkey = t.request("gp-test", 30)
-    finally:
-        t.close()
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        lib = export_library(compile_model(m, "x86"), os.path.join(d, "m.so"))
-        remote = rpc.connect(url, port, matchkey, session_timeout=60)
-        remote.upload(str(lib), "m.so")
-        dev = remote.cpu(0)
-        vm = relax.VirtualMachine(remote.load_module("m.so"), dev)
-        out = vm["main"](tvm.runtime.tensor(feeds["x"], dev)).numpy()
+    out = run_remote(compile_model(m, "x86"), feeds, cluster.address, "gp-test", timeout=60)[0]
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)

@@ -140,3 +140,17 @@ def test_surrogate_learns_a_cost_model_and_reports_its_error():
     s2 = Surrogate().fit(F[:40], None, err[:40])               # MACs-driven search: no latency model
     lat_p, err_p = s2.predict(F[40:])
     assert lat_p is None and err_p.shape == (20,)
+
+
+def test_sensitivity_sweep_and_bounds(analysis):
+    from graphprune.search.sensitivity import lower_bounds, sweep_configs
+    sp = build_space(analysis, step=4, min_keep=0.25)
+    sweep = sweep_configs(sp, [0.25, 0.5, 0.75])
+    for gid, ratio, cfg in sweep:                           # one group changed at a time, on the grid
+        changed = [g for g in cfg if cfg[g] != sp.axis(g).units]
+        assert changed == [gid] and cfg[gid] in sp.axis(gid).choices
+    # group 1 costs 5 pp alone at 16 kept, 0.2 pp at 24: with a 1 pp budget it keeps >= 20
+    pts = [{"group": 1, "config": {"1": 24}, "error": 0.102}, {"group": 1, "config": {"1": 16}, "error": 0.15},
+           {"group": 0, "config": {"0": 8}, "error": 0.105}]
+    assert lower_bounds(sp, pts, 0.10, 0.01) == {1: 20}
+    assert lower_bounds(sp, pts, 0.10, None) == {}

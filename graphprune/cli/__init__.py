@@ -27,6 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphprune", description="Hardware-aware filter pruning of ONNX CNNs.")
+    from graphprune import __version__
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
