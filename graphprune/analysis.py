@@ -94,7 +94,7 @@ def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False) -> Analys
     graph = import_graph(model)
     if not any(n.op in ("Conv", "ConvTranspose") for n in graph.nodes):
         raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
-    ctx = PropagationContext(allow_inexact=allow_inexact)
+    ctx = PropagationContext(allow_inexact=allow_inexact, graph_outputs={t.name for t in graph.outputs})
     for node in graph.nodes:
         rule_for(node).propagate(node, ctx)
     for out in graph.outputs:

@@ -34,8 +34,9 @@ class Source:
 class PropagationContext:
     """What rules read (shapes, constants, input maps) and record (sources, unions, freezes)."""
 
-    def __init__(self, allow_inexact: bool = False):
+    def __init__(self, allow_inexact: bool = False, graph_outputs: set[str] | None = None):
         self.allow_inexact = allow_inexact
+        self.graph_outputs = graph_outputs or set()
         self.maps: dict[str, ChannelMap] = {}
         self.sources: list[Source] = []
         self.n = 0
@@ -66,6 +67,8 @@ class PropagationContext:
                 rank: int | None = None) -> None:
         if rank is None:
             rank = self.rank(t)
+        if rank is None and not t.outputs and t.name not in self.graph_outputs:
+            return  # an unused output (Dropout's mask): nothing to follow
         if rank is None:  # no shape: cannot follow an axis through it
             self.freeze(elems, f"no shape known for {t.name}")
             return

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from graphprune.inputs import concrete_shapes, with_static_inputs
+from graphprune.shapes import infer_shapes
 
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -40,10 +41,7 @@ class Counts:
 
 def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
     static = with_static_inputs(model, concrete_shapes(model, input_shapes, batch=1))
-    try:
-        static = onnx.shape_inference.infer_shapes(static, data_prop=True)
-    except Exception:
-        pass
+    static = infer_shapes(static)
     shapes = {}
     for vi in list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input):
         dims = vi.type.tensor_type.shape.dim

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from graphprune.analysis import import_graph
 from graphprune.passes.base import Pass, copy_model_fields
+from graphprune.shapes import infer_shapes
 
 G_LOGGER.severity = G_LOGGER.ERROR  # gs warns on every unused tensor
 
@@ -50,10 +51,7 @@ class NormalizePass(Pass):
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # best effort: the analysis freezes what it cannot see
-        return model
+    return infer_shapes(model)  # best effort: the analysis freezes what it cannot see
 
 
 def _fold_static_shape_reads(graph: gs.Graph) -> bool:

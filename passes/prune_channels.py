@@ -16,6 +16,7 @@ from graphprune.metadata import IMPORTANCE_KEY, PER_CLASS_KEY, get_json, set_jso
 from graphprune.passes.base import Pass
 from graphprune.passes.rewrite import apply_rules, export
 from graphprune.selection import PruningPlan
+from graphprune.shapes import check
 
 
 class PruneChannelsPass(Pass):
@@ -41,7 +42,7 @@ class PruneChannelsPass(Pass):
 def check_model(model: onnx.ModelProto) -> None:
     """Full ONNX check with strict shape inference; a failure means a pruning bug."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        check(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()
         raise GraphpruneError(f"pruned model failed the ONNX check: {first[0] if first else exc}") from None
