@@ -41,3 +41,23 @@ def read_importance(model: onnx.ModelProto) -> dict | None:
 def write_importance(model: onnx.ModelProto, method: str, scores: dict[str, list[float]], **provenance) -> None:
     set_json(model, IMPORTANCE_KEY, {"method": method, **provenance,
                                      "scores": {k: [float(x) for x in v] for k, v in scores.items()}})
+
+
+def encode_per_class(method: str, per_class: dict) -> dict:
+    """Compact JSON for (classes, C) score arrays: base64 of little-endian float16 + shape."""
+    import base64
+
+    import numpy as np
+    return {"method": method, "encoding": "base64-float16-le",
+            "scores": {k: {"shape": list(np.shape(v)),
+                           "data": base64.b64encode(np.asarray(v, "<f2").tobytes()).decode("ascii")}
+                       for k, v in per_class.items()}}
+
+
+def decode_per_class(entry: dict) -> dict:
+    """{node: float32 array (classes, C)} from `encode_per_class`'s JSON."""
+    import base64
+
+    import numpy as np
+    return {k: np.frombuffer(base64.b64decode(v["data"]), "<f2").astype(np.float32).reshape(v["shape"])
+            for k, v in entry["scores"].items()}

@@ -12,7 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphprune.errors import GraphpruneError
-from graphprune.metadata import IMPORTANCE_KEY, PER_CLASS_KEY, get_json, set_json
+from graphprune.metadata import (IMPORTANCE_KEY, PER_CLASS_KEY, decode_per_class, encode_per_class, get_json,
+                                 set_json)
 from graphprune.passes.base import Pass
 from graphprune.passes.rewrite import apply_rules, export
 from graphprune.selection import PruningPlan
@@ -65,11 +66,10 @@ def _update_importance(model: onnx.ModelProto, plan: PruningPlan) -> None:
             if mask is not None and len(mask) == len(scores):
                 imp["scores"][name] = [s for s, k in zip(scores, mask) if k]
         set_json(model, IMPORTANCE_KEY, imp)
-    if per_class is not None and isinstance(per_class.get("scores"), dict):
-        # per-class scores as {node: [[score per channel] per class]}
-        for name, rows in list(per_class["scores"].items()):
+    if per_class is not None:
+        arrays = decode_per_class(per_class)
+        for name, rows in arrays.items():
             mask = _output_mask(plan, nodes[name]) if name in nodes else None
-            if mask is not None and isinstance(rows, list) and rows and isinstance(rows[0], list) \
-                    and len(rows[0]) == len(mask):
-                per_class["scores"][name] = [[s for s, k in zip(r, mask) if k] for r in rows]
-        set_json(model, PER_CLASS_KEY, per_class)
+            if mask is not None and rows.shape[-1] == len(mask):
+                arrays[name] = rows[..., mask]
+        set_json(model, PER_CLASS_KEY, encode_per_class(per_class.get("method", ""), arrays))

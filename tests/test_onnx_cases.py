@@ -86,6 +86,21 @@ def test_metadata_criterion_removes_lowest_scores_and_slices_metadata():
     assert gp.verify(model, plan, pruned).passed
 
 
+def test_per_class_metadata_follows_kept_channels():
+    from graphprune.metadata import PER_CLASS_KEY, decode_per_class, encode_per_class, get_json, set_json
+
+    model = gp.load(ob.paddle_style())
+    rows = np.arange(3 * 8, dtype=np.float32).reshape(3, 8)
+    set_json(model, PER_CLASS_KEY, encode_per_class("test", {"conv1": rows}))
+    an = gp.analyse(model)
+    g1 = next(g for g in an.groups if g.producers == ["conv1"])
+    plan = gp.choose(an, keep={g1.id: 5})
+    kept_mask = plan.keep_elems[an.maps[next(n for n in model.graph.node if n.name == "conv1").output[0]].elems]
+    out = decode_per_class(get_json(gp.prune(model, plan), PER_CLASS_KEY))["conv1"]
+    assert out.shape == (3, 5)
+    np.testing.assert_array_equal(out, rows[:, kept_mask])
+
+
 LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx")))
 # vgg19, alexnet and zfnet512 carry 250-550 MB of weights once folded: slow on 2 cores
 HEAVY = ("vgg19", "alexnet", "zfnet512")
