@@ -115,7 +115,7 @@ class OnnxModule(nn.Module):
 
         self._node_to_key: dict[str, str] = {}
         self._uses: dict[str, tuple[str, WeightUse]] = {}   # canonical const -> (module key, use)
-        self._shared: dict[tuple[str, str], torch.Tensor] = {}  # (const, kind) -> parameter/buffer
+        self._shared: dict[tuple, torch.Tensor] = {}  # (const, kind, shape, is_param) -> tensor
         self._steps: list[_Step] = []
         self._bufkeys: dict[str, str] = {}
         for i, node in enumerate(graph.node):
@@ -123,7 +123,7 @@ class OnnxModule(nn.Module):
                 continue
             self._steps.append(self._build_step(i, node))
         # constants still read at run time become buffers, so .to(device) moves them
-        needed = {self._canon(n) for s in self._steps for n in s.inputs if n}
+        needed = {self._canon(n) for s in self._steps for n in s.node.input if n}
         needed |= {self._canon(n) for n in self.output_names}
         for name in sorted(needed):
             if name in self._const_t and name not in self._uses:
@@ -186,15 +186,17 @@ class OnnxModule(nn.Module):
         use = WeightUse(const, use.attr, use.kind)
         value = self._const_t[const]
         current = getattr(module, use.attr)
-        shared = self._shared.get((const, use.kind + str(tuple(current.shape))))
+        is_param = isinstance(current, nn.Parameter)
+        # exporters deduplicate equal initializers (a zero bias and a zero running_mean become
+        # one): a constant used as a parameter and as a buffer gets one tensor of each kind
+        cache_key = (const, use.kind, tuple(current.shape), is_param)
+        shared = self._shared.get(cache_key)
         if shared is None:
             data = value.t() if use.kind == "T" else value.reshape(current.shape)
             data = data.to(current.dtype).clone()
-            shared = nn.Parameter(data) if isinstance(current, nn.Parameter) else data
-            self._shared[(const, use.kind + str(tuple(current.shape)))] = shared
-        if isinstance(current, nn.Parameter):
-            if not isinstance(shared, nn.Parameter):
-                raise GraphpruneError(f"constant {const} is used both as a parameter and a buffer")
+            shared = nn.Parameter(data) if is_param else data
+            self._shared[cache_key] = shared
+        if is_param:
             setattr(module, use.attr, shared)
         else:
             module.register_buffer(use.attr, shared)

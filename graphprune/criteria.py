@@ -68,13 +68,14 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
             continue
         node = nodes[s.node]
         size = s.stop - s.start
+        prunable = bool((~an.unit_frozen[an.unit_of[s.start:s.stop]]).any())
         if meta is not None and s.node in meta["scores"]:
             v = np.asarray(meta["scores"][s.node], np.float64)
             if v.shape != (size,):
                 raise GraphpruneError(f"importance metadata for {s.node} has {v.size} scores, "
                                       f"the node has {size} output channels")
         else:
-            if meta is not None:
+            if meta is not None and prunable:
                 missing += 1
             w = view(inits[node.input[1]])
             v = _filter_norms(node, w, s.kind, 2 if criterion == "l2" else 1)

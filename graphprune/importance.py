@@ -65,27 +65,14 @@ class Importance:
         md.write_importance(out, self.method, {k: v.tolist() for k, v in self.scores.items()},
                             parameters=self.parameters, samples=self.samples, data_hash=self.data_hash)
         md.set_json(out, md.PER_CLASS_KEY,
-                    encode_per_class(self.method, self.per_class) if self.per_class is not None else None)
+                    md.encode_per_class(self.method, self.per_class) if self.per_class is not None else None)
         return out
-
-
-def encode_per_class(method: str, per_class: dict[str, np.ndarray]) -> dict:
-    """Compact JSON for (classes, C) score arrays: base64 of little-endian float16 plus the shape."""
-    import base64
-    return {"method": method, "encoding": "base64-float16-le",
-            "scores": {k: {"shape": list(v.shape),
-                           "data": base64.b64encode(np.asarray(v, "<f2").tobytes()).decode("ascii")}
-                       for k, v in per_class.items()}}
 
 
 def read_per_class(model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     """Decode the per-class scores written by `Importance.to_model` (float32 arrays)."""
-    import base64
     entry = md.get_json(model, md.PER_CLASS_KEY)
-    if entry is None:
-        return None
-    return {k: np.frombuffer(base64.b64decode(v["data"]), "<f2").astype(np.float32).reshape(v["shape"])
-            for k, v in entry["scores"].items()}
+    return None if entry is None else md.decode_per_class(entry)
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:

@@ -52,6 +52,26 @@ def _graph_bn_canonizer():
     return GraphMergeBatchNorm()
 
 
+def unshared_copy(net: nn.Module) -> nn.Module:
+    """A deep copy in which no two modules share a parameter or buffer.
+
+    The bridge lets layers that read one ONNX initializer share a tensor (and
+    exporters deduplicate equal initializers, e.g. all-ones BN gammas). zennit's
+    BN merge rewrites ``.data`` in place, which would corrupt every sharer, so
+    LRP runs on a copy with private tensors.
+    """
+    import copy
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = b.clone()
+    return net
+
+
 def _lrp_composite(net: nn.Module, epsilon: float):
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat
@@ -136,10 +156,19 @@ def _captum_method(method, wrapper, layer, n_steps, batch_size):
 
 
 def relevance_scores(net: nn.Module, ds, method: str, batch_size: int = 32, per_class: bool = False,
-                     progress: bool = True, n_steps: int = DEFAULT_N_STEPS, epsilon: float = 1e-6):
-    """Raw per-channel scores {conv: (C,)}, per-class {conv: (classes, C)}, and the parameters used."""
+                     progress: bool = True, n_steps: int = DEFAULT_N_STEPS, epsilon: float = 1e-6,
+                     layers: list[str] | None = None):
+    """Raw per-channel scores {conv: (C,)}, per-class {conv: (classes, C)}, and the parameters used.
+
+    `layers` restricts scoring to these Conv node names (used to time the
+    per-layer captum methods on large models).
+    """
+    if method == "lrp":
+        net = unshared_copy(net)
     wrapper = _Logits(net).eval()
     convs = conv_modules(net)
+    if layers is not None:
+        convs = {name: convs[name] for name in layers}
     k = check_data(wrapper, net, ds.x, ds.y)
     totals = {name: None for name in convs}
     class_totals = {name: None for name in convs}

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Wall-clock cost of each importance criterion on a ResNet-50-sized model.
+
+Builds a torchvision-style ResNet-50 in plain torch (random weights; torchvision
+itself cannot be installed beside torch 2.13), exports it with
+torch.onnx.export(dynamo=False), and times graphprune.importance on random
+224x224 data through the ONNX->torch bridge.
+
+The captum layer methods (deeplift, ig, gradcam, conductance) make one call per
+Conv layer, so their cost grows with the layer count (53 convs here). On a
+small CPU box a full run is hours, so `--captum-layers K` times them on the
+first K conv layers only; the table then gives the measured time and, marked
+"est.", that time scaled by 53/K (the per-layer calls have similar cost, so the
+estimate is linear in the number of layers). Everything else is measured on
+all layers.
+
+    .venv/bin/python tools/time_importance.py --samples 256 --batch-size 32
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphprune.data import Dataset  # noqa: E402
+from graphprune.importance import METHODS, compute_importance  # noqa: E402
+
+CAPTUM = ("deeplift", "ig", "gradcam", "conductance")
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride=1):
+        super().__init__()
+        cout = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+    """torchvision.models.resnet50 layout: 7x7 stem, [3, 4, 6, 3] bottlenecks, 1000 classes."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.layers(self.stem(x))), 1))
+
+
+def export_resnet50(seed: int = 0) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    model = ResNet50().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between this tool's markers in `path` (appending the section if absent)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Importance criteria\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--captum-layers", type=int, default=None,
+                    help="time deeplift/ig/gradcam/conductance on the first K conv layers only")
+    ap.add_argument("--n-steps", type=int, default=16, help="ig/conductance integration steps")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--doc", default=str(ROOT / "docs/importance.md"))
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model = export_resnet50()
+    from graphprune.bridge import to_torch
+    t0 = time.time()
+    net = to_torch(model)
+    bridge_s = time.time() - t0
+    convs = net.conv_nodes()
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.standard_normal((args.samples, 3, 224, 224)).astype(np.float32),
+                   rng.integers(0, 1000, args.samples))
+    print(f"ResNet-50: {len(convs)} conv layers, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params; "
+          f"bridge built in {bridge_s:.1f}s; {args.samples} samples, batch {args.batch_size}, "
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for method in args.methods.split(","):
+        opts = {"n_steps": args.n_steps} if method in ("ig", "conductance") else {}
+        layers = None
+        if method in CAPTUM and args.captum_layers:
+            layers = convs[:args.captum_layers]
+            opts["layers"] = layers
+        t0 = time.time()
+        compute_importance(net, data, method, samples=args.samples, batch_size=args.batch_size,
+                           progress=False, **opts)
+        s = time.time() - t0
+        scaled = s * len(convs) / len(layers) if layers else None
+        rows.append((method, s, len(layers) if layers else len(convs), scaled))
+        print(f"{method:12s} {s:9.1f}s on {rows[-1][2]} layers"
+              + (f"  (est. {scaled:.0f}s for all {len(convs)})" if scaled else ""), flush=True)
+        if not args.no_doc:  # after every method, so a long run leaves a usable partial table
+            write_doc(args, argv, rows, len(args.methods.split(",")), len(convs))
+    print("\n" + render(rows, len(convs)))
+    return 0
+
+
+def render(rows, n_convs) -> str:
+    lines = [f"| method | layers timed | measured time (s) | all {n_convs} layers (s) |", "|---|---|---|---|"]
+    for method, s, n, scaled in rows:
+        lines.append(f"| {method} | {n} | {s:.1f} | " + (f"est. {scaled:.0f}" if scaled else f"{s:.1f}") + " |")
+    return "\n".join(lines)
+
+
+def write_doc(args, argv, rows, n_methods, n_convs) -> None:
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    note = (f"ResNet-50 (torchvision layout, random weights, BN folded by the exporter), {args.samples} random "
+            f"224x224 samples, batch {args.batch_size}, {args.threads} torch threads on a shared CPU "
+            f"(load average {os.getloadavg()[0]:.1f} when written); ig/conductance n_steps={args.n_steps}. "
+            f"Produced by `tools/time_importance.py {cmd}`.")
+    if len(rows) < n_methods:
+        note += f" Partial: {len(rows)} of {n_methods} methods done."
+    update_section(Path(args.doc), "time_importance", note + "\n\n" + render(rows, n_convs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
