@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--outdir", default="out/demo_data")
     ap.add_argument("--val", type=int, default=2000, help="test-split samples in val.npz (default 2000)")
-    ap.add_argument("--train", type=int, default=6000, help="train-split samples in train.npz (0: none)")
+    ap.add_argument("--train", type=int, default=3000, help="train-split samples in train.npz (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     out = Path(args.outdir)

@@ -53,7 +53,7 @@ def register(sub) -> None:
     g.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs in all (0: no recovery)")
     g.add_argument("--train-data", help="training data for fine-tuning (default: hold out part of --data)")
     g.add_argument("--finetune-steps", type=int, default=2, help="prune in this many steps, fine-tuning between")
-    g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
+    g.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate (default 0.01)")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
     p.set_defaults(func=optimize)

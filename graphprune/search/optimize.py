@@ -3,7 +3,6 @@ search -> choose -> recover -> write outputs."""
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from graphprune.search.space import build_space, parse_bounds
 from graphprune.search.surrogate import Surrogate, prediction_error
 
 RESULT_KEY = "graphprune.optimize"
+CONSTRAINED_WEIGHT = 0.1   # default preference weight of an objective that a constraint already bounds
 
 
 @dataclass
@@ -59,7 +59,7 @@ class OptimizeOptions:
     epochs: float = 0.0                 # recovery fine-tuning (0: none)
     train_data: str | None = None
     finetune_steps: int = 2
-    lr: float = 5e-4
+    lr: float = 0.01
     batch_size: int = 64
     resume: bool = False
     progress: bool = True
@@ -241,6 +241,12 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             max_latency_ms=o.latency_budget_ms)
         # 2. sensitivity sweep
         sweep = sens.sweep_configs(space, list(o.sensitivity_ratios))
+        pre_bar = None
+        if o.progress:
+            from tqdm import tqdm
+            pre_bar = tqdm(total=len(sweep) + o.holdout + len(o.uniform_ratios), desc="sensitivity + hold-out",
+                           unit="cfg", file=sys.stderr, dynamic_ncols=True)
+            ev.on_record = lambda rec: pre_bar.update(1)
         s_recs = ev.evaluate([c for _, _, c in sweep], "sensitivity",
                              [{"group": g, "ratio": r} for g, r, _ in sweep])
         for (g, r, _), rec in zip(sweep, s_recs):
@@ -256,6 +262,9 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         h_recs = ev.evaluate(hold_cfgs, "holdout")
         uni_cfgs = [{a.gid: user_space.snap(a.gid, a.units * (1 - r)) for a in user_space.axes} for r in o.uniform_ratios]
         u_recs = ev.evaluate(uni_cfgs, "uniform", [{"ratio": r} for r in o.uniform_ratios])
+        if pre_bar is not None:
+            pre_bar.close()
+            ev.on_record = None
         fit_recs = [base] + s_recs
         sur = Surrogate()
         F = sens.as_fractions(space, fit_recs)
@@ -285,7 +294,9 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             feas = [r for r in recs if not cons.violations(r) and r.get("latency_ms") is not None]
             best = min(feas, key=lambda r: r["latency_ms"]) if feas else None
             pbar.set_postfix_str(f"measured {search.stats.measured}+{search.stats.reused} reused, "
-                                 f"screened {search.stats.screened}, best feasible "
+                                 f"screened {search.stats.screened}, "
+                                 + ("fastest feasible " if (cons.max_error is not None or cons.max_latency_ms is not None)
+                                    else "fastest ")
                                  + (f"{best['latency_ms']:.3f} ms @ {100 * (1 - best['error']):.1f} %" if best else "-"))
             pbar.refresh()
 
@@ -319,7 +330,12 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         if not need_latency:   # MACs-driven search: time the front (and the uniform baselines) afterwards
             for r in fr + u_recs:
                 ev.add_latency(r, obj.build({int(k): v for k, v in r["config"].items()}))
-        weights = {ob: o.prefer.get(ob, 1.0) for ob in objectives}
+        # default weight 1 per objective; one the user already bounds by a constraint defaults to 0.1,
+        # so that "--max-error-increase 0.01" means: the fastest configuration within 1 pp, nearly
+        bounded = {"error"} if o.max_error_increase is not None else set()
+        if o.latency_budget_ms is not None:
+            bounded.add("latency_ms")
+        weights = {ob: o.prefer.get(ob, CONSTRAINED_WEIGHT if ob in bounded else 1.0) for ob in objectives}
         choice = choose_best(fr, base, objectives, cons, weights)
         chosen = choice.record
         recovery = None

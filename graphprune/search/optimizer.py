@@ -12,8 +12,7 @@ seed reproduces the optimizer's state, so --resume continues where it stopped.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +46,6 @@ class SearchStats:
     reused: int = 0
     screened: int = 0
     duplicates: int = 0
-    predictions: list = field(default_factory=list)   # (predicted lat, predicted err, key) of measured candidates
 
 
 class Search:

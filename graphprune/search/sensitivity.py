@@ -40,7 +40,6 @@ def lower_bounds(space: SearchSpace, points: list[dict], base_error: float,
     out = {}
     for a in space.axes:
         pts = sorted((p["config"][str(a.gid)], p["error"]) for p in points if p.get("group") == a.gid)
-        ok = [kept for kept, err in pts if err - base_error <= slack * max_increase + 1e-12]
         bad = [kept for kept, err in pts if err - base_error > slack * max_increase + 1e-12]
         if not bad:
             continue
