@@ -10,7 +10,9 @@ Runs in .venv-torchvision (tools/setup_torchvision_venv.sh), because the
 torchvision wheel cannot import beside the main venv's torch.
 
 Weights are random (weights=None, torch.manual_seed(0)): nothing is downloaded,
-and the export is reproducible. Models are in eval mode, batch axis dynamic.
+and the export is reproducible; all-zero initialised Linear/Conv weights
+(vit_b_16's head) are redrawn so outputs are not constant. Models are in eval
+mode, batch axis dynamic.
 Output: .cache/models/torchvision/{name}.{ts|dynamo}.onnx (existing files are
 skipped; files are written to a temporary name first, so an interrupted export
 never leaves a half file that would be skipped next time). Failures are kept in
@@ -70,6 +72,11 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     kwargs, hw = MODELS[name]
     torch.manual_seed(0)
     model = getattr(tvm, name)(weights=None, **kwargs).eval()
+    # Some models zero-initialise a layer (vit_b_16's classifier head), which makes
+    # every output 0 and any check comparing outputs (gp.verify) vacuous: redraw those.
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and not mod.weight.any():
+            torch.nn.init.normal_(mod.weight, std=0.01)
     # batch 2, not 1: torch.export specialises a dynamic dim whose example is 1.
     return model, torch.randn(2, 3, hw, hw)
 

@@ -3,7 +3,8 @@
 
 The measurement scripts write their tables to docs/ (coverage, speed, latency,
 importance, optimize); the README shows the same tables between markers
-`<!-- table: docs/NAME.md -->` and `<!-- /table -->`. Rerun after any measurement.
+`<!-- table: docs/NAME.md -->` and `<!-- /table -->` (`docs/NAME.md#2,3` takes only the
+2nd and 3rd tables). Rerun after any measurement.
 """
 from __future__ import annotations
 
@@ -12,26 +13,26 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = re.compile(r"(<!-- table: (?P<doc>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+MARK = re.compile(r"(<!-- table: (?P<doc>[^ #]+)(?:#(?P<pick>[0-9,]+))? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
-def tables(doc: Path) -> str:
-    """Every markdown table of `doc`, each with the heading or line introducing it."""
+def tables(doc: Path, pick: list[int] | None = None) -> str:
+    """The markdown tables of `doc` (all, or the 1-based `pick`), each with its heading."""
     lines = doc.read_text().splitlines()
-    out, i = [], 0
+    found, i = [], 0
     while i < len(lines):
-        if lines[i].startswith("|"):
-            j = i
-            while j < len(lines) and lines[j].startswith("|"):
-                j += 1
-            intro = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
-            if intro.startswith("#"):
-                out.append("**" + intro.lstrip("# ").strip() + "**\n")
-            out.append("\n".join(lines[i:j]) + "\n")
-            i = j
-        else:
+        if not lines[i].startswith("|"):
             i += 1
-    return "\n".join(out)
+            continue
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        intro = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
+        head = "**" + intro.lstrip("# ").strip() + "**\n\n" if intro.startswith("#") else ""
+        found.append(head + "\n".join(lines[i:j]) + "\n")
+        i = j
+    chosen = found if pick is None else [found[k - 1] for k in pick if 0 < k <= len(found)]
+    return "\n".join(chosen)
 
 
 def main() -> int:
@@ -40,8 +41,9 @@ def main() -> int:
 
     def fill(m: re.Match) -> str:
         doc = ROOT / m.group("doc")
-        body = tables(doc) if doc.exists() else f"(not measured yet: run the script named in {m.group('doc')})\n"
-        return m.group(1) + body + m.group(4)
+        pick = [int(k) for k in m.group("pick").split(",")] if m.group("pick") else None
+        body = tables(doc, pick) if doc.exists() else f"(not measured yet: run the script named in {m.group('doc')})\n"
+        return m.group(1) + body + m.group(5)
 
     new = MARK.sub(fill, text)
     if new != text:
