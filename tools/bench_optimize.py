@@ -168,6 +168,9 @@ def main(argv=None) -> int:
     (out / "bench_optimize.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     _plot(out / "bench_optimize.png", runs["a"], res)
     (out / "bench_optimize.md").write_text(_markdown(res))
+    doc = Path(__file__).resolve().parents[1] / "docs" / "bench_optimize.md"
+    doc.write_text(_markdown(res))  # the committed copies the README shows
+    _plot(doc.with_suffix(".png"), runs["a"], res)
     print(_markdown(res))
     return 0
 
