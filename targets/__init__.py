@@ -12,7 +12,6 @@ cache (on-disk results), localrpc (a throw-away local tracker + servers).
 """
 from __future__ import annotations
 
-import os
 
 import onnx
 

@@ -62,7 +62,6 @@ def compile_relax(mod, target: Target, database=None, tuning: str = "untuned") -
     tvm_target = target.tvm_target()
     try:
         if database is not None:
-            from tvm.s_tir import meta_schedule as ms
             with tvm_target, tvm.transform.PassContext(opt_level=3):
                 mod = relax.transform.LegalizeOps()(mod)
                 mod = relax.transform.AnnotateTIROpPattern()(mod)

@@ -67,9 +67,8 @@ def measure_tvm_local(compiled, model: onnx.ModelProto, repeats: int = 50, warmu
     import tvm
     from tvm import relax
     tgt = compiled.target
-    if not tgt.runs_on_host:
-        raise GraphpruneError(f"target {tgt.name!r} cannot run on this host; measure it on a device "
-                              f"with --rpc-tracker HOST:PORT --rpc-key {tgt.rpc_key}")
+    from graphprune.targets.registry import check_runs_here
+    check_runs_here(tgt)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(compiled.executable, dev)
     feeds = [tvm.runtime.tensor(v, dev) for v in random_inputs(model).values()]

@@ -11,12 +11,10 @@ device, so N boards under one key work in parallel.
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import tempfile
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -158,3 +156,36 @@ def measure_many(items, tracker_addr: str, key: str, parallel: int | None = None
             return exc
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         return list(pool.map(one, items))
+
+
+def run_remote(compiled, feeds: dict, tracker_addr: str, key: str, timeout: float = 60.0) -> list:
+    """Outputs of `compiled` computed on a device under `key` (checks a target's numerics on the
+    real, or emulated, hardware). Bounded by `timeout`."""
+    from graphprune.targets.compile import export_library
+    check_key(tracker_addr, key, timeout=min(timeout, 10.0))
+    out: dict = {}
+
+    def work():
+        import tvm
+        from tvm import relax, rpc
+        t = _Tracker(tracker_addr, timeout)
+        try:
+            url, port, matchkey = t.request(key, timeout)
+            with tempfile.TemporaryDirectory(prefix="graphprune-rpc-") as tmp:
+                lib = export_library(compiled, Path(tmp) / "model.so")
+                remote = rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1)
+                remote.upload(str(lib), "model.so")
+                dev = remote.cpu(0)
+                vm = relax.VirtualMachine(remote.load_module("model.so"), dev)
+                res = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
+                out["y"] = [res.numpy()] if isinstance(res, tvm.runtime.Tensor) else [r.numpy() for r in res]
+        except Exception as exc:  # reported below as one line
+            out["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+        finally:
+            t.close()
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    th.join(timeout)
+    if "y" not in out:
+        raise GraphpruneError(f"running on a device under {key!r} failed: {out.get('error', f'no answer in {timeout:g} s')}")
+    return out["y"]

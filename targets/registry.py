@@ -16,6 +16,7 @@ builtin.json, found (later files override earlier names):
 from __future__ import annotations
 
 import copy
+import re
 import json
 import os
 from dataclasses import dataclass, field
@@ -167,3 +168,21 @@ def get_target(name: "str | Target", extra_files=None) -> Target:
     if name not in table:
         raise GraphpruneError(f"unknown target {name!r} (known: {', '.join(sorted(table))})")
     return table[name]
+
+
+_ISA = re.compile(r"^(avx|sse|ssse|fma|f16c|amx|bmi|vnni|aes|sha|neon|sve|dotprod|i8mm)")
+
+
+def check_runs_here(target: Target) -> None:
+    """Raise a GraphpruneError unless code for `target` can execute on this CPU: same architecture
+    and no instruction-set extension the host lacks (running AVX-512 code here would SIGILL)."""
+    hint = f"; measure it on a device with --rpc-tracker HOST:PORT --rpc-key {target.rpc_key}"
+    if not target.runs_on_host:
+        raise GraphpruneError(f"target {target.name!r} cannot run on this host{hint}")
+    from tvm.target import codegen
+    import tvm
+    host = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
+    missing = sorted(f for f in codegen.llvm_get_cpu_features(target.tvm_target()) - host if _ISA.match(f))
+    if missing:
+        raise GraphpruneError(f"target {target.name!r} uses CPU features this host lacks "
+                              f"({', '.join(missing[:4])}){hint}")

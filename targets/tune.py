@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -79,9 +78,11 @@ def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = F
     if trials <= 0:
         raise GraphpruneError("tuning needs trials > 0")
     tvm_target = target.tvm_target()
-    if not target.runs_on_host:
-        raise GraphpruneError(f"tuning {target.name!r} needs its device as MetaSchedule runner; "
-                              "local tuning only supports host-CPU targets")
+    from graphprune.targets.registry import check_runs_here
+    try:
+        check_runs_here(target)
+    except GraphpruneError as exc:  # MetaSchedule's runner here is the local CPU
+        raise GraphpruneError(f"cannot tune here: {exc}; tuning on RPC runners is not implemented") from None
     fused_mod = mod if fused else tuning_pipeline(mod, tvm_target)
     tasks = _tasks(fused_mod, tvm_target)
     if not tasks:
@@ -95,7 +96,11 @@ def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = F
                   max_trials_per_task=max(1, math.ceil(trials / len(ctxs))), num_trials_per_iter=min(64, trials),
                   builder=ms.builder.LocalBuilder(f_build=fast_build), runner="local", database=db,
                   cost_model="xgb")
-    return f"tuned {trials} trials over {len(ctxs)} conv/matmul tasks in {time.monotonic() - t0:.0f} s"
+    secs = time.monotonic() - t0
+    with open(db_dir / "tuning_runs.jsonl", "a") as f:  # how each base was tuned, for reports
+        f.write(json.dumps({"trials": trials, "tasks": len(ctxs), "seconds": round(secs, 1),
+                            "target": target.name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    return f"tuned {trials} trials over {len(ctxs)} conv/matmul tasks in {secs:.0f} s"
 
 
 def _signature(mod) -> tuple[tuple[str, ...], list[int]]:
@@ -129,6 +134,19 @@ def _refit(old: list[int], extent: int) -> list[int]:
     return [rest] + list(reversed(new))
 
 
+def _bare_context(mod, tvm_target, task_name):
+    """A TuneContext made through the FFI constructor: the Python __init__ imports
+    tvm.s_tir.tensor_intrin unconditionally (18 s idle, over 100 s on a busy 2-core machine),
+    which would make replay slower than the compile it saves."""
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+    ctx = _ffi_api.TuneContext(mod, tvm_target, None, None, task_name, 1, fork_seed(None, n=1)[0],
+                               get_logging_func(get_logger(__name__)))
+    _ffi_api.TuneContextInitialize(ctx)
+    return ctx
+
+
 def _replay(record, task_mod, tvm_target, task_name):
     """Apply a base record's trace to another task's module; returns a traced Schedule or raises."""
     from tvm.s_tir import Schedule
@@ -141,9 +159,8 @@ def _replay(record, task_mod, tvm_target, task_name):
             return _refit([int(x) for x in decision], extent)
         return decision
     record.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
-    # postprocessors built directly: a TuneContext with the default space generator would build the
-    # schedule rules too, which import tvm.s_tir.tensor_intrin (18 s idle, minutes on a busy machine)
-    ctx = ms.TuneContext(mod=task_mod, target=tvm_target, task_name=task_name)
+    # postprocessors are built and initialised directly: they only need the target
+    ctx = _bare_context(task_mod, tvm_target, task_name)
     kind = "cuda" if tvm_target.kind.name == "cuda" else "llvm"
     for post in ms.postproc.Postproc.create(kind):
         post._initialize_with_tune_context(ctx)  # pylint: disable=protected-access
@@ -191,7 +208,9 @@ def database_for(mod, target: Target, trials: int, fresh: bool = False):
                 continue
             for db in (out, replay_db):
                 wl = db.commit_workload(tmod)
-                db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, None, tvm_target, None))
+                # run_secs: the donor's (databases only return records that have run times); the
+                # variant itself was not timed here
+                db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, rec.run_secs, tvm_target, None))
             replayed += 1
             break
         else:

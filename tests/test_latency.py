@@ -122,3 +122,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, model_path, tmp_path, c
 def test_api_rejects_unknown_backend():
     with pytest.raises(GraphpruneError, match="unknown backend"):
         measure_latency(tiny_cnn(), backend="tensorrt")
+
+
+def test_isa_the_host_lacks_is_refused_not_crashed(model_path, capsys):
+    """AVX-512 code on a CPU without it would die with SIGILL; the check must refuse it first."""
+    import tvm
+    from tvm.target import codegen
+    host = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
+    if "avx512f" in host:
+        pytest.skip("this host has AVX-512")
+    assert cli.main(["bench", str(model_path), "--target", "x86-avx512", "--backend", "tvm"]) == 2
+    assert "uses CPU features this host lacks (avx512" in capsys.readouterr().err

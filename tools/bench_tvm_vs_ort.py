@@ -139,6 +139,7 @@ def run(args) -> dict:
         row["tvm_tuned_ms"] = measure_tvm_local(c, base, repeats=args.repeats).median_ms
         row["tuned_over_ort"] = row["tvm_tuned_ms"] / row["ort_ms"]
         row["tuned_maxdiff_vs_ort"] = _maxdiff(base, c)
+        print(json.dumps({name: row}), flush=True)
         row["variants"] = {}
         for keep in args.variants:
             v = export(name, keep, work)
@@ -151,6 +152,7 @@ def run(args) -> dict:
             vr["replayed_ms"] = measure_tvm_local(c, v, repeats=args.repeats).median_ms
             vr["replayed_maxdiff_vs_ort"] = _maxdiff(v, c)
             vr["untuned_ms"] = measure_tvm_local(compile_model(v, "x86"), v, repeats=args.repeats).median_ms
+            print(json.dumps({name: {keep: vr}}), flush=True)
             if args.fresh:
                 os.environ["GRAPHPRUNE_CACHE"] = str(work / f"{name}-fresh-{keep}")
                 t0 = time.monotonic()

@@ -27,7 +27,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure the inference latency of an ONNX model")
     p.add_argument("model")
     p.add_argument("--target", default="x86")
-    p.add_argument("--backend", choices=["ort", "tvm"], default="ort")
+    p.add_argument("--backend", choices=["ort", "tvm"], default=None,
+                   help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N")
@@ -71,7 +72,9 @@ def _bench(args: argparse.Namespace) -> int:
     from graphprune.targets import get_target, measure_latency
     if args.tune_trials < 0:
         raise GraphpruneError("--tune-trials must be >= 0")
-    get_target(args.target, [args.targets_file] if args.targets_file else None)
+    tgt = get_target(args.target, [args.targets_file] if args.targets_file else None)
+    if args.backend is None:
+        args.backend = "tvm" if args.rpc_tracker or not tgt.runs_on_host else "ort"
     if args.rpc_tracker:
         from graphprune.targets.measure_rpc import parse_address
         parse_address(args.rpc_tracker)
