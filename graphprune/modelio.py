@@ -6,6 +6,7 @@ write never leaves a half-written model behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,21 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
     """Write `model` to `path` atomically (temp file + rename); refuse to overwrite `source`."""
     out = Path(path)
@@ -44,11 +60,8 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, source: str 
         refuse_overwriting_input(out, source)
     if out.exists() and out.is_dir():
         raise GraphpruneError(f"{out}: is a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
     large = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         if large:
             data_name = out.name + ".data"
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -63,11 +76,6 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, source: str 
             onnx.save_model(m, tmp)
         else:
             onnx.save_model(model, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
+
+from graphprune.modelio import atomic_path
 
 
 def cache_dir() -> Path:
@@ -53,12 +54,6 @@ def get(key: str) -> dict | None:
 def put(key: str, value: dict) -> None:
     p = _path(key)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_path(p) as tmp:
+        with open(tmp, "w") as f:
             json.dump(value, f)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

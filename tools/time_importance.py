@@ -33,6 +33,7 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _docs import update_section  # noqa: E402  (tools/ is on sys.path when run as a script)
 
 from graphprune.data import Dataset  # noqa: E402
 from graphprune.importance import METHODS, compute_importance  # noqa: E402
@@ -81,6 +82,7 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.layers(self.stem(x))), 1))
 
 
+
 def export_resnet50(seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = ResNet50().eval()
@@ -91,18 +93,6 @@ def export_resnet50(seed: int = 0) -> onnx.ModelProto:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return onnx.load_from_string(buf.getvalue())
-
-
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between this tool's markers in `path` (appending the section if absent)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Importance criteria\n"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _docs import update_section  # noqa: E402  (tools/ is on sys.path when run as a script)
 
 import graphprune as gp  # noqa: E402
 from graphprune.data import load_fashion_mnist  # noqa: E402
@@ -29,6 +30,7 @@ from graphprune.importance import compute_importance  # noqa: E402
 
 BUILTIN = ("l1", "l2", "bn", "random")
 XAI = ("lrp", "taylor", "gradcam", "deeplift", "ig", "conductance")  # cheapest first
+
 
 
 def accuracy(model, x, y, bs: int = 1000) -> float:
@@ -39,18 +41,6 @@ def accuracy(model, x, y, bs: int = 1000) -> float:
     name = sess.get_inputs()[0].name
     pred = np.concatenate([sess.run(None, {name: x[i:i + bs]})[0].argmax(1) for i in range(0, len(x), bs)])
     return float((pred == y).mean())
-
-
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between this tool's markers in `path` (appending the section if absent)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Importance criteria\n"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main(argv=None) -> int:
