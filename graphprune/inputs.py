@@ -56,4 +56,6 @@ def with_static_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> 
             d.Clear()
             d.dim_value = int(v)
     del m.graph.value_info[:]
+    for o in m.graph.output:  # declared symbolic dims (a dynamic batch) would mask the static ones
+        o.type.tensor_type.ClearField("shape")
     return m
