@@ -193,9 +193,9 @@ class ChannelPooling(Rule):
     def _pooled(self, node, m, rank) -> bool:
         if self.kind == "lrn":
             return m.axis == 1
-        axis = node.attrs.get("axis", -1 if self.kind != "softmax_old" else 1)
-        axis = _norm_axis(axis, rank)
-        if self.kind == "layernorm" or (self.kind == "softmax" and _opset(node) < 13):
+        old_softmax = self.kind == "softmax" and _opset(node) < 13  # coerced to 2-D at `axis`, default 1
+        axis = _norm_axis(node.attrs.get("axis", 1 if old_softmax else -1), rank)
+        if self.kind == "layernorm" or old_softmax:
             return m.axis >= axis
         return m.axis == axis
 

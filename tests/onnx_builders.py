@@ -114,3 +114,10 @@ def elementwise_zoo():
              "lo": np.array(-1.0, np.float32), "hi": np.array(1.0, np.float32),
              "uaxes": np.array([2, 3], np.int64), "w2": w(5, 12, 1, 1)}
     return model(nodes, inits, [x_input()], [out()], opset=13)
+
+
+def softmax_head(opset):
+    """Conv -> Softmax with no axis attribute: before opset 13 that means axis 1 (channels)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["s"]), helper.make_node("Conv", ["s", "w2"], ["y"])]
+    return model(nodes, {"w1": w(8, 3, 1, 1), "w2": w(4, 8, 1, 1)}, [x_input()], [out()], opset=opset)

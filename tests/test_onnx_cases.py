@@ -142,3 +142,13 @@ def test_per_channel_elementwise_ops():
     for name in ("in_s", "slope", "mean", "std"):
         t = next(t for t in pruned.graph.initializer if t.name.startswith(name))
         assert t.dims[0] == 6
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_softmax_default_axis_follows_the_opset(opset):
+    model = gp.load(ob.softmax_head(opset))
+    conv1 = next(g for g in gp.analyse(model).groups if g.producers == ["Conv_0"])
+    # opset 11: default axis 1 pools over channels -> frozen; opset 13: last axis (width) -> prunable
+    assert conv1.prunable == (opset >= 13)
+    if opset >= 13:
+        _prune_and_verify(ob.softmax_head(opset), ratio=0.5)
