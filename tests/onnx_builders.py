@@ -25,7 +25,7 @@ def out(name="y"):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
 
-def paddle_style():
+def paddle_style(hw=8):
     """Weights in Constant nodes, an Identity in front of a weight, and one zero bias shared
     by two convs of different groups (what PyTorch's initializer dedup produces)."""
     const_w = helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w(8, 3, 3, 3)))
@@ -40,7 +40,7 @@ def paddle_style():
         helper.make_node("GlobalAveragePool", ["c"], ["y"]),
     ]
     inits = {"w2_init": w(8, 8, 3, 3), "zero8": np.zeros(8, np.float32), "w3": w(4, 8, 1, 1)}
-    return model(nodes, inits, [x_input()], [out()], opset=11)
+    return model(nodes, inits, [x_input(hw=hw)], [out()], opset=11)
 
 
 def opset11_layout_ops():

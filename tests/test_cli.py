@@ -45,8 +45,20 @@ def test_analyze_json_keys(model_path):
     assert code == 0 and out.splitlines()[0].startswith("group 0:")
 
 
+def test_input_shape_sets_the_counted_resolution(tmp_path):
+    dynamic = tmp_path / "dyn.onnx"
+    onnx.save(ob.paddle_style(hw="H"), str(dynamic))
+    code, small, _ = gp("prune", dynamic, "-o", tmp_path / "a.onnx", "--ratio", "0.5", "--input-shape", "x=1,3,8,8")
+    code2, big, _ = gp("prune", dynamic, "-o", tmp_path / "b.onnx", "--ratio", "0.5",
+                       "--input-shape", "x=1,3,16,16", "--verify")
+    assert code == 0 and code2 == 0 and "verify: max abs diff" in big
+    macs = [int(line.split()[1].replace(",", "")) for text in (small, big) for line in text.splitlines()
+            if line.startswith("MACs")]
+    assert macs[1] == 4 * macs[0]
+
+
 @pytest.mark.parametrize("case", ["missing", "not_onnx", "truncated", "no_conv", "ratio_high", "ratio_neg",
-                                  "same_output", "bad_round"])
+                                  "same_output", "bad_round", "bad_shape", "shape_mismatch"])
 def test_bad_input_one_line_exit_2(case, model_path, tmp_path):
     target = model_path
     extra = ["--ratio", "0.3"]
@@ -67,6 +79,10 @@ def test_bad_input_one_line_exit_2(case, model_path, tmp_path):
         extra = ["--ratio", "-0.1"]
     elif case == "bad_round":
         extra = ["--ratio", "0.3", "--round-to", "0"]
+    elif case == "bad_shape":
+        extra = ["--ratio", "0.3", "--input-shape", "x=1,3,a,8"]
+    elif case == "shape_mismatch":
+        extra = ["--ratio", "0.3", "--input-shape", "x=1,4,8,8"]
     out = target if case == "same_output" else tmp_path / "o.onnx"
     digest = _sha(target) if target.exists() else None
     code, stdout, err = gp("prune", target, "-o", out, *extra)

@@ -29,7 +29,27 @@ def register(sub) -> None:
     p.add_argument("--allow-inexact", action="store_true",
                    help="also prune channels pooled by LayerNorm/Softmax (reported as inexact)")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random and --verify inputs")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D,D,...",
+                   help="static shape of an input with dynamic dims, for counting and --verify "
+                        "(default: batch 1, other dynamic dims 64)")
     p.set_defaults(func=prune)
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]] | None:
+    """`x=1,3,640,640` -> {"x": [1, 3, 640, 640]}."""
+    if not specs:
+        return None
+    shapes = {}
+    for spec in specs:
+        name, _, dims = spec.partition("=")
+        try:
+            values = [int(d) for d in dims.split(",")]
+        except ValueError:
+            values = []
+        if not name or not values or any(v <= 0 for v in values):
+            raise GraphpruneError(f"--input-shape {spec!r}: expected NAME=D,D,... with positive integers")
+        shapes[name] = values
+    return shapes
 
 
 def analyze(args) -> int:
@@ -62,18 +82,20 @@ def prune(args) -> int:
     if args.round_to < 1:
         raise GraphpruneError(f"--round-to must be a positive integer, got {args.round_to}")
     refuse_overwriting_input(args.output, args.model)
+    shapes = parse_input_shapes(args.input_shape)
     model = gp.load(args.model)
+    _check_input_shapes(model, shapes)
     an = gp.analyse(model, allow_inexact=args.allow_inexact)
     plan = gp.choose(an, ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, seed=args.seed)
     for note in plan.notes:
         print(f"note: {note}")
     pruned = gp.prune(model, plan)
-    before, after = gp.count(model), gp.count(pruned)
+    before, after = gp.count(model, shapes), gp.count(pruned, shapes)
     print(f"MACs   {before.macs:,} -> {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x)")
     print(f"params {before.params:,} -> {after.params:,} ({after.params / max(before.params, 1):.3f}x)")
     status = 0
     if args.verify:
-        report = gp.verify(model, plan, pruned, seed=args.seed)
+        report = gp.verify(model, plan, pruned, seed=args.seed, input_shapes=shapes)
         print(f"verify: {report.summary()}")
         if not report.passed:
             print("graphprune: error: verification failed: the pruned model does not match", file=sys.stderr)
@@ -82,3 +104,20 @@ def prune(args) -> int:
         gp.save(pruned, args.output, source=args.model)
         print(f"wrote {args.output}")
     return status
+
+
+def _check_input_shapes(model, shapes) -> None:
+    from graphprune.inputs import graph_inputs
+
+    if not shapes:
+        return
+    declared = {i.name: i for i in graph_inputs(model)}
+    for name, dims in shapes.items():
+        if name not in declared:
+            raise GraphpruneError(f"--input-shape: the model has no input {name!r} "
+                                  f"(inputs: {', '.join(declared)})")
+        fixed = declared[name].type.tensor_type.shape.dim
+        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value != v for d, v in zip(fixed, dims)):
+            want = [d.dim_value if d.HasField("dim_value") else "?" for d in fixed]
+            raise GraphpruneError(f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's "
+                                  f"input shape {want}")
