@@ -36,9 +36,9 @@ def analyse(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
 
 def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True) -> onnx.ModelProto:
     """Apply `plan` to `model` (the model it was made for) and return the smaller model."""
-    if fingerprint(model) != plan.analysis.fingerprint:
-        model = plan.analysis.model if fingerprint(load(model)) == plan.analysis.fingerprint else model
-    return PruneChannelsPass(plan, check=check).run(model)
+    if fingerprint(model) != plan.analysis.fingerprint and fingerprint(load(model)) == plan.analysis.fingerprint:
+        model = plan.analysis.model  # the raw model whose normalised form the plan describes
+    return PruneChannelsPass(plan, check=check).run(model)  # any other model: a clear error
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, source: str | os.PathLike | None = None):

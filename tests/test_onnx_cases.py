@@ -152,3 +152,11 @@ def test_softmax_default_axis_follows_the_opset(opset):
     assert conv1.prunable == (opset >= 13)
     if opset >= 13:
         _prune_and_verify(ob.softmax_head(opset), ratio=0.5)
+
+
+def test_api_accepts_the_raw_model_and_refuses_another():
+    raw = ob.paddle_style()
+    plan = gp.choose(gp.analyse(raw), ratio=0.5)
+    assert gp.verify(raw, plan, gp.prune(raw, plan)).passed
+    with pytest.raises(gp.GraphpruneError, match="another model"):
+        gp.prune(ob.opset21_convtranspose_matmul(), plan)
