@@ -54,7 +54,7 @@ def _norm_axis(axis: int, rank: int) -> int:
 
 def _freeze_inputs(node: gs.Node, ctx: PropagationContext, reason: str) -> None:
     for t in node.inputs:
-        ctx.freeze_tensor(t, f"{reason} ({node.name})")
+        ctx.freeze_tensor(t, f"{reason}, at {node.name}")
 
 
 def _take2(w: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -516,7 +516,7 @@ class Reshape(Rule):
         si, so = ctx.shape(x), ctx.shape(y)
         res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
         if res is None:
-            _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis (e.g. channel shuffle)")
+            _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis, as a channel shuffle or attention heads do")
             return
         ctx.set_map(y, res[0], res[1], node)
 
