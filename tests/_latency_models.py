@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -38,3 +39,15 @@ def unsupported_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     model.ir_version = 9
     return model
+
+
+@pytest.fixture(autouse=True)
+def isolated_latency_env(monkeypatch, tmp_path):
+    """Autouse in the latency test modules (import it there): a private measurement cache
+    and target config, and only the latency subcommands, so no test sees another's state."""
+    from graphprune import cli
+
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("GRAPHPRUNE_TARGETS", raising=False)
+    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.latency_commands"])

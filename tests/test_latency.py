@@ -16,14 +16,8 @@ from graphprune.targets.inputs import random_inputs
 from graphprune.targets.measure_local import run_tvm_local
 
 from _latency_models import tiny_cnn, unsupported_model
+from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("GRAPHPRUNE_TARGETS", raising=False)
-    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.latency_commands"])
 
 
 @pytest.fixture

@@ -21,12 +21,8 @@ from graphprune.targets.localrpc import LocalRPCCluster
 from graphprune.targets.measure_rpc import measure_many, measure_rpc
 
 from _latency_models import tiny_cnn
+from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.latency_commands"])
 
 
 def _process_tree(cluster) -> list[psutil.Process]:

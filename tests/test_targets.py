@@ -10,17 +10,10 @@ from graphprune.errors import GraphpruneError
 from graphprune.targets import compile_model, get_target, list_targets
 
 from _latency_models import tiny_cnn
+from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
 
 EM_X86_64, EM_AARCH64 = 62, 183
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("GRAPHPRUNE_TARGETS", raising=False)
-    # only this feature's subcommands, so these tests do not depend on other modules' state
-    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.latency_commands"])
 
 
 def elf_machine(path) -> int:
