@@ -120,6 +120,18 @@ def _maxdiff(model, compiled) -> float:
     return float(np.abs(run_tvm_local(compiled, feeds)[0] - ref).max())
 
 
+def _tune_and_measure(model, cache: Path, trials: int, repeats: int):
+    """Compile with tuning against the database in `cache` (tunes when it lacks the shapes, replays
+    or reuses records otherwise); return the build, its wall time in s and its median latency in ms."""
+    from graphprune.targets.compile import compile_model
+    from graphprune.targets.measure_local import measure_tvm_local
+    os.environ["GRAPHPRUNE_CACHE"] = str(cache)
+    t0 = time.monotonic()
+    compiled = compile_model(model, "x86", tune_trials=trials)
+    wall = round(time.monotonic() - t0, 1)
+    return compiled, wall, measure_tvm_local(compiled, model, repeats=repeats).median_ms
+
+
 def run(args) -> dict:
     from graphprune.targets.compile import compile_model
     from graphprune.targets.measure_local import measure_ort, measure_tvm_local
@@ -131,12 +143,9 @@ def run(args) -> dict:
         base = export(name, 1.0, work)
         row["ort_ms"] = measure_ort(base, repeats=args.repeats).median_ms
         row["tvm_untuned_ms"] = measure_tvm_local(compile_model(base, "x86"), base, repeats=args.repeats).median_ms
-        os.environ["GRAPHPRUNE_CACHE"] = str(work / f"{name}-base")
-        t0 = time.monotonic()
-        c = compile_model(base, "x86", tune_trials=args.trials)
-        row["tune_base_wall_s"] = round(time.monotonic() - t0, 1)
+        c, row["tune_base_wall_s"], row["tvm_tuned_ms"] = _tune_and_measure(base, work / f"{name}-base",
+                                                                            args.trials, args.repeats)
         row["tuning"] = c.tuning
-        row["tvm_tuned_ms"] = measure_tvm_local(c, base, repeats=args.repeats).median_ms
         row["tuned_over_ort"] = row["tvm_tuned_ms"] / row["ort_ms"]
         row["tuned_maxdiff_vs_ort"] = _maxdiff(base, c)
         print(json.dumps({name: row}), flush=True)
@@ -144,21 +153,14 @@ def run(args) -> dict:
         for keep in args.variants:
             v = export(name, keep, work)
             vr: dict = {"ort_ms": measure_ort(v, repeats=args.repeats).median_ms}
-            os.environ["GRAPHPRUNE_CACHE"] = str(work / f"{name}-base")
-            t0 = time.monotonic()
-            c = compile_model(v, "x86", tune_trials=args.trials)
-            vr["replay_compile_wall_s"] = round(time.monotonic() - t0, 1)
+            c, vr["replay_compile_wall_s"], vr["replayed_ms"] = _tune_and_measure(v, work / f"{name}-base",
+                                                                                  args.trials, args.repeats)
             vr["replay_tuning"] = c.tuning
-            vr["replayed_ms"] = measure_tvm_local(c, v, repeats=args.repeats).median_ms
             vr["replayed_maxdiff_vs_ort"] = _maxdiff(v, c)
             vr["untuned_ms"] = measure_tvm_local(compile_model(v, "x86"), v, repeats=args.repeats).median_ms
-            print(json.dumps({name: {keep: vr}}), flush=True)
             if args.fresh:
-                os.environ["GRAPHPRUNE_CACHE"] = str(work / f"{name}-fresh-{keep}")
-                t0 = time.monotonic()
-                c = compile_model(v, "x86", tune_trials=args.trials)
-                vr["fresh_tune_wall_s"] = round(time.monotonic() - t0, 1)
-                vr["fresh_ms"] = measure_tvm_local(c, v, repeats=args.repeats).median_ms
+                _, vr["fresh_tune_wall_s"], vr["fresh_ms"] = _tune_and_measure(v, work / f"{name}-fresh-{keep}",
+                                                                               args.trials, args.repeats)
             row["variants"][str(keep)] = vr
             print(json.dumps({name: {keep: vr}}), flush=True)
         report["models"][name] = row
