@@ -233,7 +233,7 @@ class OnnxModule(nn.Module):
             if step.layer is not None:
                 layer = step.layer
                 if step.node.op_type == "Add":
-                    x = torch.stack(torch.broadcast_tensors(ins[0], ins[1]), dim=-1)
+                    x = torch.stack(torch.broadcast_tensors(ins[0], ins[1]))  # Sum adds over axis 0
                 else:
                     x = ins[0] if layer.pre is None else layer.pre(ins[0])
                 y = layer.module(x)

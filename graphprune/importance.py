@@ -20,8 +20,10 @@ data-driven (graphprune.importance_xai), relevance R at each Conv output:
   taylor       first-order Taylor: R = activation x gradient of the true-label logit.
   deeplift, ig, gradcam, conductance   captum LayerDeepLift,
                LayerIntegratedGradients, LayerGradCam (per-channel, not
-               summed), LayerConductance, one captum call per layer and batch,
-               zero baseline, target = true label.
+               summed), LayerConductance, zero baseline, target = true label.
+               gradcam, deeplift and conductance score all convs from one
+               pass per batch (conductance: per path point); ig needs one
+               captum call per layer.
 
 Aggregation and normalisation: score_c = mean over samples and spatial
 positions of |R_c|, then divided by the layer's maximum score, so every layer's

@@ -6,15 +6,16 @@ itself cannot be installed beside torch 2.13), exports it with
 torch.onnx.export(dynamo=False), and times graphprune.importance on random
 224x224 data through the ONNX->torch bridge.
 
-The captum layer methods (deeplift, ig, gradcam, conductance) make one call per
-Conv layer, so their cost grows with the layer count (53 convs here). On a
-small CPU box a full run is hours, so `--captum-layers K` times them on the
-first K conv layers only; the table then gives the measured time and, marked
-"est.", that time scaled by 53/K (the per-layer calls have similar cost, so the
-estimate is linear in the number of layers). Everything else is measured on
-all layers.
+Every method except ig scores all 53 conv layers from one pass per batch
+(deeplift: over inputs and baselines; conductance: one per path point), so
+they are measured on all layers and all samples. ig needs one captum call per
+layer (LayerIntegratedGradients interpolates at the layer), which on a small
+CPU box is hours; so `--ig-layers K` times it on the first K conv layers and
+`--ig-samples M` on M of the samples, and the table gives the measured time
+and, marked "est.", that time scaled by (53 / K) x (samples / M) (the
+per-layer calls have similar cost and the cost is linear in the samples).
 
-    .venv/bin/python tools/time_importance.py --samples 256 --batch-size 32
+    .venv/bin/python tools/time_importance.py --samples 256 --batch-size 16 --ig-layers 1 --ig-samples 32
 """
 from __future__ import annotations
 
@@ -37,8 +38,6 @@ from _docs import update_section  # noqa: E402  (tools/ is on sys.path when run 
 
 from graphprune.data import Dataset  # noqa: E402
 from graphprune.importance import METHODS, compute_importance  # noqa: E402
-
-CAPTUM = ("deeplift", "ig", "gradcam", "conductance")
 
 
 class Bottleneck(nn.Module):
@@ -98,10 +97,12 @@ def export_resnet50(seed: int = 0) -> onnx.ModelProto:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="deeplift holds inputs and baselines: about 10 GB peak at 16 on ResNet-50")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--captum-layers", type=int, default=None,
-                    help="time deeplift/ig/gradcam/conductance on the first K conv layers only")
+    ap.add_argument("--ig-layers", "--captum-layers", type=int, default=None,
+                    help="time ig on the first K conv layers only (the other methods always run on all)")
+    ap.add_argument("--ig-samples", type=int, default=None, help="time ig on this many of the samples")
     ap.add_argument("--n-steps", type=int, default=16, help="ig/conductance integration steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--doc", default=str(ROOT / "docs/importance.md"))
@@ -124,28 +125,30 @@ def main(argv=None) -> int:
     rows = []
     for method in args.methods.split(","):
         opts = {"n_steps": args.n_steps} if method in ("ig", "conductance") else {}
-        layers = None
-        if method in CAPTUM and args.captum_layers:
-            layers = convs[:args.captum_layers]
+        layers, samples = convs, args.samples
+        if method == "ig":
+            layers = convs[:args.ig_layers or len(convs)]
+            samples = min(args.ig_samples or samples, samples)
             opts["layers"] = layers
         t0 = time.time()
-        compute_importance(net, data, method, samples=args.samples, batch_size=args.batch_size,
-                           progress=False, **opts)
+        compute_importance(net, data, method, samples=samples, batch_size=args.batch_size, progress=False, **opts)
         s = time.time() - t0
-        scaled = s * len(convs) / len(layers) if layers else None
-        rows.append((method, s, len(layers) if layers else len(convs), scaled))
-        print(f"{method:12s} {s:9.1f}s on {rows[-1][2]} layers"
-              + (f"  (est. {scaled:.0f}s for all {len(convs)})" if scaled else ""), flush=True)
+        scale = len(convs) / len(layers) * args.samples / samples
+        rows.append((method, samples, len(layers), s, s * scale if scale != 1 else None))
+        print(f"{method:12s} {s:9.1f}s on {len(layers)} layers, {samples} samples"
+              + (f"  (est. {rows[-1][4]:.0f}s for all {len(convs)} layers, {args.samples} samples)"
+                 if rows[-1][4] else ""), flush=True)
         if not args.no_doc:  # after every method, so a long run leaves a usable partial table
             write_doc(args, argv, rows, len(args.methods.split(",")), len(convs))
-    print("\n" + render(rows, len(convs)))
+    print("\n" + render(rows, len(convs), args.samples))
     return 0
 
 
-def render(rows, n_convs) -> str:
-    lines = [f"| method | layers timed | measured time (s) | all {n_convs} layers (s) |", "|---|---|---|---|"]
-    for method, s, n, scaled in rows:
-        lines.append(f"| {method} | {n} | {s:.1f} | " + (f"est. {scaled:.0f}" if scaled else f"{s:.1f}") + " |")
+def render(rows, n_convs, n_samples) -> str:
+    lines = [f"| method | samples timed | layers timed | measured time (s) | {n_samples} samples, "
+             f"all {n_convs} layers (s) |", "|---|---|---|---|---|"]
+    for method, samples, n, s, est in rows:
+        lines.append(f"| {method} | {samples} | {n} | {s:.1f} | " + (f"est. {est:.0f}" if est else f"{s:.1f}") + " |")
     return "\n".join(lines)
 
 
@@ -157,7 +160,7 @@ def write_doc(args, argv, rows, n_methods, n_convs) -> None:
             f"Produced by `tools/time_importance.py {cmd}`.")
     if len(rows) < n_methods:
         note += f" Partial: {len(rows)} of {n_methods} methods done."
-    update_section(Path(args.doc), "time_importance", note + "\n\n" + render(rows, n_convs))
+    update_section(Path(args.doc), "time_importance", note + "\n\n" + render(rows, n_convs, args.samples))
 
 
 if __name__ == "__main__":
