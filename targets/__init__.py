@@ -3,7 +3,7 @@
     from graphprune.targets import list_targets, measure_latency
     r = measure_latency("model.onnx", target="x86", backend="ort")   # quick, host CPU
     r = measure_latency(m, target="arm-a72", backend="tvm", rpc_tracker="10.0.0.2:9190",
-                        rpc_key="rasp4", tune_trials=64)              # tuned, on a board
+                        rpc_key="rasp4", tune_trials=64)   # tuned on the boards under rasp4, timed there
 
 Modules, one job each: registry (targets as JSON data), compile (ONNX -> Relax
 -> .so), tune (MetaSchedule database per target, replay onto pruned shapes),
@@ -31,19 +31,37 @@ def _as_model(model) -> onnx.ModelProto:
     return read_model(model)
 
 
-def compile_model(model, target="x86", tune_trials: int = 0, output=None, targets_file=None):
-    """Compile an ONNX model (path or ModelProto) for a target; optionally export the .so to `output`."""
+def _rpc_tuning(target: Target, rpc_tracker, rpc_key, timeout: float, emulated: bool = False):
+    """Where tuning times candidates: None (this CPU) or the devices under the key at the tracker."""
+    if not rpc_tracker:
+        return None
+    from graphprune.targets.measure_rpc import parse_address
+    from graphprune.targets.tune import RPCTuning
+    parse_address(rpc_tracker)
+    return RPCTuning(tracker=rpc_tracker, key=rpc_key or target.rpc_key, timeout=timeout, emulated=emulated)
+
+
+def compile_model(model, target="x86", tune_trials: int = 0, output=None, targets_file=None,
+                  rpc_tracker: str | None = None, rpc_key: str | None = None, timeout: float = 60.0):
+    """Compile an ONNX model (path or ModelProto) for a target; optionally export the .so to `output`.
+    With rpc_tracker (and rpc_key, default the target's), tuning times its candidates on those devices."""
     from graphprune.targets.compile import compile_model as _compile
-    return _compile(_as_model(model), target, tune_trials=tune_trials, output=output,
-                    extra_target_files=[targets_file] if targets_file else None)
+    extra = [targets_file] if targets_file else None
+    tgt = get_target(target, extra)
+    return _compile(_as_model(model), tgt, tune_trials=tune_trials, output=output,
+                    rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout))
 
 
-def tune_base(model, target="x86", trials: int = 64, work_dir=None) -> str:
+def tune_base(model, target="x86", trials: int = 64, work_dir=None, rpc_tracker: str | None = None,
+              rpc_key: str | None = None, timeout: float = 60.0, emulated: bool = False) -> str:
     """Tune a base architecture once per target (conv/matmul tasks only); pruned variants replay it.
+    With rpc_tracker, candidates are timed on the devices under rpc_key (default the target's).
     Returns a description of what the database now holds."""
     from graphprune.targets.compile import import_onnx
     from graphprune.targets.tune import tune_module
-    return tune_module(import_onnx(_as_model(model)), get_target(target), trials, work_dir=work_dir)
+    tgt = get_target(target)
+    return tune_module(import_onnx(_as_model(model)), tgt, trials, work_dir=work_dir,
+                       rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
 
 
 def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str | None = None,
@@ -81,7 +99,8 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
         result = measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads)
     else:
         from graphprune.targets.compile import compile_model as _compile
-        compiled = _compile(m, tgt, tune_trials=tune_trials)
+        compiled = _compile(m, tgt, tune_trials=tune_trials,   # tuning runs where it is measured
+                            rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
         if rpc_tracker:
             from graphprune.targets.measure_rpc import measure_rpc
             result = measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,

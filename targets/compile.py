@@ -107,14 +107,15 @@ def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
 
 
 def compile_model(model: onnx.ModelProto, target: "str | Target" = "x86", tune_trials: int = 0,
-                  output: str | os.PathLike | None = None, extra_target_files=None) -> Compiled:
+                  output: str | os.PathLike | None = None, extra_target_files=None, rpc=None) -> Compiled:
     """Public API: compile `model` for `target`; tune_trials > 0 applies per-target MetaSchedule
-    schedules (tuning the base once if needed, replaying onto pruned shapes; see tune.py)."""
+    schedules (tuning the base once if needed, replaying onto pruned shapes; see tune.py).
+    rpc (a tune.RPCTuning): when the base must be tuned, time its candidates on those devices."""
     tgt = get_target(target, extra_target_files)
     mod = import_onnx(model)
     if tune_trials > 0:
         from graphprune.targets.tune import database_for
-        db, how = database_for(mod, tgt, tune_trials)
+        db, how = database_for(mod, tgt, tune_trials, rpc=rpc)
         compiled = compile_relax(mod, tgt, database=db, tuning=how)
     else:
         compiled = compile_relax(mod, tgt)

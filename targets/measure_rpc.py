@@ -158,34 +158,56 @@ def measure_many(items, tracker_addr: str, key: str, parallel: int | None = None
         return list(pool.map(one, items))
 
 
-def run_remote(compiled, feeds: dict, tracker_addr: str, key: str, timeout: float = 60.0) -> list:
-    """Outputs of `compiled` computed on a device under `key` (checks a target's numerics on the
-    real, or emulated, hardware). Bounded by `timeout`."""
-    from graphprune.targets.compile import export_library
-    check_key(tracker_addr, key, timeout=min(timeout, 10.0))
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
+
+
+def on_device(tracker_addr: str, key: str, timeout: float, fn, what: str):
+    """fn(remote session) on a device under `key`, in a daemon thread with a deadline: the
+    result, or a one-line GraphpruneError naming `what` failed (a hung device costs `timeout`)."""
     out: dict = {}
 
     def work():
-        import tvm
-        from tvm import relax, rpc
+        from tvm import rpc
         t = _Tracker(tracker_addr, timeout)
         try:
             url, port, matchkey = t.request(key, timeout)
-            with tempfile.TemporaryDirectory(prefix="graphprune-rpc-") as tmp:
-                lib = export_library(compiled, Path(tmp) / "model.so")
-                remote = rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1)
-                remote.upload(str(lib), "model.so")
-                dev = remote.cpu(0)
-                vm = relax.VirtualMachine(remote.load_module("model.so"), dev)
-                res = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
-                out["y"] = [res.numpy()] if isinstance(res, tvm.runtime.Tensor) else [r.numpy() for r in res]
+            out["value"] = fn(rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1))
         except Exception as exc:  # reported below as one line
-            out["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+            out["error"] = _one_line(exc)
         finally:
             t.close()
     th = threading.Thread(target=work, daemon=True)
     th.start()
     th.join(timeout)
-    if "y" not in out:
-        raise GraphpruneError(f"running on a device under {key!r} failed: {out.get('error', f'no answer in {timeout:g} s')}")
-    return out["y"]
+    if "value" not in out:
+        raise GraphpruneError(f"{what} on a device under {key!r} failed: {out.get('error', f'no answer in {timeout:g} s')}")
+    return out["value"]
+
+
+def run_remote(compiled, feeds: dict, tracker_addr: str, key: str, timeout: float = 60.0) -> list:
+    """Outputs of `compiled` computed on a device under `key` (checks a target's numerics on the
+    real, or emulated, hardware). Bounded by `timeout`."""
+    from graphprune.targets.compile import export_library
+    check_key(tracker_addr, key, timeout=min(timeout, 10.0))
+
+    def run(remote):
+        import tvm
+        from tvm import relax
+        with tempfile.TemporaryDirectory(prefix="graphprune-rpc-") as tmp:
+            lib = export_library(compiled, Path(tmp) / "model.so")
+            remote.upload(str(lib), "model.so")
+            dev = remote.cpu(0)
+            vm = relax.VirtualMachine(remote.load_module("model.so"), dev)
+            res = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
+            return [res.numpy()] if isinstance(res, tvm.runtime.Tensor) else [r.numpy() for r in res]
+    return on_device(tracker_addr, key, timeout, run, "running the model")
+
+
+def device_num_threads(tracker_addr: str, key: str, timeout: float = 60.0) -> int:
+    """The TVM runtime's thread count on a device under `key` (its cores, unless TVM_NUM_THREADS
+    is set there): MetaSchedule sizes parallel loops for it. Bounded by `timeout`."""
+    n = on_device(tracker_addr, key, timeout, lambda remote: int(remote.get_function("runtime.NumThreads")()),
+                  "asking for the thread count")
+    return max(1, n)

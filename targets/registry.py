@@ -57,19 +57,22 @@ class Target:
         triple = self.tvm.get("mtriple")
         return not triple or triple.split("-")[0] == platform.machine()
 
-    def tvm_dict(self) -> dict[str, Any]:
-        """The TVM target dict with 'native' mcpu resolved to this host's CPU."""
+    def tvm_dict(self, num_cores: int | None = None) -> dict[str, Any]:
+        """The TVM target dict with 'native' mcpu resolved to this host's CPU (num_cores: a device's
+        core count for MetaSchedule, unless the JSON states one)."""
         d = copy.deepcopy(self.tvm)
         if d.get("mcpu") == "native":
             from tvm.target import codegen
             d["mcpu"] = codegen.llvm_get_system_cpu()
+        if self.kind == "llvm" and num_cores and "num-cores" not in d:
+            d["num-cores"] = int(num_cores)
         if self.kind == "llvm" and self.runs_on_host and "num-cores" not in d:
             # MetaSchedule refuses CPU targets without it; it does not change code generation
             import psutil
             d["num-cores"] = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         return d
 
-    def tvm_target(self):
+    def tvm_target(self, num_cores: int | None = None):
         """Build the tvm.target.Target (imports TVM lazily: `graphprune targets` must stay fast)."""
         import tvm
         try:
@@ -78,8 +81,8 @@ class Target:
                 if host.get("mcpu") == "native":
                     from tvm.target import codegen
                     host["mcpu"] = codegen.llvm_get_system_cpu()
-                return tvm.target.Target(self.tvm_dict(), host=host)
-            return tvm.target.Target(self.tvm_dict())
+                return tvm.target.Target(self.tvm_dict(num_cores), host=host)
+            return tvm.target.Target(self.tvm_dict(num_cores))
         except Exception as exc:  # TVM raises ValueError/TVMError with multi-line text
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GraphpruneError(f"target {self.name!r} ({self.source}): TVM rejects its target dict: {first}") from None

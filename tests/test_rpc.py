@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import onnx
-import psutil
 import pytest
 
 import graphprune.cli as cli
@@ -22,33 +21,7 @@ from graphprune.targets.measure_rpc import measure_many, measure_rpc
 
 from _latency_models import tiny_cnn
 from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
-
-
-
-def _process_tree(cluster) -> list[psutil.Process]:
-    procs = []
-    for p in cluster.procs:
-        try:
-            root = psutil.Process(p.pid)
-            procs += [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    return procs
-
-
-def _assert_all_gone(procs):
-    gone, alive = psutil.wait_procs(procs, timeout=10)
-    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"left running: {[p.pid for p in alive]}"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = LocalRPCCluster(key="gp-test", n_servers=2).start()
-    yield c
-    tree = _process_tree(c)
-    c.stop()
-    _assert_all_gone(tree)
+from _rpc_cluster import assert_all_gone as _assert_all_gone, cluster, process_tree as _process_tree  # noqa: F401
 
 
 def test_remote_matches_local(cluster, tmp_path, capsys):

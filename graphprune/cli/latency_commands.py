@@ -21,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="LIB.so")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials for the base model (0 = untuned); variants replay it")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="tune on the devices registered at this tracker (needed for targets this host cannot run)")
+    p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per tuning candidate on a device")
     _targets_file_arg(p)
     p.set_defaults(func=_compile)
 
@@ -31,10 +35,12 @@ def register(sub) -> None:
                    help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
-    p.add_argument("--tune-trials", type=int, default=0, metavar="N")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials for the base model (0 = untuned); with --rpc-tracker the "
+                        "candidates are timed on the devices under the key")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt (and per tuning candidate)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _targets_file_arg(p)
@@ -61,8 +67,14 @@ def _compile(args: argparse.Namespace) -> int:
     if args.tune_trials < 0:
         raise GraphpruneError("--tune-trials must be >= 0")
     get_target(args.target, [args.targets_file] if args.targets_file else None)  # fail before reading the model
+    if args.rpc_tracker:
+        from graphprune.targets.measure_rpc import parse_address
+        parse_address(args.rpc_tracker)
+        if args.tune_trials == 0:
+            raise GraphpruneError("--rpc-tracker is for tuning on devices: give --tune-trials N as well")
     c = compile_model(args.model, args.target, tune_trials=args.tune_trials, output=args.output,
-                      targets_file=args.targets_file)
+                      targets_file=args.targets_file, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                      timeout=args.timeout)
     print(f"wrote {args.output} (target {c.target.name}, {c.tuning})")
     return 0
 

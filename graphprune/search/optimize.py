@@ -138,7 +138,9 @@ def _resolve_latency(o: OptimizeOptions, need_latency: bool) -> tuple[obj.Latenc
     if stand:
         label = (f"STAND-IN: measured on {stand.name} ({o.backend}, this host), not on {tgt.name}")
     elif o.rpc_tracker:
-        label = f"measured on {tgt.name} device via RPC ({o.backend}, key {o.rpc_key or tgt.rpc_key})"
+        how = (f"tuned schedules, {o.tune_trials} trials for the base" if o.tune_trials else "untuned schedules")
+        label = (f"measured on {tgt.name} devices by {'TVM' if o.backend == 'tvm' else o.backend} over RPC on key "
+                 f"{o.rpc_key or tgt.rpc_key!r} (tracker {o.rpc_tracker}; {how})")
     else:
         label = f"measured on {tgt.name} (this host, {o.backend})"
     step = o.channel_step or tgt.channel_step
