@@ -19,13 +19,20 @@ alike; the reported figure is the median of the rounds' medians.
 
     .venv/bin/python tools/make_demo_data.py -o out/demo_data
     .venv/bin/python tools/bench_optimize.py --val out/demo_data/val.npz --train out/demo_data/train.npz
+    .venv/bin/python tools/bench_optimize.py --model examples/fashion_mnist_vgg.onnx \
+        --val out/demo_data/val.npz --train out/demo_data/train.npz
 
-Writes OUT/bench_optimize.json, .md, .png and each run's optimize outputs (OUT/a, OUT/c).
+Writes OUT/bench_optimize.json, .md, .png and each run's optimize outputs (OUT/a, OUT/c),
+and the committed copies docs/bench_optimize.md, .png (the default model, which the
+README shows) or docs/bench_optimize_<model stem>.md, .png (any other model). OUT
+defaults to out/bench_optimize, or out/bench_optimize_<model stem> for another model,
+so that one model's cached importance scores and journals never serve another.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,6 +46,16 @@ from graphprune.data import load_npz  # noqa: E402
 from graphprune.search import objectives as obj  # noqa: E402
 from graphprune.search.finetune import recover  # noqa: E402
 from graphprune.search.optimize import OptimizeOptions, run_optimize  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "examples/fashion_mnist_resnet.onnx"
+
+
+def _doc_stem(model: str) -> str:
+    """bench_optimize for the default model (the README's docs/bench_optimize.md), else bench_optimize_<stem>."""
+    same = Path(model).resolve() in (Path(DEFAULT_MODEL).resolve(), (ROOT / DEFAULT_MODEL).resolve())
+    return "bench_optimize" if same else f"bench_optimize_{Path(model).stem}"
 
 
 def log(msg):
@@ -61,10 +78,11 @@ def uniform_l1(model, an, x, y, base_err, max_drop, step):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="examples/fashion_mnist_resnet.onnx")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--val", required=True, help="validation .npz (search + reported accuracy)")
     ap.add_argument("--train", required=True, help="training .npz (importance scores + fine-tuning)")
-    ap.add_argument("-o", "--out", default="out/bench_optimize")
+    ap.add_argument("-o", "--out", default=None,
+                    help="default out/bench_optimize (default model) or out/bench_optimize_<model stem>")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--method", default="lrp", help="importance method for (a) and (c)")
     ap.add_argument("--importance-samples", type=int, default=256)
@@ -83,7 +101,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prefer-weight", type=float, default=10.0,
                     help="weight of the speed objective (latency for (a), MACs for (c)) against error in the "
                          "final choice: 10 = the fastest configuration within the accuracy budget, nearly")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    command = " ".join(["tools/bench_optimize.py"] + [shlex.quote(a) for a in argv])
+    stem = _doc_stem(args.model)
+    args.out = args.out or f"out/{stem}"
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,12 +186,13 @@ def main(argv=None) -> int:
         "search_counts": {k: runs[k]["counts"] for k in ("a", "c")},
         "wall_s": {"a": runs["a"]["wall_s"], "b": b_wall, "c": runs["c"]["wall_s"], "total": time.time() - t0},
         "latency_label": runs["a"]["latency_label"] + f", {args.threads} thread(s)",
+        "command": command,
     }
     (out / "bench_optimize.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     _plot(out / "bench_optimize.png", runs["a"], res)
     (out / "bench_optimize.md").write_text(_markdown(res))
-    doc = Path(__file__).resolve().parents[1] / "docs" / "bench_optimize.md"
-    doc.write_text(_markdown(res))  # the committed copies the README shows
+    doc = ROOT / "docs" / f"{stem}.md"
+    doc.write_text(_markdown(res))  # the committed copies the docs (and, for the default model, README) show
     _plot(doc.with_suffix(".png"), runs["a"], res)
     print(_markdown(res))
     return 0
@@ -184,11 +207,14 @@ def _plot(path, run_a, res):
     ax.plot([r["latency_ms"] for r in fr], [100 * (1 - r["error"]) for r in fr], "o-", c="tab:blue", ms=4,
             label="(a) Pareto front, before recovery (search timings)")
     med, acc = res["latency_ms_median_of_rounds"], res["accuracy_final"]
+    b_none = res.get("b_ratio") is None  # no uniform ratio within the budget: (b) is the unpruned model
     style = {"original": ("*", "k", "original"), "a": ("D", "tab:blue", "(a) XAI + measured latency"),
-             "b": ("s", "tab:orange", "(b) uniform L1"), "c": ("^", "tab:green", "(c) XAI + MACs")}
+             "b": ("s", "tab:orange", "(b) uniform L1" + (" (no ratio within budget: unpruned)" if b_none else "")),
+             "c": ("^", "tab:green", "(c) XAI + MACs")}
     for k, (mk, col, lab) in style.items():
+        after = "" if k == "original" or (k == "b" and b_none) else " (after recovery)"
         ax.scatter([med[k]], [100 * acc[k]], marker=mk, s=120, c=col, zorder=5,
-                   label=f"{lab}: {100 * acc[k]:.2f} %, {med[k]:.3f} ms" + ("" if k == "original" else " (after recovery)"))
+                   label=f"{lab}: {100 * acc[k]:.2f} %, {med[k]:.3f} ms{after}")
     ax.axhline(100 * (acc["original"] - res["max_drop"]), ls=":", c="0.5", label="original - 1 pp")
     ax.set_ylim(max(0.0, 100 * acc["original"] - 8), min(100.0, 100 * acc["original"] + 2))  # the region that matters
     ax.set_xlabel(f"latency [ms] ({res['latency_label']})")
@@ -213,11 +239,19 @@ def _markdown(r):
     names = {"a": f"(a) XAI ({r['importance_method']}) + measured latency", "b": "(b) uniform L1",
              "c": f"(c) XAI ({r['importance_method']}) + MACs"}
     cfg = {"a": r["a_config"], "b": f"ratio {r['b_ratio']}", "c": r["c_config"]}
+    if r["b_ratio"] is None:  # no ratio on the grid stays within the budget: the matched (b) is the original
+        cfg["b"] = "none within the budget: unpruned"
     for k in ("a", "b", "c"):
         ab = r["accuracy_before_recovery"][k]
-        L.append(f"| {names[k]} | {cfg[k]} | {100 * ab:.2f} | {100 * acc[k]:.2f} | {med[k]:.3f} | {sp[k]:.2f}x | "
-                 f"{r['macs'][k] / 1e6:.2f} |" if ab is not None else f"| {names[k]} | none | - | - | - | - | - |")
+        L.append(f"| {names[k]} | {cfg[k]} | {'-' if ab is None else f'{100 * ab:.2f}'} | {100 * acc[k]:.2f} | "
+                 f"{med[k]:.3f} | {sp[k]:.2f}x | {r['macs'][k] / 1e6:.2f} |")
     L += ["", f"Speed-up ratio (a)/(b) = {r['ratio_a_over_b']:.3f}, (a)/(c) = {r['ratio_a_over_c']:.3f}.", ""]
+    if r["b_ratio"] is None and r.get("b_sweep"):
+        first = r["b_sweep"][0]
+        L += [f"(b): even the smallest uniform ratio, {first['ratio']}, loses "
+              f"{100 * (acc['original'] - (1 - first['error'])):.2f} pp before recovery, more than the "
+              f"{100 * r['max_drop']:.0f} pp budget, so uniform L1 at matched accuracy prunes nothing; its row is "
+              "the unpruned model, timed again like the others.", ""]
     for k in ("a", "c"):
         sg = r[f"surrogate_{k}"]
         h, p = sg.get("holdout", {}), sg.get("prospective", {})
@@ -228,7 +262,11 @@ def _markdown(r):
             lat = f"latency MAPE {p['latency_mape_pct']:.1f} %, " if p.get("latency_mape_pct") is not None else ""
             L.append(f"- ({k}) surrogate on {p['n']} search candidates before measuring them: {lat}"
                      f"error MAE {p['error_mae_pp']:.2f} pp")
-    L += ["", f"Search counts: {json.dumps(r['search_counts'])}", f"Wall time s: {json.dumps({k: round(v) for k, v in r['wall_s'].items()})}", ""]
+    L += ["", f"Search counts: {json.dumps(r['search_counts'])}",
+          f"Wall time s: {json.dumps({k: round(v) for k, v in r['wall_s'].items()})}"]
+    if r.get("command"):
+        L.append(f"Produced by: `.venv/bin/python {r['command']}`")
+    L.append("")
     return "\n".join(L)
 
 

@@ -1,12 +1,21 @@
 #!/usr/bin/env python
-"""Train the small ResNet used by the importance experiment and export it to ONNX.
+"""Train the small Fashion-MNIST CNNs of the examples (ResNet or VGG) and export them to ONNX.
 
-Why a purpose-built model: the XAI-vs-magnitude comparison (tools/xai_vs_l1.py)
+Why purpose-built models: the XAI-vs-magnitude comparison (tools/xai_vs_l1.py)
 needs a real, trained, BN+residual CNN that is small enough to commit (<5 MB)
 and to train on 2 CPU cores in about a quarter of an hour. Fashion-MNIST comes
 from the Debian package dataset-fashion-mnist (see graphprune.data).
 
     .venv/bin/python tools/train_fashion_mnist.py --epochs 6 -o examples/fashion_mnist_resnet.onnx
+
+`--arch vgg` trains the second example, a plain VGG-style network twice as wide
+(64/128/256) with the same layout and no residuals, so every conv is its own
+prunable channel group (tools/bench_optimize.py runs on both):
+
+    .venv/bin/python tools/train_fashion_mnist.py --arch vgg --time-budget 1800 -o examples/fashion_mnist_vgg.onnx
+
+(The committed VGG: 1975 steps, about 4.2 epochs, in the 30 minutes on a busy 2-core
+host, 93.18 % test accuracy; with --time-budget the step count depends on the host.)
 
 Prints per-epoch test accuracy; the exported model's accuracy is re-measured
 with onnxruntime at the end, so the number reported is the committed file's.
@@ -69,6 +78,36 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class SmallVGG(nn.Module):
+    """The SmallResNet layout without shortcuts, at twice the width (64/128/256 by default).
+
+    stem 3x3 + max-pool (28 -> 14) -> two 3x3 convs at 14x14 -> max-pool -> two at 7x7
+    -> max-pool (ceil: 7 -> 4) -> two at 4x4 -> global average pool -> linear; every conv
+    followed by BN + ReLU. With no residual additions coupling their outputs, each of
+    the seven convs is its own prunable channel group.
+    """
+
+    def __init__(self, widths=(64, 128, 256), num_classes: int = 10):
+        super().__init__()
+        w0, w1, w2 = widths
+
+        def cbr(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *cbr(1, w0), nn.MaxPool2d(2),
+            *cbr(w0, w0), *cbr(w0, w0), nn.MaxPool2d(2),
+            *cbr(w0, w1), *cbr(w1, w1), nn.MaxPool2d(2, ceil_mode=True),
+            *cbr(w1, w2), *cbr(w2, w2))
+        self.fc = nn.Linear(w2, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+ARCHS = {"resnet": (SmallResNet, "32,64,128"), "vgg": (SmallVGG, "64,128,256")}
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip (cheap; translations slowed convergence in a short schedule)."""
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
@@ -86,26 +125,31 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, bs: int = 1000) -> 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-o", "--output", default="examples/fashion_mnist_resnet.onnx")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet",
+                    help="resnet (default; examples/fashion_mnist_resnet.onnx) or vgg (plain, 2x wider)")
+    ap.add_argument("-o", "--output", default=None, help="default examples/fashion_mnist_ARCH.onnx")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--widths", default="32,64,128")
+    ap.add_argument("--widths", default=None, help="stage widths (default resnet 32,64,128; vgg 64,128,256)")
     ap.add_argument("--checkpoint", default=None, help="also save the trained state_dict here")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="train for this many seconds instead of --epochs; the learning rate is "
                          "annealed over the budget (for shared/slow machines)")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N samples only (smoke test)")
     args = ap.parse_args(argv)
+    cls, default_widths = ARCHS[args.arch]
+    args.output = args.output or f"examples/fashion_mnist_{args.arch}.onnx"
+    args.widths = args.widths or default_widths
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     xtr, ytr = torch.from_numpy(train.x[:args.limit]), torch.from_numpy(train.y[:args.limit])
-    model = SmallResNet(tuple(int(w) for w in args.widths.split(",")))
+    model = cls(tuple(int(w) for w in args.widths.split(",")))
     print(f"params: {sum(p.numel() for p in model.parameters())}", flush=True)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps_per_epoch = math.ceil(len(xtr) / args.batch_size)
