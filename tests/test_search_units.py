@@ -89,6 +89,49 @@ def test_choice_meets_constraints_and_follows_preferences():
     assert c.record is None and "no candidate meets" in c.reason
 
 
+def _fake_recovery(monkeypatch, after):
+    """optimize._recover replaced by a table: key -> accuracy after recovery; records the order tried."""
+    import graphprune.search.optimize as opt
+    tried = []
+
+    def fake(o, record, base_err, *args):
+        tried.append(record["key"])
+        return f"model-{record['key']}", {"accuracy_after": after[record["key"]]}
+    monkeypatch.setattr(opt, "_recover", fake)
+    return opt, tried
+
+
+def test_recovery_aware_choice_delivers_the_best_member_meeting_the_bound_after_recovery(monkeypatch):
+    """--recovery-slack: members within the loose search bound are recovered best score first; the
+    first whose fine-tuned accuracy meets the user's bound is delivered, at most K are tried, and
+    without any such member the strict (pre-recovery) choice is."""
+    base = {"latency_ms": 10.0, "error": 0.10}
+    fr = [{"key": "a", "latency_ms": 4.0, "error": 0.16}, {"key": "b", "latency_ms": 6.0, "error": 0.13},
+          {"key": "c", "latency_ms": 8.0, "error": 0.105}, {"key": "d", "latency_ms": 9.0, "error": 0.10}]
+    obj_ = ["latency_ms", "error"]
+    w = {"latency_ms": 1.0, "error": 0.1}
+    loose = Constraints(max_error=0.10 + 0.01 + 0.05)        # user 1 pp + 5 pp slack
+    choice = choose_best(fr, base, obj_, loose, w)
+    assert [r["key"] for r in choice.feasible] == ["a", "b", "c", "d"]   # best score first
+    from graphprune.search.optimize import OptimizeOptions
+    o = OptimizeOptions(model="m", data="d", outdir="o", max_error_increase=0.01, epochs=1.0,
+                        recovery_slack=0.05, recovery_tries=3)
+    run = lambda: opt._recover_choice(o, choice, fr, base, obj_, loose, w, *[None] * 8)  # noqa: E731
+    opt, tried = _fake_recovery(monkeypatch, {"a": 0.85, "b": 0.895, "c": 0.90, "d": 0.90})
+    rec, model, rcv, why = run()
+    assert rec["key"] == "b" and model == "model-b" and tried == ["a", "b"]          # a misses 0.11, b meets it
+    assert "a 84.00 % -> 85.00 %; b 87.00 % -> 89.50 %" in why and "delivered the first" in why
+    opt, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
+    rec, model, rcv, why = run()
+    # a, b, c tried (K = 3) and all miss; the strict choice (error <= 0.11 before recovery) is c,
+    # already recovered, so it is not fine-tuned again
+    assert tried == ["a", "b", "c"] and rec["key"] == "c" and model == "model-c" and "fell back" in why
+    o.recovery_tries = 1
+    opt, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
+    rec, model, rcv, why = run()
+    assert tried == ["a", "c"] and rec["key"] == "c"
+
+
 def test_journal_fsyncs_survives_a_cut_line_and_refuses_other_settings(tmp_path):
     p = tmp_path / "j.jsonl"
     j = Journal(p, {"a": 1}, resume=False)

@@ -52,6 +52,12 @@ def register(sub) -> None:
     g = p.add_argument_group("recovery by fine-tuning")
     g.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs in all (0: no recovery)")
     g.add_argument("--train-data", help="training data for fine-tuning (default: hold out part of --data)")
+    g.add_argument("--recovery-slack", type=float, default=0.0, metavar="E",
+                   help="search candidates losing up to --max-error-increase + E before recovery, and deliver "
+                        "the best one that meets --max-error-increase after it (e.g. 0.03; default 0: the "
+                        "constraint holds before recovery)")
+    g.add_argument("--recovery-tries", type=int, default=3, metavar="K",
+                   help="with --recovery-slack: fine-tune at most K front members, best first (default 3)")
     g.add_argument("--finetune-steps", type=int, default=2, help="prune in this many steps, fine-tuning between")
     g.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate (default 0.01)")
     g.add_argument("--batch-size", type=int, default=64)
@@ -79,7 +85,8 @@ def optimize(args: argparse.Namespace) -> int:
         prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=args.workers,
         seed=args.seed, criterion=args.criterion, channel_step=args.channel_step, min_keep=args.min_keep,
         group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
-        epochs=args.epochs, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
+        epochs=args.epochs, recovery_slack=args.recovery_slack,
+        recovery_tries=args.recovery_tries, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress)
     s = run_optimize(o)
     s.pop("_measured", None)

@@ -57,6 +57,8 @@ class OptimizeOptions:
     uniform_ratios: tuple = (0.25, 0.5, 0.75)
     samples: int | None = None          # evaluate on a fixed-seed subset of --data
     epochs: float = 0.0                 # recovery fine-tuning (0: none)
+    recovery_slack: float = 0.0         # search up to max_error_increase + slack; the constraint holds after recovery
+    recovery_tries: int = 3             # front members recovered at most, best first, until one meets it
     train_data: str | None = None
     finetune_steps: int = 2
     lr: float = 0.01
@@ -195,6 +197,14 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         raise GraphpruneError(f"--max-error-increase must be in [0, 1) (0.01 = 1 pp), got {o.max_error_increase}")
     if o.budget < 1:
         raise GraphpruneError(f"--budget must be >= 1, got {o.budget}")
+    if o.recovery_slack:
+        if not 0 < o.recovery_slack < 1:
+            raise GraphpruneError(f"--recovery-slack must be in [0, 1) (0.03 = 3 pp), got {o.recovery_slack}")
+        if o.max_error_increase is None or o.epochs <= 0:
+            raise GraphpruneError("--recovery-slack needs --max-error-increase and --epochs > 0: it moves the "
+                                  "accuracy constraint to the fine-tuned model")
+        if o.recovery_tries < 1:
+            raise GraphpruneError(f"--recovery-tries must be >= 1, got {o.recovery_tries}")
     for name in o.prefer:
         if name not in objectives:
             raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
@@ -219,7 +229,8 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
               "latency": spec.to_json(), "criterion": o.criterion, "space": space.to_json(), "seed": o.seed,
               "optimizer": o.optimizer, "workers": o.workers, "sensitivity_ratios": list(o.sensitivity_ratios),
               "holdout": o.holdout, "uniform_ratios": list(o.uniform_ratios),
-              "max_error_increase": o.max_error_increase, "latency_budget_ms": o.latency_budget_ms}
+              "max_error_increase": o.max_error_increase, "latency_budget_ms": o.latency_budget_ms,
+              "recovery_slack": o.recovery_slack}
     journal = Journal(out / "journal.jsonl", header, o.resume)
     resumed = len(journal.records)
     if o.resume:
@@ -238,9 +249,11 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             base = ev.add_latency(base, model)
         base_err = base["error"]
         log(f"original: accuracy {100 * (1 - base_err):.2f} %, latency {base['latency_ms']:.3f} ms ({label})")
-        cons = Constraints(
-            max_error=None if o.max_error_increase is None else base_err + o.max_error_increase,
-            max_latency_ms=o.latency_budget_ms)
+        # the search's error bound; with --recovery-slack it is looser than the user's, which the
+        # chosen model must then meet after recovery (see _recover_choice)
+        search_inc = None if o.max_error_increase is None else o.max_error_increase + o.recovery_slack
+        cons = Constraints(max_error=None if search_inc is None else base_err + search_inc,
+                           max_latency_ms=o.latency_budget_ms)
         # 2. sensitivity sweep
         sweep = sens.sweep_configs(space, list(o.sensitivity_ratios))
         pre_bar = None
@@ -253,7 +266,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
                              [{"group": g, "ratio": r} for g, r, _ in sweep])
         for (g, r, _), rec in zip(sweep, s_recs):
             rec.setdefault("group", g)
-        bounds = sens.lower_bounds(space, s_recs, base_err, o.max_error_increase)
+        bounds = sens.lower_bounds(space, s_recs, base_err, search_inc)
         if bounds:
             space = space.restrict(bounds)
             ev.space = space
@@ -339,28 +352,8 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             bounded.add("latency_ms")
         weights = {ob: o.prefer.get(ob, CONSTRAINED_WEIGHT if ob in bounded else 1.0) for ob in objectives}
         choice = choose_best(fr, base, objectives, cons, weights)
-        chosen = choice.record
-        recovery = None
-        best_model = None
-        if chosen is not None:
-            cfg = {int(k): v for k, v in chosen["config"].items()}
-            pruned = obj.build(cfg)
-            best_model = pruned
-            if o.epochs > 0 and cfg == {a.gid: a.units for a in space.axes}:
-                log("recovery skipped: the chosen configuration is the original model")
-            elif o.epochs > 0:
-                from graphprune.search.finetune import recover
-                best_model, recovery = recover(model, an, cfg, o.criterion, train, x, y, epochs=o.epochs,
-                                               steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size,
-                                               seed=o.seed, log=log)
-                recovery.update(obj.measure(best_model, spec))
-                recovery["text"] = (f"pruned in {recovery['steps']} step(s) with {recovery['epochs_per_step']:.2f} "
-                                    f"epoch(s) of fine-tuning after each, then {recovery['final_epochs']:.2f} final "
-                                    f"epoch(s) on {recovery['train_samples']} training samples: accuracy "
-                                    f"{100 * recovery['accuracy_before']:.2f} % before recovery (pruned, no training) -> "
-                                    f"{100 * recovery['accuracy_after']:.2f} % after, original "
-                                    f"{100 * (1 - base_err):.2f} %, on {len(y)} samples the fine-tuning never saw; "
-                                    f"latency {recovery['latency_ms']:.3f} ms")
+        chosen, best_model, recovery, choice_reason = _recover_choice(o, choice, fr, base, objectives, cons, weights,
+                                                                     space, model, an, train, x, y, spec, log)
         summary = {
             "model": str(o.model), "latency": spec.to_json(), "latency_label": label,
             "energy_note": f"estimate = latency x {spec.power_w} W (stated power of {spec.measured_target}), not measured"
@@ -374,7 +367,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
                        "measured_this_run": ev.n_measured, "from_journal": ev.n_reused,
                        "screened": search.stats.screened, "duplicates": search.stats.duplicates},
             "baseline": slim(base), "uniform": [slim(r) for r in u_recs],
-            "front": [slim(r) for r in fr], "chosen": slim(chosen), "choice_reason": choice.reason,
+            "front": [slim(r) for r in fr], "chosen": slim(chosen), "choice_reason": choice_reason,
             "recovery": recovery,
             "sensitivity": {"ratios": list(o.sensitivity_ratios), "bounds": {str(k): v for k, v in bounds.items()},
                             "curves": {str(k): v for k, v in sens.curves(space, s_recs, base).items()}},
@@ -389,7 +382,7 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
             meta = {"configuration": chosen["config"], "key": chosen["key"], "target": spec.target,
                     "latency_label": label, "original": slim(base), "chosen_measured": slim(chosen),
                     "recovery": {k: v for k, v in (recovery or {}).items() if k != "text"} or None,
-                    "energy_note": summary["energy_note"], "choice_reason": choice.reason}
+                    "energy_note": summary["energy_note"], "choice_reason": choice_reason}
             from graphprune.metadata import set_json
             bm = onnx.ModelProto()
             bm.CopyFrom(best_model)
@@ -404,12 +397,70 @@ def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
         rep.atomic_write_text(out / "report.md", rep.markdown(summary))
         summary["_measured"] = measured
         if chosen is None:
-            raise GraphpruneError(f"{choice.reason}; see {out / 'report.md'}")
+            raise GraphpruneError(f"{choice_reason}; see {out / 'report.md'}")
         return summary
     finally:
         journal.close()
         if own_executor:
             executor.shutdown()
+
+
+def _recover(o: OptimizeOptions, record, base_err, space, model, an, train, x, y, spec, log):
+    """(model, recovery report) for a front member: pruned and fine-tuned, or just pruned when
+    recovery is off (report None)."""
+    from graphprune.search.finetune import recover
+    cfg = {int(k): v for k, v in record["config"].items()}
+    if o.epochs <= 0:
+        return obj.build(cfg), None
+    if cfg == {a.gid: a.units for a in space.axes}:
+        log("recovery skipped: the chosen configuration is the original model")
+        return obj.build(cfg), None
+    pruned, rcv = recover(model, an, cfg, o.criterion, train, x, y, epochs=o.epochs, steps=o.finetune_steps,
+                          lr=o.lr, batch_size=o.batch_size, seed=o.seed, log=log)
+    rcv.update(obj.measure(pruned, spec))
+    rcv["text"] = (f"pruned in {rcv['steps']} step(s) with {rcv['epochs_per_step']:.2f} epoch(s) of fine-tuning "
+                   f"after each, then {rcv['final_epochs']:.2f} final epoch(s) on {rcv['train_samples']} training "
+                   f"samples: accuracy {100 * rcv['accuracy_before']:.2f} % before recovery (pruned, no training) -> "
+                   f"{100 * rcv['accuracy_after']:.2f} % after, original {100 * (1 - base_err):.2f} %, on {len(y)} "
+                   f"samples the fine-tuning never saw; latency {rcv['latency_ms']:.3f} ms")
+    return pruned, rcv
+
+
+def _recover_choice(o: OptimizeOptions, choice, fr, base, objectives, cons, weights, space, model, an, train,
+                    x, y, spec, log):
+    """(chosen record, delivered model, recovery report, reason).
+
+    Without --recovery-slack: the choice is recovered as it is. With it, the search bound was
+    max_error_increase + slack, and the user's max_error_increase must hold on the fine-tuned
+    model: the front members meeting the loose bound are recovered best score first, at most
+    recovery_tries of them, and the first that meets the user's bound after recovery is
+    delivered. If none does, the best member within the user's bound before recovery is (the
+    choice without slack)."""
+    if choice.record is None:
+        return None, None, None, choice.reason
+    if not o.recovery_slack:
+        m, rcv = _recover(o, choice.record, base["error"], space, model, an, train, x, y, spec, log)
+        return choice.record, m, rcv, choice.reason
+    strict = base["error"] + o.max_error_increase
+    tried, done = [], {}
+    for rec in choice.feasible[:o.recovery_tries]:
+        m, rcv = _recover(o, rec, base["error"], space, model, an, train, x, y, spec, log)
+        done[rec["key"]] = (m, rcv)
+        after = rec["error"] if rcv is None else 1 - rcv["accuracy_after"]
+        tried.append(f"{rec['key']} {100 * (1 - rec['error']):.2f} % -> {100 * (1 - after):.2f} %")
+        if after <= strict + 1e-12:
+            return rec, m, rcv, (f"{choice.reason}; recovery-aware (search error bound {cons.max_error:.4f}, the "
+                                 f"user's {strict:.4f} holds after recovery): recovered best score first "
+                                 f"[{'; '.join(tried)}], delivered the first within the bound")
+    fallback = choose_best(fr, base, objectives, Constraints(max_error=strict, max_latency_ms=cons.max_latency_ms),
+                           weights)
+    why = (f"recovery-aware: none of the {len(tried)} best-scored front members within error {cons.max_error:.4f} "
+           f"met {strict:.4f} after recovery [{'; '.join(tried)}]")
+    if fallback.record is None:
+        return None, None, None, f"{why}; {fallback.reason}"
+    m, rcv = done.get(fallback.record["key"]) or _recover(o, fallback.record, base["error"], space, model, an,
+                                                          train, x, y, spec, log)
+    return fallback.record, m, rcv, f"{why}; fell back to the choice within {strict:.4f} before recovery: {fallback.reason}"
 
 
 def _unique(recs):
@@ -428,7 +479,11 @@ def _model_hash(model) -> str:
 
 def _cons_text(o: OptimizeOptions, c: Constraints) -> str:
     parts = []
-    if o.max_error_increase is not None:
+    if o.max_error_increase is not None and o.recovery_slack:
+        parts.append(f"error increase <= {o.max_error_increase:g} after recovery (error <= "
+                     f"{c.max_error - o.recovery_slack:.4f}); the search allows {o.max_error_increase + o.recovery_slack:g} "
+                     f"before recovery (error <= {c.max_error:.4f})")
+    elif o.max_error_increase is not None:
         parts.append(f"error increase <= {o.max_error_increase:g} (error <= {c.max_error:.4f})")
     if o.latency_budget_ms is not None:
         parts.append(f"latency <= {o.latency_budget_ms:g} ms")

@@ -55,7 +55,7 @@ class Choice:
     record: dict | None
     reason: str
     score: float | None
-    feasible: list[dict]
+    feasible: list[dict]   # the front members meeting the constraints, best score first
 
 
 def choose_best(front_records: list[dict], baseline: dict, objectives: list[str],
@@ -79,7 +79,8 @@ def choose_best(front_records: list[dict], baseline: dict, objectives: list[str]
     def score(r):
         return float(sum(weights.get(o, 1.0) * term(r, o) for o in objectives))
 
-    best = min(feasible, key=score)
+    feasible = sorted(feasible, key=score)
+    best = feasible[0]
     parts = [f"{o} {_fmt(o, best[o])} (original {_fmt(o, baseline[o])})" for o in objectives]
     cons = []
     if constraints.max_error is not None:
