@@ -4,23 +4,29 @@
   (a) `graphprune optimize` with XAI channel ranking (importance metadata, default LRP)
       and MEASURED latency on the target as an objective;
   (b) uniform L1 pruning: the same removed fraction in every group, at the largest
-      ratio (on a 0.05 grid) whose accuracy stays within --max-drop of the original;
+      ratio (on a 0.05 grid) whose accuracy is within --max-drop of the original after
+      recovery;
   (c) the same search as (a) with MACs instead of measured latency.
 
-Matched accuracy: every method's configuration must lose at most --max-drop (default
-1 pp) on the validation data BEFORE fine-tuning (the search's constraint; (b)'s ratio
-rule). All three then get the same recovery (same steps, epochs, learning rate, data),
-and their final accuracy is reported on the validation data, which the fine-tuning
-never sees (train and validation come from different Fashion-MNIST splits).
+Matched accuracy: every method's delivered model loses at most --max-drop (default
+1 pp) on the validation data AFTER the same recovery (same steps, epochs, learning
+rate, data). Candidates may lose --max-drop + --recovery-slack before recovery; each
+method recovers at most --recovery-tries of its best ones (fastest front members for
+(a), fewest MACs for (c), largest ratios for (b)) and keeps the first within the
+budget (optimize's own --recovery-slack rule). --recovery-slack 0 is the stricter,
+earlier protocol: the budget holds before recovery. Final accuracy is reported on the
+validation data, which the fine-tuning never sees (train and validation come from
+different Fashion-MNIST splits).
 
 Latency of the original and the three final models is measured again at the end,
 interleaved over --rounds rounds (cache off), so slow drift of a busy host hits all
 alike; the reported figure is the median of the rounds' medians.
 
-    .venv/bin/python tools/make_demo_data.py -o out/demo_data
-    .venv/bin/python tools/bench_optimize.py --val out/demo_data/val.npz --train out/demo_data/train.npz
+    .venv/bin/python tools/make_demo_data.py -o out/bench_data --train 12000
+    .venv/bin/python tools/bench_optimize.py --val out/bench_data/val.npz --train out/bench_data/train.npz \
+        --budget 150 --epochs 2
     .venv/bin/python tools/bench_optimize.py --model examples/fashion_mnist_vgg.onnx \
-        --val out/demo_data/val.npz --train out/demo_data/train.npz
+        --val out/bench_data/val.npz --train out/bench_data/train.npz --budget 150 --epochs 2
 
 Writes OUT/bench_optimize.json, .md, .png and each run's optimize outputs (OUT/a, OUT/c),
 and the committed copies docs/bench_optimize.md, .png (the default model, which the
@@ -110,11 +116,11 @@ def main(argv=None) -> int:
     ap.add_argument("--importance-samples", type=int, default=256)
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget after recovery (0.01 = 1 pp)")
-    ap.add_argument("--recovery-slack", type=float, default=0.03,
+    ap.add_argument("--recovery-slack", type=float, default=0.08,
                     help="candidates may lose max-drop + this before recovery; each method then recovers up to "
                          "--recovery-tries of them, best first, and keeps the first within max-drop after "
                          "recovery (0: max-drop holds before recovery, the earlier protocol)")
-    ap.add_argument("--recovery-tries", type=int, default=3)
+    ap.add_argument("--recovery-tries", type=int, default=4)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--finetune-steps", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
