@@ -248,7 +248,8 @@ def _plot(path, run_a, res):
         ax.scatter([med[k]], [100 * acc[k]], marker=mk, s=120, c=col, zorder=5,
                    label=f"{lab}: {100 * acc[k]:.2f} %, {med[k]:.3f} ms{after}")
     ax.axhline(100 * (acc["original"] - res["max_drop"]), ls=":", c="0.5", label="original - 1 pp")
-    ax.set_ylim(max(0.0, 100 * acc["original"] - 8), min(100.0, 100 * acc["original"] + 2))  # the region that matters
+    low = 100 * (res["max_drop"] + res.get("recovery_slack", 0.0)) + 3   # down to what the search may deliver
+    ax.set_ylim(max(0.0, 100 * acc["original"] - low), min(100.0, 100 * acc["original"] + 2))  # the region that matters
     ax.set_xlabel(f"latency [ms] ({res['latency_label']})")
     ax.set_ylabel("validation accuracy [%] (front members below the axis are cut off)")
     ax.set_title("graphprune optimize vs baselines at matched accuracy", fontsize=10)
