@@ -21,7 +21,7 @@ echo; echo "== Fashion-MNIST subsets (validation from the test split, fine-tunin
 
 echo; echo "== latency/accuracy front on this host (onnxruntime)"
 "$GP" optimize "$MODEL" --target x86 --data "$OUT/data/val.npz" --train-data "$OUT/data/train.npz" \
-    --epochs 1 --max-error-increase 0.01 --budget 40 --threads 1 -o "$OUT/optimize"
+    --epochs 1 --max-error-increase 0.01 --recovery-slack 0.05 --budget 40 --threads 1 -o "$OUT/optimize"
 
 echo; echo "== report ($OUT/optimize/report.md; plot: $OUT/optimize/pareto.png)"
 cat "$OUT/optimize/report.md"
