@@ -27,6 +27,10 @@ import onnx
 import torch
 from torch import nn
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import update_section  # noqa: E402
+
 
 def _bn_conv(cin, cout, k, s=1, groups=1, act=True):
     layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -179,8 +183,9 @@ def markdown(report: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
         for keep, v in r["variants"].items():
+            fresh = f"{v['fresh_ms']:.2f}" if "fresh_ms" in v else "-"   # --no-fresh: not measured
             lines.append(f"| {name} keep {keep} | {v['ort_ms']:.2f} | {v['untuned_ms']:.2f} | {v['replayed_ms']:.2f} | "
-                         f"{v['replay_compile_wall_s']} | {v.get('fresh_ms', float('nan')):.2f} | "
+                         f"{v['replay_compile_wall_s']} | {fresh} | "
                          f"{v.get('fresh_tune_wall_s', '-')} | {v['replayed_maxdiff_vs_ort']:.1e} |")
     return "\n".join(lines)
 
@@ -194,11 +199,22 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--work", help="folder for models and tuning databases (default: a temp dir)")
     p.add_argument("--json", help="write the full report here")
+    p.add_argument("--doc", default=str(ROOT / "docs/latency.md"),
+                   help="write the tables into this doc's bench_tvm_vs_ort section (the README copies them)")
+    p.add_argument("--no-doc", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
     report = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(markdown(report))
+    if not args.no_doc:
+        note = (f"Produced by `.venv/bin/python tools/bench_tvm_vs_ort.py {' '.join(argv)}` on {time.strftime('%Y-%m-%d')}: "
+                f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
+                f"batch 1, 224x224, target x86, random weights; onnxruntime and the TVM runtime on all cores.")
+        tuning = "; ".join(f"{n}: {r['tuning']}" for n, r in report["models"].items())
+        update_section(Path(args.doc), "bench_tvm_vs_ort", f"{note}\n\n{markdown(report)}\n\nTuning: {tuning}")
     return 0
 
 
