@@ -17,11 +17,11 @@ echo; echo "== uniform 30% L1 pruning, proved exact"
 "$GP" prune "$MODEL" -o "$OUT/uniform30.onnx" --ratio 0.3 --round-to 8 --verify
 
 echo; echo "== Fashion-MNIST subsets (validation from the test split, fine-tuning from the train split)"
-.venv/bin/python tools/make_demo_data.py -o "$OUT/data"
+.venv/bin/python tools/make_demo_data.py -o "$OUT/data" --train 12000
 
 echo; echo "== latency/accuracy front on this host (onnxruntime)"
 "$GP" optimize "$MODEL" --target x86 --data "$OUT/data/val.npz" --train-data "$OUT/data/train.npz" \
-    --epochs 1 --max-error-increase 0.01 --recovery-slack 0.05 --budget 40 --threads 1 -o "$OUT/optimize"
+    --epochs 2 --max-error-increase 0.01 --recovery-slack 0.05 --budget 40 --threads 1 -o "$OUT/optimize"
 
 echo; echo "== report ($OUT/optimize/report.md; plot: $OUT/optimize/pareto.png)"
 cat "$OUT/optimize/report.md"
