@@ -51,7 +51,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.data import load_npz  # noqa: E402
 from graphprune.search import objectives as obj  # noqa: E402
 from graphprune.search.finetune import recover  # noqa: E402
-from graphprune.search.optimize import OptimizeOptions, run_optimize  # noqa: E402
+from graphprune.search.optimize import OptimizeOptions, recover_first_within, run_optimize  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +91,16 @@ def uniform_l1_matched(model, an, rows, base_err, args, train, val):
     within = lambda row, drop: row["error"] - base_err <= drop + 1e-12  # noqa: E731
     tried, done = [], {}
     if args.recovery_slack:
-        for row in [r for r in reversed(rows) if within(r, args.max_drop + args.recovery_slack)][:args.recovery_tries]:
-            m, rc = done[row["ratio"]] = rec(row)
-            tried.append({"ratio": row["ratio"], "accuracy_before": 1 - row["error"], "accuracy_after": rc["accuracy_after"]})
-            if base_err - (1 - rc["accuracy_after"]) >= -args.max_drop - 1e-12:
-                return row, m, rc, tried
+        def one(row):
+            m, rc = rec(row)
+            return m, rc, 1 - rc["accuracy_after"]
+        cands = [r for r in reversed(rows) if within(r, args.max_drop + args.recovery_slack)]
+        won, runs = recover_first_within(cands, one, base_err + args.max_drop, args.recovery_tries)
+        tried = [{"ratio": r["ratio"], "accuracy_before": 1 - r["error"], "accuracy_after": rc["accuracy_after"]}
+                 for r, _, rc, _ in runs]
+        if won is not None:
+            return won[0], won[1], won[2], tried
+        done = {r["ratio"]: (m, rc) for r, m, rc, _ in runs}
     strict = [r for r in rows if within(r, args.max_drop)]
     if not strict:
         return None, model, None, tried
