@@ -90,6 +90,13 @@ def check_key(tracker_addr: str, key: str, timeout: float = 10.0) -> int:
     return n
 
 
+def _one_line(exc: Exception) -> str:
+    """An exception as one line: its type and the last non-empty line of its text (TVM errors
+    carry multi-line tracebacks)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
+
+
 def _attempt(lib_path: Path, feeds, tracker_addr, key, repeats, warmup, timeout, out: dict):
     """One try: get a device, upload, load, time. Fills `out` (result or error)."""
     import tvm
@@ -113,8 +120,7 @@ def _attempt(lib_path: Path, feeds, tracker_addr, key, repeats, warmup, timeout,
     except GraphpruneError as exc:
         out["error"] = str(exc)
     except Exception as exc:
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        out["error"] = f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
+        out["error"] = _one_line(exc)
     finally:
         t.close()
 
@@ -156,11 +162,6 @@ def measure_many(items, tracker_addr: str, key: str, parallel: int | None = None
             return exc
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         return list(pool.map(one, items))
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
 
 
 def on_device(tracker_addr: str, key: str, timeout: float, fn, what: str):
