@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphprune.errors import GraphpruneError
+
 DEFAULT_DYNAMIC_DIM = 64
 
 
@@ -59,3 +61,36 @@ def with_static_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> 
     for o in m.graph.output:  # declared symbolic dims (a dynamic batch) would mask the static ones
         o.type.tensor_type.ClearField("shape")
     return m
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]] | None:
+    """`["x=1,3,640,640"]` -> {"x": [1, 3, 640, 640]} (the --input-shape option of every command)."""
+    if not specs:
+        return None
+    shapes = {}
+    for spec in specs:
+        name, _, dims = spec.partition("=")
+        try:
+            values = [int(d) for d in dims.split(",")]
+        except ValueError:
+            values = []
+        if not name or not values or any(v <= 0 for v in values):
+            raise GraphpruneError(f"--input-shape {spec!r}: expected NAME=D,D,... with positive integers")
+        shapes[name] = values
+    return shapes
+
+
+def check_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> None:
+    """Each override names a real input, has its rank and agrees with its static dims."""
+    if not shapes:
+        return
+    declared = {i.name: i for i in graph_inputs(model)}
+    for name, dims in shapes.items():
+        if name not in declared:
+            raise GraphpruneError(f"--input-shape: the model has no input {name!r} "
+                                  f"(inputs: {', '.join(declared)})")
+        fixed = declared[name].type.tensor_type.shape.dim
+        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value != v for d, v in zip(fixed, dims)):
+            want = [d.dim_value if d.HasField("dim_value") else "?" for d in fixed]
+            raise GraphpruneError(f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's "
+                                  f"input shape {want}")

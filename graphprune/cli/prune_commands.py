@@ -5,6 +5,8 @@ import json
 import sys
 
 from graphprune.errors import GraphpruneError
+from graphprune.cli.options import add_input_shape
+from graphprune.inputs import check_input_shapes, parse_input_shapes
 from graphprune.modelio import refuse_overwriting_input
 
 _MEMBERS_SHOWN = 6
@@ -29,27 +31,8 @@ def register(sub) -> None:
     p.add_argument("--allow-inexact", action="store_true",
                    help="also prune channels pooled by LayerNorm/Softmax (reported as inexact)")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random and --verify inputs")
-    p.add_argument("--input-shape", action="append", metavar="NAME=D,D,...",
-                   help="static shape of an input with dynamic dims, for counting and --verify "
-                        "(default: batch 1, other dynamic dims 64)")
+    add_input_shape(p, "for counting and --verify")
     p.set_defaults(func=prune)
-
-
-def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]] | None:
-    """`x=1,3,640,640` -> {"x": [1, 3, 640, 640]}."""
-    if not specs:
-        return None
-    shapes = {}
-    for spec in specs:
-        name, _, dims = spec.partition("=")
-        try:
-            values = [int(d) for d in dims.split(",")]
-        except ValueError:
-            values = []
-        if not name or not values or any(v <= 0 for v in values):
-            raise GraphpruneError(f"--input-shape {spec!r}: expected NAME=D,D,... with positive integers")
-        shapes[name] = values
-    return shapes
 
 
 def analyze(args) -> int:
@@ -84,7 +67,7 @@ def prune(args) -> int:
     refuse_overwriting_input(args.output, args.model)
     shapes = parse_input_shapes(args.input_shape)
     model = gp.load(args.model)
-    _check_input_shapes(model, shapes)
+    check_input_shapes(model, shapes)
     an = gp.analyse(model, allow_inexact=args.allow_inexact)
     plan = gp.choose(an, ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, seed=args.seed)
     for note in plan.notes:
@@ -104,20 +87,3 @@ def prune(args) -> int:
         gp.save(pruned, args.output, source=args.model)
         print(f"wrote {args.output}")
     return status
-
-
-def _check_input_shapes(model, shapes) -> None:
-    from graphprune.inputs import graph_inputs
-
-    if not shapes:
-        return
-    declared = {i.name: i for i in graph_inputs(model)}
-    for name, dims in shapes.items():
-        if name not in declared:
-            raise GraphpruneError(f"--input-shape: the model has no input {name!r} "
-                                  f"(inputs: {', '.join(declared)})")
-        fixed = declared[name].type.tensor_type.shape.dim
-        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value != v for d, v in zip(fixed, dims)):
-            want = [d.dim_value if d.HasField("dim_value") else "?" for d in fixed]
-            raise GraphpruneError(f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's "
-                                  f"input shape {want}")
