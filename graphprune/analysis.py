@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from graphprune.channel_rules import rule_for
 from graphprune.channels import ChannelMap, PropagationContext, Source
@@ -120,8 +118,25 @@ def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    """Connected-component labels of the undirected graph with edges (a[i], b[i]), numbered by
+    each component's smallest element (scipy.sparse.csgraph's order). Hook each root under the
+    smaller root across an edge, flatten by pointer jumping, repeat: numpy only, because importing
+    scipy.sparse cost every `graphprune` process 0.3 s."""
+    root = np.arange(n)
+    a, b = np.asarray(a, np.intp), np.asarray(b, np.intp)
+    while True:
+        ra, rb = root[a], root[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        ra, rb = ra[differ], rb[differ]
+        np.minimum.at(root, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:  # every element points at its root again
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+    return np.unique(root, return_inverse=True)[1].reshape(-1)
 
 
 def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:

@@ -7,7 +7,8 @@ import onnx
 
 from graphprune.analysis import Analysis, Group, analyse_graph, fingerprint
 from graphprune.counting import Counts, count
-from graphprune.modelio import read_model, write_model
+from graphprune.errors import GraphpruneError
+from graphprune.modelio import parse_model, read_model, write_model
 from graphprune.passes import NormalizePass, PruneChannelsPass
 from graphprune.selection import PruningPlan, choose
 from graphprune.verify import VerifyReport, verify
@@ -19,9 +20,18 @@ __all__ = ["load", "analyse", "choose", "prune", "verify", "count", "save", "Ana
 _NORMALISED: set[str] = set()
 
 
-def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Read (if a path) and normalise a model; the input object is never modified."""
-    proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
+def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Read (a path), parse (serialized bytes) or take a ModelProto, and normalise it;
+    the input object is never modified."""
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        proto = parse_model(model)
+    elif isinstance(model, (str, os.PathLike)):
+        proto = read_model(model)
+    else:
+        raise GraphpruneError(f"load() takes a file path, serialized model bytes or an onnx.ModelProto, "
+                              f"not {type(model).__name__}")
     out = NormalizePass().run(proto)
     _NORMALISED.add(fingerprint(out))
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from graphprune.inputs import concrete_shapes, with_static_inputs
-from graphprune.shapes import infer_shapes
+from graphprune.shapes import _skeleton, infer_shapes
 
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -40,8 +40,13 @@ class Counts:
 
 
 def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
-    static = with_static_inputs(model, concrete_shapes(model, input_shapes, batch=1))
-    static = infer_shapes(static)
+    concrete = concrete_shapes(model, input_shapes, batch=1)
+    # shapes need no weights: infer on the weight-less skeleton (large weights become inputs of
+    # their own static shape) instead of copying every weight twice per count
+    skel = _skeleton(model)
+    weights = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in skel.graph.input
+               if i.name not in concrete}
+    static = infer_shapes(with_static_inputs(skel, {**weights, **concrete}))
     shapes = {}
     for vi in list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input):
         dims = vi.type.tensor_type.shape.dim
@@ -51,7 +56,7 @@ def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
     needed = [n.output[0] for n in static.graph.node if n.op_type in _MAC_OPS] + \
         [n.input[0] for n in static.graph.node if n.op_type in _MAC_OPS]
     if any(name not in shapes for name in needed):
-        shapes.update(_shapes_by_running(static, [n for n in needed if n not in shapes]))
+        shapes.update(_shapes_by_running(with_static_inputs(model, concrete), [n for n in needed if n not in shapes]))
     macs = 0
     for n in static.graph.node:
         w = inits.get(n.input[1]) if len(n.input) > 1 else None

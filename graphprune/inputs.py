@@ -6,8 +6,7 @@ import onnx
 from onnx import helper
 
 from graphprune.errors import GraphpruneError
-
-DEFAULT_DYNAMIC_DIM = 64
+from graphprune.shape_defaults import DEFAULT_DYNAMIC_DIM  # apart, so the CLI's --help needs no onnx
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -8,7 +8,6 @@ applied so every result can report it.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,25 +83,21 @@ def compile_relax(mod, target: Target, database=None, tuning: str = "untuned") -
 def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
     """Write the deployable .so atomically, linking with the target's (cross) compiler."""
     from tvm.support import cc
+    from graphprune.modelio import atomic_path  # temp name, the user's umask, one rename
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".so")
-    os.close(fd)
     kwargs = {}
     if compiled.target.cc:
         import shutil
         if shutil.which(compiled.target.cc) is None:
-            os.unlink(tmp)
             raise GraphpruneError(f"target {compiled.target.name!r} links with {compiled.target.cc}, "
                                   "which is not on PATH (Debian: apt-get install gcc-aarch64-linux-gnu)")
         kwargs["fcompile"] = cc.cross_compiler(compiled.target.cc)
-    try:
-        compiled.executable.export_library(tmp, **kwargs)
-        os.replace(tmp, out)
-    except Exception as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise GraphpruneError(f"exporting the library for {compiled.target.name!r} failed: {_first_line(exc)}") from None
+    with atomic_path(out, suffix=".so") as tmp:  # TVM picks the format by the suffix
+        try:
+            compiled.executable.export_library(tmp, **kwargs)
+        except Exception as exc:
+            raise GraphpruneError(f"exporting the library for {compiled.target.name!r} failed: "
+                                  f"{_first_line(exc)}") from None
     return out
 
 

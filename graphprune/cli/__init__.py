@@ -2,6 +2,9 @@
 
 Each module in COMMANDS has `register(subparsers)`, which adds its subparser and
 sets `func` to a handler taking the parsed args and returning the exit code.
+register() imports nothing heavy (torch, TVM, captum, onnxruntime, onnx): the
+handlers import what they need, so `--help`, `--version` and every command that
+does not use torch start in a fraction of a second.
 """
 from __future__ import annotations
 
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the system refused a file (read-only, full disk, a file where a folder
+        # should be) somewhere no command turned it into a GraphpruneError: still the user's to fix
+        print(f"graphprune: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
         return 130
@@ -55,3 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphprune: internal error: {type(exc).__name__}: {msg} "
               "(set GRAPHPRUNE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """'PATH: reason' from an OSError, the way the shell would say it."""
+    text = str(exc).strip().splitlines()
+    reason = exc.strerror or (text[0] if text else type(exc).__name__)
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason

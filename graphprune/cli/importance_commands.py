@@ -15,12 +15,13 @@ from graphprune.errors import GraphpruneError
 
 
 def register(subparsers) -> None:
-    from graphprune.importance import METHODS
+    # graphprune.importance (torch, captum) is imported by the handler only: building the parser must stay light
     p = subparsers.add_parser("importance", help="score conv channels (XAI or weight criteria) into metadata",
                               description=__doc__.splitlines()[0])
     p.add_argument("model", help="input .onnx model")
     p.add_argument("-o", "--output", required=True, help="output .onnx with the scores in its metadata")
-    p.add_argument("--method", default="lrp", help=f"one of: {', '.join(METHODS)} (default lrp)")
+    p.add_argument("--method", default="lrp",  # the names of importance.METHODS (tests/test_cli.py checks)
+                   help="one of: l1, l2, bn, lrp, deeplift, ig, gradcam, conductance, taylor (default lrp)")
     p.add_argument("--data", help=".npz with x (N,C,H,W) and y (N,), or an image folder (one subfolder per class)")
     p.add_argument("--size", type=int, nargs="+", help="image folder: resize to H [W]")
     p.add_argument("--mean", help="image folder: per-channel mean, e.g. '0.485,0.456,0.406'")

@@ -62,6 +62,8 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from graphprune.modelio import refuse_overwriting_input
+    refuse_overwriting_input(args.output, args.model)  # before anything: the .so must never replace the model
     from graphprune.errors import GraphpruneError
     from graphprune.targets import compile_model, get_target
     if args.tune_trials < 0:

@@ -1,7 +1,7 @@
 """Options several subcommands share, spelled and explained once."""
 from __future__ import annotations
 
-from graphprune.inputs import DEFAULT_DYNAMIC_DIM
+from graphprune.shape_defaults import DEFAULT_DYNAMIC_DIM
 
 
 def add_input_shape(p, purpose: str) -> None:

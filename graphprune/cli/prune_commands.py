@@ -6,8 +6,6 @@ import sys
 
 from graphprune.errors import GraphpruneError
 from graphprune.cli.options import add_input_shape
-from graphprune.inputs import check_input_shapes, parse_input_shapes
-from graphprune.modelio import refuse_overwriting_input
 
 _MEMBERS_SHOWN = 6
 
@@ -59,6 +57,8 @@ def analyze(args) -> int:
 
 def prune(args) -> int:
     import graphprune as gp
+    from graphprune.inputs import check_input_shapes, parse_input_shapes
+    from graphprune.modelio import refuse_overwriting_input
 
     if not (0.0 <= args.ratio < 1.0):
         raise GraphpruneError(f"--ratio must be in [0, 1), got {args.ratio}")
