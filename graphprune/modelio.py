@@ -114,7 +114,7 @@ def refuse_overwriting_input(output: str | os.PathLike, source: str | os.PathLik
     src = Path(source)
     if _same_file(out, src):
         raise GraphpruneError(f"{output}: output path is the input model; choose another -o")
-    if out.exists() and any(_same_file(out, d) for d in external_data_files(src)):
+    if os.path.exists(os.path.realpath(out)) and any(_same_file(out, d) for d in external_data_files(src)):
         raise GraphpruneError(f"{output}: output path is the input model's external data file; choose another -o")
 
 
@@ -122,9 +122,10 @@ def _same_file(a: Path, b: Path) -> bool:
     """Same file by identity (hard links, symlinks) when both exist, else by resolved path
     (realpath folds `..` and symlinked folders, and resolves a not-yet-existing name lexically)."""
     try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-        return os.path.realpath(a) == os.path.realpath(b)
+        ra, rb = os.path.realpath(a), os.path.realpath(b)
+        if ra == rb:
+            return True
+        return os.path.exists(ra) and os.path.exists(rb) and os.path.samefile(ra, rb)
     except (OSError, ValueError):
         return os.path.abspath(a) == os.path.abspath(b)
 
