@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from graphprune.errors import GraphpruneError
 
 
-def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int = 0) -> "ort.InferenceSession":
+    import onnxruntime as ort  # here, not at the top: `graphprune prune` without --verify never runs a model
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
