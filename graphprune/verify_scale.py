@@ -4,6 +4,7 @@ float32 rounding is relative to the magnitudes an op combines, not to its result
 - a sum (Add, Sub, a mean, a BatchNormalization's x*s + b) can cancel to a result much
   smaller than its terms; its rounding is relative to the largest term;
 - a product's rounding is relative to the product of its operands' magnitudes;
+- exp and softmax turn their input's absolute error into a relative one;
 - onnxruntime evaluates Sigmoid, Tanh, Erf (and what contains them, like GELU) with
   polynomial approximations whose error is absolute, about 1e-7 of their unit range, so a
   sigmoid output of 1e-6 is only known to about 10 %;
@@ -22,6 +23,9 @@ _SUMS = {"Add", "Sub", "Sum", "Mean", "ReduceMean", "ReduceSum", "GlobalAverageP
 _PRODUCTS = {"Mul"}
 # approximated with an absolute error relative to their unit output range
 _UNIT_RANGE = {"Sigmoid", "Tanh", "Erf", "HardSigmoid", "Softplus"}
+# exp(x + dx) = exp(x)(1 + dx): the result's RELATIVE error is its input's ABSOLUTE error, so
+# attention softmax over logits around 50 is known to 50x float32's precision
+_EXPONENTIAL = {"Exp", "Softmax"}
 # x * f(x) with f one of the above: the error scales with |x|
 _GATED = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Mish", "HardSwish", "Swish", "Elu", "Selu", "Celu"}
 # compute nothing new: they pass (part of) their input's absolute error through, so a Clip to
@@ -50,6 +54,8 @@ def term_scale(ctx, name: str, own: float) -> float:
     if op in _PRODUCTS and len(ins) == 2:
         a, b = ins
         return max(own, ctx.scale(a) * ctx.kept_max(b), ctx.kept_max(a) * ctx.scale(b))
+    if op in _EXPONENTIAL and ins:
+        return own * max(1.0, ctx.scale(ins[0]))
     if op in _UNIT_RANGE:
         return max(own, 1.0, ctx.scale(ins[0]) if ins else 0.0)
     if op in _GATED and ins:
