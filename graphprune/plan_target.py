@@ -23,6 +23,8 @@ from graphprune.weights import check_finite_weights
 
 def model_for_plan(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     """`model` normalised (unless it already is), with the structure `plan` was made for."""
+    if not isinstance(plan, PruningPlan):
+        raise GraphpruneError(f"expected a PruningPlan from graphprune.choose, got {type(plan).__name__}")
     an = plan.analysis
     if model is an.model:
         return model
