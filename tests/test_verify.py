@@ -90,7 +90,7 @@ def test_intermediate_sabotage_is_named(tiny_mobilenet):
     bad = _copy(pruned)
     conv = [n for n in bad.graph.node if n.op_type == "Conv"][2]
     w = _inits(bad)[conv.input[1]].copy()
-    w[0] *= 1.05  # one filter 5 % off
+    w[0] *= 1.01  # one filter 1 % off
     _set(bad, conv.input[1], w)
     report = gp.verify(model, plan, bad)
     assert not report.passed
