@@ -74,11 +74,11 @@ def verify(model: onnx.ModelProto, plan: PruningPlan, pruned: onnx.ModelProto, *
     check_run_memory(base, shapes, copies=2, what="verify (which keeps every tensor of both models)")
     reference = ZeroRemovedChannelsPass(plan).run(base)
     feeds = random_feeds(base, shapes, seed)
-    ref, ref_outputs = _run_all(reference, feeds)
-    out, out_outputs = _run_all(pruned, feeds)
-    if len(ref_outputs) != len(out_outputs):
-        raise GraphpruneError("pruned model has a different number of outputs")
-    shapes_equal = all(ref[a].shape == out[b].shape for a, b in zip(ref_outputs, out_outputs))
+    ref, ref_outputs = _run_all(reference, feeds, "the zeroed reference")
+    out, out_outputs = _run_all(pruned, feeds, "the pruned model")
+    if ref_outputs != out_outputs:
+        raise GraphpruneError(f"the pruned model's outputs {out_outputs} are not the original's {ref_outputs}")
+    shapes_equal = all(getattr(ref.get(o), "shape", None) == getattr(out.get(o), "shape", None) for o in ref_outputs)
     report = VerifyReport(0.0, 0.0, not plan.inexact(), False, plan.inexact(), shapes_equal)
     ctx = _Context(plan, base, ref, feeds)
     for node in base.graph.node:  # scales in topological order: each recursion is one level deep
@@ -88,12 +88,16 @@ def verify(model: onnx.ModelProto, plan: PruningPlan, pruned: onnx.ModelProto, *
     for name in ref:
         if name in out:
             _check_tensor(ctx, report, name, out[name], name in ref_outputs)
+        else:
+            report.skipped["not in the pruned model"] += 1
+            report.tensors_skipped += 1
     nonfinite = any("NaN/Inf" in f for f in report.failed)
     report.passed = shapes_equal and not nonfinite and (bool(report.inexact) or not report.failed)
     return report
 
 
-def _run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str
+             ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every top-level tensor of `model` on `feeds` (the model is extended and restored in place)."""
     outputs = [o.name for o in model.graph.output]
     known = set(outputs) | set(feeds)
@@ -102,10 +106,16 @@ def _run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[dict
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(e) for e in extra)
     try:
         sess = session(model)
+    except GraphpruneError as exc:
+        raise GraphpruneError(f"verify: {what}: {exc}") from None
     finally:
         del model.graph.output[n:]
     names = [o.name for o in sess.get_outputs()]
-    values = sess.run(None, feeds)
+    try:
+        values = sess.run(None, feeds)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        raise GraphpruneError(f"verify: onnxruntime failed to run {what}: {first}") from None
     return {k: v for k, v in zip(names, values) if isinstance(v, np.ndarray)}, outputs
 
 
