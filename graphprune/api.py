@@ -8,10 +8,14 @@ import onnx
 from graphprune.analysis import Analysis, Group, analyse_graph, fingerprint
 from graphprune.counting import Counts, count
 from graphprune.errors import GraphpruneError
+from graphprune.inputs import checked_shapes
 from graphprune.modelio import parse_model, read_model, write_model
 from graphprune.passes import NormalizePass, PruneChannelsPass
+from graphprune.plan_target import model_for_plan
 from graphprune.selection import PruningPlan, choose
+from graphprune.smoke import check_pruned_runs, original_output_shapes
 from graphprune.verify import VerifyReport, verify
+from graphprune.weights import check_finite_weights
 
 __all__ = ["load", "analyse", "choose", "prune", "verify", "count", "save", "Analysis", "Group",
            "PruningPlan", "VerifyReport", "Counts"]
@@ -22,7 +26,11 @@ _NORMALISED: set[str] = set()
 
 def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """Read (a path), parse (serialized bytes) or take a ModelProto, and normalise it;
-    the input object is never modified."""
+    the input object is never modified.
+
+    Models with NaN weights (or Inf in a layer's parameters) are refused here, after
+    normalisation folded weights computed by Constant nodes, so every path (analyse, prune,
+    importance criteria) sees only finite weights."""
     if isinstance(model, onnx.ModelProto):
         proto = model
     elif isinstance(model, (bytes, bytearray, memoryview)):
@@ -33,6 +41,7 @@ def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
         raise GraphpruneError(f"load() takes a file path, serialized model bytes or an onnx.ModelProto, "
                               f"not {type(model).__name__}")
     out = NormalizePass().run(proto)
+    check_finite_weights(out)
     _NORMALISED.add(fingerprint(out))
     return out
 
@@ -41,14 +50,31 @@ def analyse(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
     """Find the channel groups of `model` (normalised first unless it came from `load`)."""
     if fingerprint(model) not in _NORMALISED:
         model = load(model)
+    else:
+        check_finite_weights(model)  # same structure as a loaded model, but maybe other weights
     return analyse_graph(model, allow_inexact=allow_inexact)
 
 
-def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True) -> onnx.ModelProto:
-    """Apply `plan` to `model` (the model it was made for) and return the smaller model."""
-    if fingerprint(model) != plan.analysis.fingerprint and fingerprint(load(model)) == plan.analysis.fingerprint:
-        model = plan.analysis.model  # the raw model whose normalised form the plan describes
-    return PruneChannelsPass(plan, check=check).run(model)  # any other model: a clear error
+def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True, *,
+          input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """Apply `plan` to `model` and return the smaller model; `model` is never modified.
+
+    `model` is the model the plan was made for (raw or from `load`) or another model with
+    exactly its structure, e.g. a fine-tuned checkpoint: its OWN weights are pruned, with
+    the plan's channel choice. A model of another structure is refused, naming the first
+    difference. With `check` (the default) the pruned model must pass the ONNX checker and
+    onnxruntime must load it and run it once on random inputs (shaped by `input_shapes`,
+    default: batch 1, other dynamic dims 64) with the original's output shapes; a model
+    onnxruntime cannot run even before pruning is refused as such. `verify` proves values.
+    """
+    base = model_for_plan(model, plan)
+    shapes = checked_shapes(base, input_shapes)
+    if check:
+        original_output_shapes(base, shapes)  # refuses a model onnxruntime cannot run at all
+    pruned = PruneChannelsPass(plan, check=check).run(base)
+    if check:
+        check_pruned_runs(base, pruned, shapes, exact=not plan.inexact())
+    return pruned
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, source: str | os.PathLike | None = None):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphprune.inputs import concrete_shapes, with_static_inputs
+from graphprune.inputs import check_run_memory, checked_shapes, concrete_shapes, with_static_inputs
 from graphprune.shapes import _skeleton, infer_shapes
 
 
@@ -25,6 +25,7 @@ def _shapes_by_running(model: onnx.ModelProto, names: list[str]) -> dict[str, li
     names = list(dict.fromkeys(n for n in names if n not in known))
     m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     shapes = {inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim] for inp in m.graph.input}
+    check_run_memory(model, shapes, what="counting (which runs the model to learn computed shapes)")
     try:
         outs = run(m, random_feeds(m, shapes))
     except Exception:
@@ -40,6 +41,8 @@ class Counts:
 
 
 def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
+    """MACs at `input_shapes` (validated: a non-positive dim would count negative MACs)."""
+    input_shapes = checked_shapes(model, input_shapes)
     concrete = concrete_shapes(model, input_shapes, batch=1)
     # shapes need no weights: infer on the weight-less skeleton (large weights become inputs of
     # their own static shape) instead of copying every weight twice per count

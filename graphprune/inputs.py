@@ -89,7 +89,81 @@ def check_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | No
             raise GraphpruneError(f"--input-shape: the model has no input {name!r} "
                                   f"(inputs: {', '.join(declared)})")
         fixed = declared[name].type.tensor_type.shape.dim
-        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value != v for d, v in zip(fixed, dims)):
-            want = [d.dim_value if d.HasField("dim_value") else "?" for d in fixed]
+        # dim_value <= 0 (Paddle writes -1) is a dynamic dim, as in concrete_shapes
+        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v
+                                          for d, v in zip(fixed, dims)):
+            want = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "?" for d in fixed]
             raise GraphpruneError(f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's "
                                   f"input shape {want}")
+
+
+def check_shape_values(shapes) -> None:
+    """API callers pass dicts by hand: every dim must be a positive integer (numpy ints too).
+
+    Why here: a negative or zero dim does not fail loudly downstream, it makes `count`
+    return negative MACs and `verify` compare empty tensors."""
+    if shapes is None:
+        return
+    if not isinstance(shapes, dict):
+        raise GraphpruneError(f"input shapes must be a dict {{name: [dims]}}, got {type(shapes).__name__}")
+    for name, dims in shapes.items():
+        ok = isinstance(dims, (list, tuple)) and len(dims) > 0 and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0 for d in dims)
+        if not ok:
+            raise GraphpruneError(f"input shape {name}={dims!r}: every dim must be a positive integer")
+
+
+def checked_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+    """`shapes` validated against `model` (positive integer dims, real inputs, ranks, static dims)."""
+    check_shape_values(shapes)
+    check_input_shapes(model, shapes)
+    return None if shapes is None else {k: [int(d) for d in v] for k, v in shapes.items()}
+
+
+# Running a model needs its weights once more (the runtime's copy) plus its activations; a
+# check that keeps every intermediate tensor (verify) needs all of them at once. Refuse
+# above this fraction of the memory available now rather than be killed (or swap) halfway.
+MEMORY_FRACTION = 0.5
+
+
+def run_memory_estimate(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> int:
+    """Bytes of every tensor of `model` run at `shapes`: inputs, weights and each intermediate
+    tensor whose shape inference resolves (a lower bound where data-dependent shapes remain)."""
+    from graphprune.shapes import infer_shapes
+
+    static = infer_shapes(with_static_inputs(model, shapes))
+    total = 0
+    seen = set()
+    for vi in list(static.graph.input) + list(static.graph.value_info) + list(static.graph.output):
+        tt = vi.type.tensor_type
+        if vi.name in seen or not tt.HasField("shape") or not tt.elem_type:
+            continue
+        seen.add(vi.name)
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim]
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 4
+        total += int(np.prod(dims, dtype=np.float64)) * itemsize
+    for t in model.graph.initializer:
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 4
+        total += int(np.prod(list(t.dims), dtype=np.float64)) * itemsize
+    return total
+
+
+def check_run_memory(model: onnx.ModelProto, shapes: dict[str, list[int]], copies: int = 1,
+                     what: str = "running the model") -> None:
+    """Refuse, in one line naming the shape and the estimate, to run `model` at `shapes` when
+    `copies` times its tensors would take more than MEMORY_FRACTION of the available memory."""
+    import psutil
+
+    need = copies * run_memory_estimate(model, shapes)
+    available = psutil.virtual_memory().available
+    if need > MEMORY_FRACTION * available:
+        shown = " ".join(f"{k}={','.join(map(str, v))}" for k, v in shapes.items())
+        raise GraphpruneError(f"input shape {shown}: {what} needs about {need / 2**30:.1f} GiB, more than "
+                              f"{MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; "
+                              f"choose a smaller --input-shape")

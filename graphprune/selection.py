@@ -48,10 +48,14 @@ def choose(an: Analysis, ratio: float | None = None, *, keep: dict[int, int] | N
     """
     if (ratio is None) == (keep is None):
         raise GraphpruneError("give either a ratio or kept counts per group")
-    if ratio is not None and not (0.0 <= ratio < 1.0):
-        raise GraphpruneError(f"ratio must be in [0, 1), got {ratio}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise GraphpruneError(f"round-to must be a positive integer, got {round_to}")
+    if ratio is not None and (isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, (int, float, np.number))
+                              or not (0.0 <= ratio < 1.0)):
+        raise GraphpruneError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    # numpy integers are integers (round_to=np.int64(8) from a config array); bools and
+    # floats are not: round_to=True or 8.0 is a caller's mistake, not a multiple
+    if isinstance(round_to, (bool, np.bool_)) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise GraphpruneError(f"round-to must be a positive integer, got {round_to!r} ({type(round_to).__name__})")
+    round_to = int(round_to)
     scores, notes = unit_scores(an, criterion, seed)
     keep_units = np.ones(len(an.unit_frozen), bool)
     for g in an.groups:

@@ -31,7 +31,7 @@ def test_prune_verify_writes_valid_model(model_path, tmp_path):
     digest = _sha(model_path)
     code, out, err = gp("prune", model_path, "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--verify")
     assert code == 0, err
-    assert "MACs" in out and "params" in out and "verify: max abs diff" in out
+    assert "MACs" in out and "params" in out and "verify: " in out and "max abs diff" in out
     onnx.checker.check_model(onnx.load(str(tmp_path / "o.onnx")), full_check=True)
     assert _sha(model_path) == digest
     assert not list(tmp_path.glob(".*.tmp"))
@@ -52,7 +52,7 @@ def test_input_shape_sets_the_counted_resolution(tmp_path):
     code, small, _ = gp("prune", dynamic, "-o", tmp_path / "a.onnx", "--ratio", "0.5", "--input-shape", "x=1,3,8,8")
     code2, big, _ = gp("prune", dynamic, "-o", tmp_path / "b.onnx", "--ratio", "0.5",
                        "--input-shape", "x=1,3,16,16", "--verify")
-    assert code == 0 and code2 == 0 and "verify: max abs diff" in big
+    assert code == 0 and code2 == 0 and "verify: " in big and "tensors compared" in big
     macs = [int(line.split()[1].replace(",", "")) for text in (small, big) for line in text.splitlines()
             if line.startswith("MACs")]
     assert macs[1] == 4 * macs[0]

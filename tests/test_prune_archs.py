@@ -33,6 +33,9 @@ def test_prune_is_valid_exact_and_smaller(exported, arch, exporter):
     report = gp.verify(model, plan, pruned)
     assert report.exact and report.passed, report.summary()
     assert report.max_rel_diff < 1e-4
+    # every Conv output is compared (surviving channels), not only the graph outputs
+    convs = {n.output[0] for n in pruned.graph.node if n.op_type == "Conv"}
+    assert convs <= set(report.per_tensor), sorted(convs - set(report.per_tensor))[:3]
 
     c0, c1 = gp.count(model), gp.count(pruned)
     assert c1.macs / c0.macs <= MAX_MAC_RATIO.get(arch, 0.75)

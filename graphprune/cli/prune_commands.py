@@ -72,7 +72,9 @@ def prune(args) -> int:
     plan = gp.choose(an, ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, seed=args.seed)
     for note in plan.notes:
         print(f"note: {note}")
-    pruned = gp.prune(model, plan)
+    # gp.prune runs the pruned model once in onnxruntime (at these shapes): a model that
+    # does not run is an error, never written
+    pruned = gp.prune(model, plan, input_shapes=shapes)
     before, after = gp.count(model, shapes), gp.count(pruned, shapes)
     print(f"MACs   {before.macs:,} -> {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x)")
     print(f"params {before.params:,} -> {after.params:,} ({after.params / max(before.params, 1):.3f}x)")

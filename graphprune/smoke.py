@@ -1,0 +1,77 @@
+"""The run check of every prune: onnxruntime must load the pruned model and run it once.
+
+Why: the ONNX checker accepts models onnxruntime refuses (a kernel with no implementation
+for a type, a Reshape whose computed target no longer fits), and a pruned model that does
+not run is the worst result we could report as success. One run on random inputs is cheap
+next to the rewrite; it proves the model runs and keeps the original's output shapes, not
+that its numbers are right (that is `verify`'s job). The original is run first, once per
+model and input shapes, so a model onnxruntime cannot run at all is reported as such
+rather than blamed on pruning.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import onnx
+
+from graphprune.errors import GraphpruneError
+from graphprune.inputs import check_run_memory, concrete_shapes, random_feeds
+from graphprune.runtime import session
+
+# (id(model), shapes) -> (model, output shapes); the model is held so its id stays unique
+_ORIGINALS: OrderedDict = OrderedDict()
+_CACHED = 8
+
+
+def output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], what: str) -> list[tuple]:
+    """Run `model` once on seeded random inputs; its output shapes, or a one-line error
+    naming `what` and onnxruntime's message (which names the failing node)."""
+    try:
+        sess = session(model)
+        outs = sess.run(None, random_feeds(model, shapes, seed=0))
+    except GraphpruneError as exc:
+        raise GraphpruneError(f"{what}: {exc}") from None
+    except Exception as exc:
+        raise GraphpruneError(f"{what}: onnxruntime failed to run it: {_first_line(exc)}") from None
+    return [tuple(getattr(o, "shape", ())) for o in outs]
+
+
+def original_output_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[tuple]:
+    """The unpruned model's output shapes (memoised: the search prunes one model many times)."""
+    shapes = concrete_shapes(model, input_shapes)
+    key = (id(model), repr(sorted(shapes.items())))
+    if key in _ORIGINALS:
+        _ORIGINALS.move_to_end(key)
+        return _ORIGINALS[key][1]
+    check_run_memory(model, shapes)
+    result = output_shapes(model, shapes, "onnxruntime cannot run the input model (before pruning), "
+                                          "so its pruned form cannot be checked")
+    _ORIGINALS[key] = (model, result)
+    while len(_ORIGINALS) > _CACHED:
+        _ORIGINALS.popitem(last=False)
+    return result
+
+
+def check_pruned_runs(original: onnx.ModelProto, pruned: onnx.ModelProto,
+                      input_shapes: dict[str, list[int]] | None, exact: bool = True) -> None:
+    """Raise unless onnxruntime runs `pruned` with the output shapes of `original`.
+
+    An inexact plan changes output values, so a data-dependent output size (detections
+    after NMS) may change too: then only ranks and the dims the model declares are compared."""
+    expected = original_output_shapes(original, input_shapes)
+    got = output_shapes(pruned, concrete_shapes(original, input_shapes),
+                        "the pruned model does not run in onnxruntime")
+    if not exact and len(got) == len(expected):
+        declared = [[d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+                    for o in original.graph.output]
+        got = [tuple(g if i < len(d) and d[i] is not None else None for i, g in enumerate(s))
+               for s, d in zip(got, declared)]
+        expected = [tuple(g if i < len(d) and d[i] is not None else None for i, g in enumerate(s))
+                    for s, d in zip(expected, declared)]
+    if got != expected:
+        raise GraphpruneError(f"the pruned model's output shapes {got} differ from the original's {expected}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:400]
