@@ -41,65 +41,115 @@ def _rpc_tuning(target: Target, rpc_tracker, rpc_key, timeout: float, emulated: 
     return RPCTuning(tracker=rpc_tracker, key=rpc_key or target.rpc_key, timeout=timeout, emulated=emulated)
 
 
+def _check_timeout(timeout) -> None:
+    import math
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise GraphpruneError(f"timeout must be a positive number of seconds (got {timeout!r})")
+
+
 def compile_model(model, target="x86", tune_trials: int = 0, output=None, targets_file=None,
-                  rpc_tracker: str | None = None, rpc_key: str | None = None, timeout: float = 60.0):
+                  rpc_tracker: str | None = None, rpc_key: str | None = None, timeout: float = 60.0,
+                  input_shapes: dict[str, list[int]] | None = None):
     """Compile an ONNX model (path or ModelProto) for a target; optionally export the .so to `output`.
-    With rpc_tracker (and rpc_key, default the target's), tuning times its candidates on those devices."""
+    With rpc_tracker (and rpc_key, default the target's), tuning times its candidates on those devices.
+    input_shapes pins dynamic dims (default: batch 1, others 64); the library accepts only those."""
     from graphprune.targets.compile import compile_model as _compile
+    _check_timeout(timeout)
     extra = [targets_file] if targets_file else None
     tgt = get_target(target, extra)
     return _compile(_as_model(model), tgt, tune_trials=tune_trials, output=output,
-                    rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout))
+                    rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout), input_shapes=input_shapes)
 
 
 def tune_base(model, target="x86", trials: int = 64, work_dir=None, rpc_tracker: str | None = None,
-              rpc_key: str | None = None, timeout: float = 60.0, emulated: bool = False) -> str:
+              rpc_key: str | None = None, timeout: float = 60.0, emulated: bool = False,
+              input_shapes: dict[str, list[int]] | None = None) -> str:
     """Tune a base architecture once per target (conv/matmul tasks only); pruned variants replay it.
     With rpc_tracker, candidates are timed on the devices under rpc_key (default the target's).
     Returns a description of what the database now holds."""
     from graphprune.targets.compile import import_onnx
     from graphprune.targets.tune import tune_module
+    _check_timeout(timeout)
     tgt = get_target(target)
-    return tune_module(import_onnx(_as_model(model)), tgt, trials, work_dir=work_dir,
+    return tune_module(import_onnx(_as_model(model), input_shapes), tgt, trials, work_dir=work_dir,
                        rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
+
+
+def _ort_note(tgt: Target) -> str:
+    """onnxruntime times this host whatever the target is called: a target other than the host's
+    own (mcpu 'native') is accepted only when this CPU has all its instruction sets, and the
+    result says the name is only the one requested."""
+    if tgt.tvm.get("mcpu") == "native":
+        return ""
+    from graphprune.targets.hostcpu import cpu_model_name
+    from graphprune.targets.registry import check_runs_here
+    check_runs_here(tgt)
+    return (f"target {tgt.name} as requested only: onnxruntime timed this host's CPU ({cpu_model_name()}) "
+            f"with its own kernels, not code built for {tgt.name} (use --backend tvm for that)")
+
+
+def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeout, input_shapes):
+    """Validate the measurement request; returns (pinned input shapes, threads for ort)."""
+    from graphprune.targets.measure_local import check_threads
+    from graphprune.targets.prepare import pinned_shapes
+    if backend not in ("ort", "tvm"):
+        raise GraphpruneError(f"unknown backend {backend!r} (use ort or tvm)")
+    if backend == "ort" and (rpc_tracker or not tgt.runs_on_host):
+        raise GraphpruneError("the ort backend measures this host's CPU only; use --backend tvm for "
+                              f"target {tgt.name!r} or RPC devices")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise GraphpruneError(f"repeats must be a positive integer (got {repeats!r})")
+    _check_timeout(timeout)
+    threads = check_threads(threads) if backend == "ort" else None
+    if rpc_tracker:
+        from graphprune.targets.measure_rpc import parse_address
+        parse_address(rpc_tracker)
+    return pinned_shapes(m, input_shapes), threads
+
+
+def _cached(key: str) -> LatencyResult | None:
+    """The cached result, or None for a miss: a missing, half-written, or malformed entry (valid
+    JSON of another shape) is measured again and overwritten, never a crash."""
+    hit = _cache.get(key)
+    if hit is None:
+        return None
+    try:
+        r = LatencyResult.from_dict(hit)
+    except (ValueError, TypeError):
+        return None
+    r.cached = True
+    return r
 
 
 def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str | None = None,
                     rpc_key: str | None = None, tune_trials: int = 0, repeats: int = 50, warmup: int = 5,
                     threads: int | None = None, cache: bool = True, timeout: float = 60.0,
-                    emulated: bool = False, targets_file=None) -> LatencyResult:
-    """Median latency of one inference at batch 1, cached on disk by
-    (graph hash, target, backend, tuning state, device, repeats)."""
+                    emulated: bool = False, targets_file=None,
+                    input_shapes: dict[str, list[int]] | None = None) -> LatencyResult:
+    """Median latency of one inference at batch 1, cached on disk by (graph hash, target, backend,
+    tuning state, device, repeats, threads, input shapes). input_shapes pins inputs with dynamic
+    dims (default: batch 1, others 64; graphprune.inputs.concrete_shapes)."""
     m = _as_model(model)
     tgt = get_target(target, [targets_file] if targets_file else None)
-    if backend not in ("ort", "tvm"):
-        raise GraphpruneError(f"unknown backend {backend!r} (use ort or tvm)")
-    if backend == "ort" and (rpc_tracker or tgt.name != "x86" and not tgt.runs_on_host):
-        raise GraphpruneError("the ort backend measures this host's CPU only; use --backend tvm for "
-                              f"target {tgt.name!r} or RPC devices")
-    if rpc_tracker:
-        from graphprune.targets.measure_rpc import parse_address
-        parse_address(rpc_tracker)
-        rpc_key = rpc_key or tgt.rpc_key
-    if repeats < 1:
-        raise GraphpruneError("repeats must be >= 1")
+    shapes, threads = _checked(m, tgt, backend, rpc_tracker, repeats, threads, timeout, input_shapes)
+    note = _ort_note(tgt) if backend == "ort" else ""
+    rpc_key = (rpc_key or tgt.rpc_key) if rpc_tracker else rpc_key
     key = None
     if cache:
         key = _cache.entry_key(_cache.graph_hash(m), target=tgt.name, tvm=tgt.tvm, backend=backend,
                                tune_trials=tune_trials if backend == "tvm" else 0,
                                device=f"rpc:{rpc_key}@{rpc_tracker}" if rpc_tracker else "host",
-                               repeats=repeats, threads=threads if backend == "ort" else None)
-        hit = _cache.get(key)
+                               repeats=repeats, threads=threads, input_shapes=shapes)
+        hit = _cached(key)
         if hit is not None:
-            r = LatencyResult.from_dict(hit)
-            r.cached = True
-            return r
+            return hit
     if backend == "ort":
         from graphprune.targets.measure_local import measure_ort
-        result = measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads)
+        result = measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads, input_shapes=shapes,
+                             note=note)
     else:
         from graphprune.targets.compile import compile_model as _compile
-        compiled = _compile(m, tgt, tune_trials=tune_trials,   # tuning runs where it is measured
+        compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
                             rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
         if rpc_tracker:
             from graphprune.targets.measure_rpc import measure_rpc

@@ -46,9 +46,10 @@ def _path(key: str) -> Path:
 def get(key: str) -> dict | None:
     p = _path(key)
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # missing or half-written by a killed older version: measure again
+        value = json.loads(p.read_text())
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None  # missing, half-written by a killed older version, or garbage: measure again
+    return value if isinstance(value, dict) else None
 
 
 def put(key: str, value: dict) -> None:

@@ -8,13 +8,14 @@ applied so every result can report it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
 from graphprune.errors import GraphpruneError
-from graphprune.targets.inputs import input_specs
+from graphprune.modelio import atomic_path
+from graphprune.targets.prepare import has_dynamic_dims, import_relax
 from graphprune.targets.registry import Target, get_target
 
 
@@ -24,6 +25,16 @@ class Compiled:
     target: Target
     tuned: bool
     tuning: str
+    input_shapes: dict = field(default_factory=dict)  # the static shapes the library accepts
+    pinned: bool = False   # True when the model's dynamic dims were pinned to input_shapes
+
+    def shape_note(self) -> str:
+        """How the library's input shapes relate to the model's (printed by `compile`)."""
+        from graphprune.targets.result import shape_text
+        if self.pinned:
+            return (f"compiled at the static input shape {shape_text(self.input_shapes)}: the model's dynamic "
+                    "dims are pinned, the library accepts only this shape (--input-shape to choose another)")
+        return f"input shape {shape_text(self.input_shapes)}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -32,15 +43,10 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
-def import_onnx(model: onnx.ModelProto):
-    """Relax IRModule with weights bound as constants and static input shapes, or a clean error."""
-    from tvm.relax.frontend.onnx import from_onnx
-    shapes = {name: list(shape) for name, shape, _ in input_specs(model)}
-    dtypes = {name: dt for name, _, dt in input_specs(model)}
-    try:
-        return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    except Exception as exc:  # the frontend raises many types for unsupported graphs
-        raise GraphpruneError(f"TVM cannot import this model: {type(exc).__name__}: {_first_line(exc)}") from None
+def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
+    """Relax IRModule with weights bound as constants and static input shapes (pinned and shape
+    math folded, see prepare.py), or a one-line error naming what TVM cannot import."""
+    return import_relax(model, input_shapes)[0]
 
 
 def _gpu_schedule(mod, tvm_target):
@@ -54,7 +60,8 @@ def _gpu_schedule(mod, tvm_target):
     return mod
 
 
-def compile_relax(mod, target: Target, database=None, tuning: str = "untuned") -> Compiled:
+def compile_relax(mod, target: Target, database=None, tuning: str = "untuned", input_shapes=None,
+                  pinned: bool = False) -> Compiled:
     """Compile a Relax module; with `database`, apply its tuned schedules first."""
     import tvm
     from tvm import relax
@@ -77,13 +84,13 @@ def compile_relax(mod, target: Target, database=None, tuning: str = "untuned") -
         raise
     except Exception as exc:
         raise GraphpruneError(f"TVM failed to compile for target {target.name!r}: {_first_line(exc)}") from None
-    return Compiled(ex, target, database is not None, tuning)
+    return Compiled(ex, target, database is not None, tuning, dict(input_shapes or {}), pinned)
 
 
 def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
-    """Write the deployable .so atomically, linking with the target's (cross) compiler."""
+    """Write the deployable .so atomically (graphprune.modelio.atomic_path: temp file beside it,
+    one rename, the user's umask), linking with the target's (cross) compiler."""
     from tvm.support import cc
-    from graphprune.modelio import atomic_path  # temp name, the user's umask, one rename
     out = Path(path)
     kwargs = {}
     if compiled.target.cc:
@@ -102,18 +109,22 @@ def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
 
 
 def compile_model(model: onnx.ModelProto, target: "str | Target" = "x86", tune_trials: int = 0,
-                  output: str | os.PathLike | None = None, extra_target_files=None, rpc=None) -> Compiled:
+                  output: str | os.PathLike | None = None, extra_target_files=None, rpc=None,
+                  input_shapes: dict[str, list[int]] | None = None) -> Compiled:
     """Public API: compile `model` for `target`; tune_trials > 0 applies per-target MetaSchedule
     schedules (tuning the base once if needed, replaying onto pruned shapes; see tune.py).
-    rpc (a tune.RPCTuning): when the base must be tuned, time its candidates on those devices."""
+    rpc (a tune.RPCTuning): when the base must be tuned, time its candidates on those devices.
+    input_shapes: static shapes for inputs with dynamic dims (default: batch 1, others 64);
+    the library accepts exactly the pinned shapes (Compiled.input_shapes)."""
     tgt = get_target(target, extra_target_files)
-    mod = import_onnx(model)
+    mod, shapes = import_relax(model, input_shapes)
+    pinned = has_dynamic_dims(model)
     if tune_trials > 0:
         from graphprune.targets.tune import database_for
         db, how = database_for(mod, tgt, tune_trials, rpc=rpc)
-        compiled = compile_relax(mod, tgt, database=db, tuning=how)
+        compiled = compile_relax(mod, tgt, database=db, tuning=how, input_shapes=shapes, pinned=pinned)
     else:
-        compiled = compile_relax(mod, tgt)
+        compiled = compile_relax(mod, tgt, input_shapes=shapes, pinned=pinned)
     if output is not None:
         export_library(compiled, output)
     return compiled

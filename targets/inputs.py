@@ -1,40 +1,40 @@
-"""Concrete inputs for timing: every backend runs the same shapes and data."""
+"""Concrete inputs for timing: every backend runs the same shapes and data.
+
+The shapes come from graphprune.inputs (the one rule of every command: batch 1, other
+dynamic dims DEFAULT_DYNAMIC_DIM, --input-shape overrides), and so do the feeds: a model is
+timed, compiled and checked on exactly what `prune --verify` and `count` use.
+"""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
+from graphprune.inputs import graph_inputs, random_feeds
+from graphprune.targets.prepare import pinned_shapes
 
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-           onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.UINT8: "uint8"}
 
-
-def input_specs(model: onnx.ModelProto, batch: int = 1) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, dtype) of each real graph input; symbolic dims become `batch` (latency is batch 1 by default)."""
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        if tt.elem_type not in _DTYPES:
-            raise GraphpruneError(f"input {vi.name!r}: unsupported element type {onnx.TensorProto.DataType.Name(tt.elem_type)}")
-        shape = []
-        for d in tt.shape.dim:
-            shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch)
-        specs.append((vi.name, tuple(shape), _DTYPES[tt.elem_type]))
-    if not specs:
+def input_specs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None
+                ) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of each real graph input at its pinned shape."""
+    inputs = graph_inputs(model)
+    if not inputs:
         raise GraphpruneError("the model has no graph inputs to feed")
+    shapes = pinned_shapes(model, input_shapes)
+    specs = []
+    for vi in inputs:
+        et = vi.type.tensor_type.elem_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(et).name
+        except Exception:  # undefined or string element types
+            raise GraphpruneError(f"input {vi.name!r}: unsupported element type "
+                                  f"{onnx.TensorProto.DataType.Name(et) if et else 'UNDEFINED'}") from None
+        specs.append((vi.name, tuple(shapes[vi.name]), dtype))
     return specs
 
 
-def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape, dtype in input_specs(model, batch):
-        if dtype.startswith("float"):
-            out[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            out[name] = rng.integers(0, 2, size=shape).astype(dtype)
-    return out
+def random_inputs(model: onnx.ModelProto, seed: int = 0, input_shapes: dict[str, list[int]] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Feeds at the pinned shapes (graphprune.inputs.random_feeds: normal floats, zero ints)."""
+    specs = input_specs(model, input_shapes)
+    return random_feeds(model, {name: list(shape) for name, shape, _ in specs}, seed=seed)

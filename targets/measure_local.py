@@ -19,7 +19,28 @@ from graphprune.targets.result import LatencyResult, stats
 
 
 def default_threads() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int:
+    """The thread count to time with: default_threads(), or `threads` when it is 1..4x the cores
+    available (more only oversubscribes them; 100000 would hang creating the pool)."""
+    if threads is None:
+        return default_threads()
+    cap = 4 * default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise GraphpruneError(f"threads must be a positive integer (got {threads!r})")
+    if threads > cap:
+        raise GraphpruneError(f"threads {threads} is more than 4x the {default_threads()} cores available "
+                              f"to this process (at most {cap})")
+    return threads
+
+
+def tvm_threads() -> int:
+    """The TVM runtime's thread pool size on this host (TVM_NUM_THREADS, else its core count)."""
+    import tvm
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def ort_session(model: onnx.ModelProto, threads: int | None = None):
@@ -37,9 +58,11 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None):
 
 
 def measure_ort(model: onnx.ModelProto, target: str = "x86", repeats: int = 50, warmup: int = 5,
-                threads: int | None = None) -> LatencyResult:
+                threads: int | None = None, input_shapes: dict[str, list[int]] | None = None,
+                note: str = "") -> LatencyResult:
+    threads = check_threads(threads)
+    feeds = random_inputs(model, input_shapes=input_shapes)
     sess = ort_session(model, threads)
-    feeds = random_inputs(model)
     for _ in range(warmup):
         sess.run(None, feeds)
     samples = []
@@ -48,7 +71,7 @@ def measure_ort(model: onnx.ModelProto, target: str = "x86", repeats: int = 50, 
         sess.run(None, feeds)
         samples.append((time.perf_counter() - t0) * 1e3)
     return stats(samples, backend="ort", target=target, tuned=False, tuning="onnxruntime (no TVM tuning)",
-                 device="host")
+                 device="host", input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=threads, note=note)
 
 
 def time_vm(vm, dev, feeds: list, repeats: int, warmup: int, number: int | None = None) -> list[float]:
@@ -71,10 +94,11 @@ def measure_tvm_local(compiled, model: onnx.ModelProto, repeats: int = 50, warmu
     check_runs_here(tgt)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(compiled.executable, dev)
-    feeds = [tvm.runtime.tensor(v, dev) for v in random_inputs(model).values()]
+    inputs = random_inputs(model, input_shapes=compiled.input_shapes or None)
+    feeds = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
     samples = time_vm(vm, dev, feeds, repeats, warmup)
     return stats(samples, backend="tvm", target=tgt.name, tuned=compiled.tuned, tuning=compiled.tuning,
-                 device="host")
+                 device="host", input_shapes={k: list(v.shape) for k, v in inputs.items()}, threads=tvm_threads())
 
 
 def run_tvm_local(compiled, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

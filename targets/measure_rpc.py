@@ -114,6 +114,10 @@ def _attempt(lib_path: Path, feeds, tracker_addr, key, repeats, warmup, timeout,
         vm = relax.VirtualMachine(rlib, dev)
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
         out["samples"] = time_vm(vm, dev, args, repeats, warmup)
+        try:
+            out["threads"] = int(remote.get_function("runtime.NumThreads")())
+        except Exception:  # a minimal runtime without it: the result says '?'
+            out["threads"] = None
         remote.remove(name) if hasattr(remote, "remove") else None
     except TimeoutError:
         out["error"] = f"no free device under key {key!r} within {timeout:g} s"
@@ -132,7 +136,7 @@ def measure_rpc(compiled, model, tracker_addr: str, key: str, repeats: int = 50,
     from graphprune.targets.inputs import random_inputs
     parse_address(tracker_addr)
     check_key(tracker_addr, key, timeout=min(timeout, 10.0))
-    feeds = random_inputs(model)
+    feeds = random_inputs(model, input_shapes=compiled.input_shapes or None)
     errors = []
     with tempfile.TemporaryDirectory(prefix="graphprune-rpc-") as tmp:
         lib = export_library(compiled, Path(tmp) / "model.so")
@@ -144,7 +148,8 @@ def measure_rpc(compiled, model, tracker_addr: str, key: str, repeats: int = 50,
             th.join(timeout)
             if "samples" in out:
                 return stats(out["samples"], backend="tvm", target=compiled.target.name, tuned=compiled.tuned,
-                             tuning=compiled.tuning, device=f"rpc:{key}@{out.get('device', '?')}", emulated=emulated)
+                             tuning=compiled.tuning, device=f"rpc:{key}@{out.get('device', '?')}", emulated=emulated,
+                             input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=out.get("threads"))
             errors.append(out.get("error") or f"device {out.get('device', '?')} did not finish within {timeout:g} s")
     raise GraphpruneError(f"RPC measurement under key {key!r} failed {len(errors)} times; last: {errors[-1]}")
 

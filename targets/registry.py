@@ -72,9 +72,23 @@ class Target:
             d["num-cores"] = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         return d
 
+    def check_mcpu(self) -> None:
+        """Refuse an mcpu LLVM does not know for the triple: TVM only warns and compiles generic
+        code, which would then be timed and reported as this target's latency."""
+        from tvm.target import codegen
+        for field_name, d in (("tvm", self.tvm), ("host", self.host or {})):
+            cpu = d.get("mcpu")
+            if d.get("kind") != "llvm" or not cpu or cpu == "native":
+                continue
+            triple = d.get("mtriple") or codegen.llvm_get_system_triple()
+            if not codegen.llvm_is_valid_cpu(cpu, triple):
+                raise GraphpruneError(f"{self.source}: target {self.name!r}: {field_name}.mcpu {cpu!r} is not a "
+                                      f"CPU LLVM {codegen.llvm_version_major()} knows for {triple}")
+
     def tvm_target(self, num_cores: int | None = None):
         """Build the tvm.target.Target (imports TVM lazily: `graphprune targets` must stay fast)."""
         import tvm
+        self.check_mcpu()
         try:
             if self.host is not None:
                 host = copy.deepcopy(self.host)
@@ -112,36 +126,77 @@ def _user_files() -> list[Path]:
     return files
 
 
-def _parse_file(path: Path) -> dict[str, Target]:
+_KNOWN = ("description", "tvm", "host", "cc", "rpc_key", "channel_step", "power_w")
+
+
+def _read_json(path: Path):
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise GraphpruneError(f"{path}: cannot read targets file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise GraphpruneError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise GraphpruneError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:  # e.g. numbers Python's JSON parser cannot hold
+        raise GraphpruneError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _field_error(spec: dict) -> str | None:
+    """The first problem with one target's fields, as 'FIELD: reason', or None."""
+    import math
+    unknown = sorted(k for k in spec if k not in _KNOWN and not k.startswith("_"))
+    if unknown:
+        return f"unknown key {unknown[0]!r} (known: {', '.join(_KNOWN)})"
+    tvm = spec.get("tvm")
+    if not isinstance(tvm, dict):
+        return "tvm: needs a 'tvm' object such as {\"kind\": \"llvm\"}"
+    if not isinstance(tvm.get("kind"), str):
+        return "tvm: its 'tvm' object has no 'kind'"
+    for key in ("mcpu", "mtriple"):
+        if key in tvm and not isinstance(tvm[key], str):
+            return f"tvm.{key}: must be a string"
+    if spec.get("host") is not None and not isinstance(spec["host"], dict):
+        return "host: must be an object (a TVM target dict) or null"
+    for key in ("description", "cc", "rpc_key"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            return f"{key}: must be a string or null"
+    step = spec.get("channel_step", 8)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        return f"channel_step: must be a positive integer (got {step!r})"
+    power = spec.get("power_w")
+    if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float))
+                              or not math.isfinite(power) or power <= 0):
+        return f"power_w: must be a positive number of watts or null (got {power!r})"
+    return None
+
+
+def _parse_file(path: Path) -> dict[str, Target]:
+    """Targets of one file; a one-line error naming the file, target and field for anything
+    malformed (a typo must not silently fall back to a default)."""
+    data = _read_json(path)
     table = data.get("targets", data) if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise GraphpruneError(f"{path}: expected an object {{\"targets\": {{name: {{...}}}}}}")
+    if "targets" in data:
+        extra_top = sorted(k for k in data if k != "targets" and not k.startswith("_"))
+        if extra_top:
+            raise GraphpruneError(f"{path}: unknown top-level key {extra_top[0]!r} (expected 'targets')")
     out = {}
     for name, spec in table.items():
         if name.startswith("_"):
             continue
-        if not isinstance(spec, dict) or any(k not in spec for k in _REQUIRED) or not isinstance(spec["tvm"], dict):
+        if not isinstance(spec, dict):
             raise GraphpruneError(f"{path}: target {name!r} needs a 'tvm' object such as {{\"kind\": \"llvm\"}}")
-        if "kind" not in spec["tvm"]:
-            raise GraphpruneError(f"{path}: target {name!r}: its 'tvm' object has no 'kind'")
-        known = {"description", "tvm", "host", "cc", "rpc_key", "channel_step", "power_w"}
-        try:
-            step = int(spec.get("channel_step", 8))
-            power = None if spec.get("power_w") is None else float(spec["power_w"])
-        except (TypeError, ValueError):
-            raise GraphpruneError(f"{path}: target {name!r}: channel_step must be an integer and power_w a number") from None
-        if step < 1:
-            raise GraphpruneError(f"{path}: target {name!r}: channel_step must be >= 1")
+        problem = _field_error(spec)
+        if problem:
+            raise GraphpruneError(f"{path}: target {name!r}: {problem}")
+        power = spec.get("power_w")
         out[name] = Target(
-            name=name, tvm=spec["tvm"], description=str(spec.get("description", "")), host=spec.get("host"),
-            cc=spec.get("cc"), rpc_key=spec.get("rpc_key", name), channel_step=step, power_w=power,
-            source=str(path), extra={k: v for k, v in spec.items() if k not in known},
+            name=name, tvm=spec["tvm"], description=spec.get("description") or "", host=spec.get("host"),
+            cc=spec.get("cc"), rpc_key=spec.get("rpc_key", name), channel_step=spec.get("channel_step", 8),
+            power_w=None if power is None else float(power), source=str(path),
+            extra={k: v for k, v in spec.items() if k not in _KNOWN},
         )
     return out
 
@@ -183,9 +238,15 @@ def check_runs_here(target: Target) -> None:
     if not target.runs_on_host:
         raise GraphpruneError(f"target {target.name!r} cannot run on this host{hint}")
     from tvm.target import codegen
-    import tvm
-    host = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
-    missing = sorted(f for f in codegen.llvm_get_cpu_features(target.tvm_target()) - host if _ISA.match(f))
+    from graphprune.targets.hostcpu import cpuinfo_flags, missing_features
+    wanted = {f for f in codegen.llvm_get_cpu_features(target.tvm_target()) if _ISA.match(f)}
+    flags = cpuinfo_flags()   # the kernel's view (see hostcpu.py); LLVM's CPU-name table elsewhere
+    if flags is not None:
+        missing = missing_features(wanted, flags)
+    else:
+        import tvm
+        host = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
+        missing = sorted(wanted - set(host))
     if missing:
         raise GraphpruneError(f"target {target.name!r} uses CPU features this host lacks "
                               f"({', '.join(missing[:4])}){hint}")

@@ -1,7 +1,8 @@
 """The one result format every backend and device returns."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
@@ -24,21 +25,57 @@ class LatencyResult:
     cached: bool = False    # True when read back from the on-disk cache
     min_ms: float | None = None
     max_ms: float | None = None
+    input_shapes: dict | None = None  # the shapes timed: {input: [dims]} (dynamic dims pinned)
+    threads: int | None = None        # threads the runtime ran with (ort: intra-op; tvm: its pool)
+    note: str = ""                    # what the label does not say (e.g. a target name only requested)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyResult":
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """A result read back (cache); ValueError unless `d` has every field with its type, so a
+        corrupt or foreign entry is a miss, not a crash later when it is printed."""
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
+        kinds = {"median_ms": _num, "spread_ms": _num, "repeats": int, "backend": str, "target": str,
+                 "tuned": bool, "tuning": str, "device": str, "emulated": bool, "cached": bool,
+                 "min_ms": _num, "max_ms": _num, "input_shapes": dict, "threads": int, "note": str}
+        out = {}
+        for f in fields(cls):
+            if f.name not in d:
+                raise ValueError(f"missing {f.name}")
+            v = d[f.name]
+            if v is not None or f.name in ("median_ms", "spread_ms", "repeats", "tuned"):
+                want = kinds[f.name]
+                ok = want(v) if want is _num else isinstance(v, want) and (want is bool or not isinstance(v, bool))
+                if not ok:
+                    raise ValueError(f"bad {f.name}")
+            out[f.name] = v
+        shapes = out["input_shapes"]
+        if shapes is not None and not all(isinstance(s, list) and all(type(x) is int for x in s)
+                                          for s in shapes.values()):
+            raise ValueError("bad input_shapes")
+        return cls(**out)
 
     def summary(self) -> str:
         how = "tuned" if self.tuned else "untuned"
         extra = ", emulated" if self.emulated else ""
         cached = " (cached)" if self.cached else ""
+        shapes = shape_text(self.input_shapes or {})
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.median_ms:.3f} ms median, spread (IQR) {self.spread_ms:.3f} ms, {self.repeats} repeats; "
-                f"backend {self.backend}, target {self.target}, {how} [{self.tuning}], device {self.device}{extra}{cached}")
+                f"backend {self.backend}, target {self.target}, {how} [{self.tuning}], device {self.device}{extra}; "
+                f"input {shapes or '?'}, threads {self.threads if self.threads is not None else '?'}{note}{cached}")
+
+
+def shape_text(shapes: dict) -> str:
+    """{"x": [1, 3, 64, 64]} -> 'x=1x3x64x64' (result lines, compile messages)."""
+    return ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def stats(samples_ms: list[float], **fields) -> LatencyResult:

@@ -51,3 +51,61 @@ def isolated_latency_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("GRAPHPRUNE_TARGETS", raising=False)
     monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.latency_commands"])
+
+
+def yolo_like(channels: int = 8, seed: int = 0, dynamic: bool = True) -> onnx.ModelProto:
+    """A YOLOv8-style neck on dynamic H/W: stride-2 convs down to H/8, then two nearest Resize x2
+    each concatenated with the skip of the same size, and a head conv. With H and W symbolic,
+    TVM's Relax frontend cannot prove the upsampled map and the skip equal in size."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+    c = channels
+    inits = [init("w1", c, 3, 3, 3), init("w2", c, c, 3, 3), init("w3", c, c, 3, 3),
+             init("w4", c, 2 * c, 3, 3), init("w5", 4, 2 * c, 1, 1), init("b5", 4),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    down = dict(strides=[2, 2], pads=[1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], **down), helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], **down), helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], **down), helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("Resize", ["r3", "", "scales"], ["u1"], mode="nearest"),
+        helper.make_node("Concat", ["u1", "r2"], ["k1"], axis=1),
+        helper.make_node("Conv", ["k1", "w4"], ["c4"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c4"], ["r4"]),
+        helper.make_node("Resize", ["r4", "", "scales"], ["u2"], mode="nearest"),
+        helper.make_node("Concat", ["u2", "r1"], ["k2"], axis=1),
+        helper.make_node("Conv", ["k2", "w5", "b5"], ["y"]),
+    ]
+    hw = ["H", "W"] if dynamic else [64, 64]
+    out_hw = ["H2", "W2"] if dynamic else [32, 32]
+    graph = helper.make_graph(nodes, "yolo_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, *out_hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def lstm_model() -> onnx.ModelProto:
+    """Valid ONNX with an LSTM (silero-vad has one; TVM 0.27's Relax frontend has no converter)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((1, 16, 3)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R")
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4, name="lstm0")
+    graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 4])], [w, r])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def data_dependent_pad_model() -> onnx.ModelProto:
+    """Pad widths from a graph input: nothing to fold, and Relax cannot import dynamic pads."""
+    node = helper.make_node("Pad", ["x", "p"], ["y"])
+    graph = helper.make_graph([node], "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                              helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model

@@ -117,3 +117,58 @@ def test_cuda_compiles_to_cuda_source_without_a_gpu():
     assert cuda, "no CUDA device module was generated"
     src = cuda[0].inspect_source("cuda")
     assert "__global__" in src
+
+
+def _board(**fields) -> dict:
+    spec = {"tvm": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55"},
+            "cc": "aarch64-linux-gnu-gcc", "channel_step": 8, "power_w": 3.0}
+    spec.update(fields)
+    return {"targets": {"b": spec}}
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps(_board(power_w=float("nan"))), "target 'b': power_w: must be a positive number"),
+    (json.dumps(_board(power_w=-3)), "target 'b': power_w: must be a positive number"),
+    (json.dumps(_board(power_w=0)), "target 'b': power_w: must be a positive number"),
+    (json.dumps(_board(power_w="3 W")), "target 'b': power_w: must be a positive number"),
+    (json.dumps(_board()).replace('"channel_step": 8', '"channel_step": 1e999'), "channel_step: must be a positive integer"),
+    (json.dumps(_board(channel_step=2.5)), "channel_step: must be a positive integer"),
+    (json.dumps(_board(channel_step=0)), "channel_step: must be a positive integer"),
+    (json.dumps(_board(channel_step=-8)), "channel_step: must be a positive integer"),
+    (json.dumps(_board(channel_step=True)), "channel_step: must be a positive integer"),
+    (json.dumps(_board(chanel_step=8)), "unknown key 'chanel_step'"),
+    (json.dumps(_board(cc=5)), "cc: must be a string"),
+    (json.dumps(_board(host="llvm")), "host: must be an object"),
+    (json.dumps({"targets": _board()["targets"], "target": {}}), "unknown top-level key 'target'"),
+    (b'{"targets": {"b": {"description": "caf\xe9", "tvm": {"kind": "llvm"}}}}', "not UTF-8 text"),
+    ("[1, 2]", "expected an object"),
+    ("", "not valid JSON"),
+])
+def test_targets_file_field_errors_name_file_and_field(tmp_path, capsys, content, message):
+    p = tmp_path / "bad.json"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert cli.main(["targets", "--targets-file", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(p) in err, err
+    assert err.startswith("graphprune: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("tvm_dict, field", [
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a7222"}, "tvm.mcpu 'cortex-a7222'"),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswel"}, "tvm.mcpu 'haswel'"),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cortex-a72"}, "tvm.mcpu 'cortex-a72'"),
+])
+def test_mistyped_mcpu_is_refused_not_compiled_generic(tmp_path, capsys, tvm_dict, field):
+    """TVM only warns about an mcpu LLVM does not know and compiles generic code, which bench
+    would then report as the target's latency."""
+    import onnx
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), model)
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"targets": {"typo": {"tvm": tvm_dict, "cc": "aarch64-linux-gnu-gcc"}}}))
+    for argv in (["compile", str(model), "--target", "typo", "--targets-file", str(p), "-o", str(tmp_path / "x.so")],
+                 ["bench", str(model), "--target", "typo", "--targets-file", str(p), "--backend", "tvm"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert field in err and "is not a CPU LLVM" in err and str(p) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.so").exists()

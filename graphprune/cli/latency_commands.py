@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from graphprune.cli.options import add_input_shape
+
 
 def _targets_file_arg(p):
     p.add_argument("--targets-file", metavar="JSON", help="extra targets file (same shape as targets/builtin.json)")
@@ -25,6 +27,7 @@ def register(sub) -> None:
                    help="tune on the devices registered at this tracker (needed for targets this host cannot run)")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per tuning candidate on a device")
+    add_input_shape(p, "the static shape the library is compiled for and accepts")
     _targets_file_arg(p)
     p.set_defaults(func=_compile)
 
@@ -39,10 +42,13 @@ def register(sub) -> None:
                    help="MetaSchedule trials for the base model (0 = untuned); with --rpc-tracker the "
                         "candidates are timed on the devices under the key")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (default: the cores available to this process; "
+                        "at most 4x that)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt (and per tuning candidate)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_input_shape(p, "the shape timed")
     _targets_file_arg(p)
     p.set_defaults(func=_bench)
 
@@ -61,13 +67,32 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Options that would silently do nothing useful (or hang) are refused up front."""
+    import math
+    from graphprune.errors import GraphpruneError
+    if args.tune_trials < 0:
+        raise GraphpruneError("--tune-trials must be >= 0")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise GraphpruneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
+    if getattr(args, "repeats", 1) < 1:
+        raise GraphpruneError(f"--repeats must be >= 1 (got {args.repeats})")
+    if getattr(args, "threads", None) is not None:
+        from graphprune.targets.measure_local import check_threads
+        try:
+            check_threads(args.threads)
+        except GraphpruneError as exc:
+            raise GraphpruneError(f"--{exc}") from None
+
+
 def _compile(args: argparse.Namespace) -> int:
     from graphprune.modelio import refuse_overwriting_input
     refuse_overwriting_input(args.output, args.model)  # before anything: the .so must never replace the model
     from graphprune.errors import GraphpruneError
+    from graphprune.inputs import parse_input_shapes
     from graphprune.targets import compile_model, get_target
-    if args.tune_trials < 0:
-        raise GraphpruneError("--tune-trials must be >= 0")
+    _check_numbers(args)
+    shapes = parse_input_shapes(args.input_shape)
     get_target(args.target, [args.targets_file] if args.targets_file else None)  # fail before reading the model
     if args.rpc_tracker:
         from graphprune.targets.measure_rpc import parse_address
@@ -76,25 +101,29 @@ def _compile(args: argparse.Namespace) -> int:
             raise GraphpruneError("--rpc-tracker is for tuning on devices: give --tune-trials N as well")
     c = compile_model(args.model, args.target, tune_trials=args.tune_trials, output=args.output,
                       targets_file=args.targets_file, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                      timeout=args.timeout)
-    print(f"wrote {args.output} (target {c.target.name}, {c.tuning})")
+                      timeout=args.timeout, input_shapes=shapes)
+    print(f"wrote {args.output} (target {c.target.name}, {c.tuning}; {c.shape_note()})")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from graphprune.errors import GraphpruneError
+    from graphprune.inputs import parse_input_shapes
     from graphprune.targets import get_target, measure_latency
-    if args.tune_trials < 0:
-        raise GraphpruneError("--tune-trials must be >= 0")
+    _check_numbers(args)
+    shapes = parse_input_shapes(args.input_shape)
     tgt = get_target(args.target, [args.targets_file] if args.targets_file else None)
     if args.backend is None:
         args.backend = "tvm" if args.rpc_tracker or not tgt.runs_on_host else "ort"
+    if args.threads is not None and args.backend != "ort":
+        raise GraphpruneError("--threads sets onnxruntime's threads; the TVM runtime's pool is set by "
+                              "TVM_NUM_THREADS (on the device, for RPC)")
     if args.rpc_tracker:
         from graphprune.targets.measure_rpc import parse_address
         parse_address(args.rpc_tracker)
     r = measure_latency(args.model, target=args.target, backend=args.backend, rpc_tracker=args.rpc_tracker,
                         rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
                         threads=args.threads, cache=not args.no_cache, timeout=args.timeout,
-                        targets_file=args.targets_file)
+                        targets_file=args.targets_file, input_shapes=shapes)
     print(json.dumps(r.to_dict()) if args.json else r.summary())
     return 0
