@@ -1,11 +1,20 @@
-"""Calibration data for the data-driven importance methods.
+"""Calibration data for the data-driven importance methods (and optimize's accuracy checks).
 
-XAI criteria need a few hundred labelled samples, nothing more, so the formats
-are deliberately plain: a ``.npz`` with ``x`` (N,C,H,W float32) and ``y`` (N int
-labels), or an image folder with one subfolder per class (sorted subfolder
-names give the label indices, as torchvision's ImageFolder does, so labels agree
-with models trained that way). Subsampling uses a fixed seed so that the same
-command gives the same scores.
+XAI criteria need a few hundred samples, nothing more, so the formats are
+deliberately plain:
+* a ``.npz`` with ``x`` (N, ...) and optionally ``y`` (N integer labels); instead of
+  ``x`` the array may be named like the model's input;
+* an image folder with one subfolder per class (sorted subfolder names give the
+  label indices, as torchvision's ImageFolder does, so labels agree with models
+  trained that way), or a flat folder of images (no labels).
+Without labels the XAI methods attribute the model's own top-1 class. Subsampling
+uses a fixed seed so that the same command gives the same scores; an image folder
+decodes only the images of the subset.
+
+Everything a user can get wrong is refused here in one line before any model work:
+non-numeric or complex arrays, NaN/infinite samples, labels that are not
+non-negative integers (a float label of 1e20 is not a class), image options that
+do not parse, and data that would not fit in memory.
 """
 from __future__ import annotations
 
@@ -25,121 +34,145 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MAX_LABEL = 2 ** 31 - 1        # far above any class count; keeps int64 conversion exact
+MEMORY_FRACTION = 0.5          # of the available memory that loaded samples may take
 
 
 @dataclass
 class Dataset:
-    """Samples ``x`` (N,C,H,W float32) with integer labels ``y`` (N,)."""
+    """Samples ``x`` (N, ...) float32 with integer labels ``y`` (N,), or ``y`` None (unlabelled)."""
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def subsample(self, n: int | None, seed: int = 0) -> "Dataset":
         """A fixed-seed random subset of `n` samples (all of them when n is None or >= N)."""
-        if n is None or n >= len(self):
+        idx = subset_indices(len(self), n, seed)
+        if idx is None:
             return self
-        if n <= 0:
-            raise GraphpruneError(f"--samples must be positive, got {n}")
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return Dataset(self.x[idx], self.y[idx])
+        return Dataset(self.x[idx], None if self.y is None else self.y[idx])
 
     def batches(self, batch_size: int):
-        """Yield (x, y) numpy batches in order."""
+        """Yield (x, y) numpy batches in order (y None when unlabelled)."""
         if batch_size <= 0:
             raise GraphpruneError(f"--batch-size must be positive, got {batch_size}")
         for i in range(0, len(self), batch_size):
-            yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+            yield self.x[i:i + batch_size], None if self.y is None else self.y[i:i + batch_size]
 
 
-def _validate(x: np.ndarray, y: np.ndarray, source: str) -> Dataset:
-    if x.ndim != 4:
-        raise GraphpruneError(f"{source}: x must be (N,C,H,W), got shape {tuple(x.shape)}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise GraphpruneError(f"{source}: y must be (N,) matching x, got {tuple(y.shape)} for {x.shape[0]} samples")
+def subset_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a fixed-seed subset of `n` of `total` items (None: take all)."""
+    if n is None or n >= total:
+        return None
+    if n <= 0:
+        raise GraphpruneError(f"--samples must be positive, got {n}")
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def check_memory(n_bytes: int, what: str) -> None:
+    """Refuse to allocate more than MEMORY_FRACTION of the available memory, before allocating."""
+    import psutil
+    avail = psutil.virtual_memory().available
+    if n_bytes > MEMORY_FRACTION * avail:
+        raise GraphpruneError(f"{what} would take {n_bytes / 2**30:.1f} GiB, more than "
+                              f"{MEMORY_FRACTION:.0%} of the {avail / 2**30:.1f} GiB of available memory "
+                              "(use fewer --samples or a smaller --size)")
+
+
+def _check_x(x, source: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise GraphpruneError(f"{source}: x must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise GraphpruneError(f"{source}: x must be (N, ...) with one sample per row, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise GraphpruneError(f"{source}: the data set is empty")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise GraphpruneError(f"{source}: labels y must be integers")
-    if np.any(y < 0):
-        raise GraphpruneError(f"{source}: labels must be >= 0")
-    if not np.all(np.isfinite(x)):
-        raise GraphpruneError(f"{source}: x contains NaN or infinity")
-    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x32).all():
+        raise GraphpruneError(f"{source}: x contains NaN or infinity"
+                              + (" (after conversion to float32)" if np.isfinite(x).all() else ""))
+    return x32
 
 
-def load_npz(path: str | os.PathLike) -> Dataset:
-    """Read a ``.npz`` with arrays ``x`` and ``y``."""
+def _check_y(y, n: int, source: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf":
+        raise GraphpruneError(f"{source}: labels y must be integers, got dtype {y.dtype}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise GraphpruneError(f"{source}: y must be (N,) matching x, got {tuple(y.shape)} for {n} samples")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise GraphpruneError(f"{source}: labels y contain NaN or infinity")
+        if not np.all(np.mod(y, 1) == 0):
+            raise GraphpruneError(f"{source}: labels y must be integers (got e.g. {y[np.mod(y, 1) != 0][0]!r})")
+    if y.size and y.min() < 0:
+        raise GraphpruneError(f"{source}: labels must be >= 0, got {y.min()}")
+    if y.size and y.max() > MAX_LABEL:
+        raise GraphpruneError(f"{source}: label {y.max()} is not a class index")
+    return y.astype(np.int64)
+
+
+def check_dataset(x, y, source: str, require_labels: bool = False) -> Dataset:
+    """A validated Dataset (float32 x, int64 y or None); one-line errors naming `source`."""
+    x = _check_x(x, source)
+    if y is None:
+        if require_labels:
+            raise GraphpruneError(f"{source}: labels y are needed")
+        return Dataset(x, None)
+    return Dataset(x, _check_y(y, x.shape[0], source))
+
+
+def as_dataset(data, require_labels: bool = False) -> Dataset:
+    """A Dataset, an (x, y) pair (y may be None) or an x array, validated."""
+    if isinstance(data, Dataset):
+        return check_dataset(data.x, data.y, "data", require_labels)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return check_dataset(data[0], data[1], "data", require_labels)
+    return check_dataset(data, None, "data", require_labels)
+
+
+def load_npz(path: str | os.PathLike, input_names=(), require_labels: bool = True) -> Dataset:
+    """Read a ``.npz`` with ``x`` (or an array named like the model's one input) and ``y`` (optional
+    unless `require_labels`)."""
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise GraphpruneError(f"{p}: expected arrays 'x' and 'y', found {sorted(f.files)}")
-            x, y = f["x"], f["y"]
+            key = "x" if "x" in f.files else next((n for n in input_names if n in f.files), None)
+            if key is None:
+                want = "'x'" + "".join(f" or {n!r}" for n in input_names)
+                raise GraphpruneError(f"{p}: expected an array {want} (and 'y' for labels), found {sorted(f.files)}")
+            x = f[key]
+            y = f["y"] if "y" in f.files else None
     except GraphpruneError:
         raise
     except Exception as exc:
         raise GraphpruneError(f"{p}: not a readable .npz ({type(exc).__name__})") from None
-    return _validate(np.asarray(x), np.asarray(y), str(p))
+    if y is None and require_labels:
+        raise GraphpruneError(f"{p}: expected arrays 'x' and 'y' (labels), found no 'y'")
+    return check_dataset(x, y, str(p), require_labels)
 
 
-def _parse_triple(values, name: str, channels: int) -> np.ndarray:
-    if values is None:
-        return np.full(channels, 0.0 if name == "mean" else 1.0, np.float32)
-    if isinstance(values, str):
-        values = [float(v) for v in values.replace(",", " ").split()]
-    arr = np.asarray(values, np.float32).reshape(-1)
-    if arr.size == 1:
-        arr = np.repeat(arr, channels)
-    if arr.size != channels:
-        raise GraphpruneError(f"--{name} needs 1 or {channels} values, got {arr.size}")
-    if name == "std" and np.any(arr == 0):
-        raise GraphpruneError("--std must not contain 0")
-    return arr
+def load_data(path: str | os.PathLike, size=None, mean=None, std=None, channels: int = 3,
+              require_labels: bool = True, **image_options) -> Dataset:
+    """`--data`: a .npz file or an image folder (see load_npz, graphprune.image_data.load_image_folder).
 
-
-def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | None = None,
-                      mean=None, std=None, channels: int = 3) -> Dataset:
-    """Read ``root/<class>/<image>``; resize to `size` (H,W or one int), scale to [0,1], normalise."""
-    from PIL import Image
-
-    root = Path(path)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise GraphpruneError(f"{root}: no class subfolders")
-    if size is None:
-        raise GraphpruneError("an image folder needs --size")
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    mode = "L" if channels == 1 else "RGB"
-    m, s = _parse_triple(mean, "mean", channels), _parse_triple(std, "std", channels)
-    xs, ys = [], []
-    for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in _IMAGE_SUFFIXES:
-                continue
-            try:
-                img = Image.open(f).convert(mode).resize((hw[1], hw[0]), Image.BILINEAR)
-            except Exception as exc:
-                raise GraphpruneError(f"{f}: not a readable image ({type(exc).__name__})") from None
-            a = np.asarray(img, np.float32) / 255.0
-            a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-            xs.append((a - m[:, None, None]) / s[:, None, None])
-            ys.append(label)
-    if not xs:
-        raise GraphpruneError(f"{root}: no images found")
-    return _validate(np.stack(xs), np.asarray(ys), str(root))
-
-
-def load_data(path: str | os.PathLike, size=None, mean=None, std=None, channels: int = 3) -> Dataset:
-    """`--data`: a .npz file or an image folder."""
+    `image_options` (samples, seed, channel_order, layout, scale, input_names)
+    go to the loader they apply to."""
     p = Path(path)
     if not p.exists():
         raise GraphpruneError(f"{p}: no such file or directory")
     if p.is_dir():
-        return load_image_folder(p, size=size, mean=mean, std=std, channels=channels)
-    return load_npz(p)
+        from graphprune.image_data import ImageOptions, load_image_folder
+        opts = ImageOptions.parse(size=size, mean=mean, std=std, channels=channels,
+                                  channel_order=image_options.get("channel_order", "rgb"),
+                                  layout=image_options.get("layout", "nchw"),
+                                  scale=image_options.get("scale", 1 / 255))
+        return load_image_folder(p, opts, samples=image_options.get("samples"), seed=image_options.get("seed", 0),
+                                 require_labels=require_labels)
+    return load_npz(p, image_options.get("input_names", ()), require_labels)
 
 
 def _read_idx(path: Path) -> np.ndarray:
