@@ -396,3 +396,25 @@ def test_channel_last_matmul_is_scored_per_feature():
     for method in ("taylor", "gradcam", "deeplift"):
         imp = compute_importance(m, ds, method, samples=6, batch_size=3, progress=False)
         assert imp.scores["mm"].shape == (7,) and imp.scores["conv"].shape == (5,)
+
+
+def test_metadata_that_names_no_node_is_refused_and_missing_layers_are_named(tmp_path, capsys):
+    """Keys matching no producer were an L1 ranking reported as a metadata one: refuse. A partial
+    match ranks the rest by L1 and the note names those producers."""
+    import graphprune as gp
+    m = gp.load(_dense_model())
+    md.write_importance(m, "lrp", {"a1": [1.0] * 6, "a2": [1.0] * 8})  # keys of the old unnamed-model bug
+    with pytest.raises(GraphpruneError, match="none is a Conv/Gemm/MatMul"):
+        gp.choose(gp.analyse(m), ratio=0.5, criterion="metadata")
+    md.write_importance(m, "lrp", {"Conv_0": list(range(6))})
+    plan = gp.choose(gp.analyse(m), ratio=0.5, criterion="metadata")
+    assert any("no importance metadata (Conv_2, MatMul_6)" in n for n in plan.notes), plan.notes
+
+
+def test_cli_import_does_not_import_torch():
+    """`graphprune --help` and every other subcommand's parsing stay free of torch."""
+    import subprocess
+    import sys
+    code = "import sys, graphprune.cli; graphprune.cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
