@@ -12,7 +12,7 @@ from graphprune import metadata as md
 from graphprune.cli import main
 from graphprune.data import Dataset, load_data
 from graphprune.errors import GraphpruneError
-from graphprune.image_data import ImageOptions
+from graphprune.data import ImageOptions
 from onnx_builders import model as build, out, x_input
 
 torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Image folders as calibration data: options, decoding, and the memory bound.
 
-A separate module from graphprune.data because images bring PIL and a set of
+A separate module from the .npz loader because images bring PIL and a set of
 preprocessing options (size, mean/std, channel order, layout, scale) that must
 match what the model was trained with; the .npz path has none of that.
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from graphprune.data import _IMAGE_SUFFIXES, Dataset, check_dataset, check_memory, subset_indices
+from graphprune.data.dataset import Dataset, check_dataset, check_memory, subset_indices
 from graphprune.errors import GraphpruneError
 
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nchw", "nhwc")
 
