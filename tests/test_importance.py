@@ -418,3 +418,18 @@ def test_cli_import_does_not_import_torch():
     code = "import sys, graphprune.cli; graphprune.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_grouped_conv_transpose_l1_is_per_output_channel():
+    """ConvTranspose weights are (in, out/groups, k...): the L1 score of output channel o of group g sums
+    the weights that write it, as the pruning analysis ranks it (criteria._filter_norms)."""
+    from graphprune.criteria import _filter_norms
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.zeros(1, 4, 5, 5))
+    imp = compute_importance(net, None, "l1")
+    w = net[0].weight.detach().numpy()
+    node = onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2)
+    want = _filter_norms(node, w, "convtranspose", 1)
+    np.testing.assert_allclose(imp.scores["0"], want / want.max(), rtol=1e-6)
+    assert imp.scores["2"].shape == (2,)
