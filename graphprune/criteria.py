@@ -16,6 +16,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.metadata import read_importance
 
 CRITERIA = ("l1", "l2", "bn", "metadata", "random")
+_NAMES_SHOWN = 4
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -62,7 +63,9 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
     if criterion == "metadata" and meta is None:
         raise GraphpruneError("criterion 'metadata' needs scores under 'graphprune.importance' "
                               "(run `graphprune importance` first)")
-    missing = 0
+    missing: list[str] = []
+    if meta is not None:
+        _check_keys_attach(an, meta)
     for s in an.sources:
         if s.kind == "untracked":
             continue
@@ -76,13 +79,28 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
                                       f"the node has {size} output channels")
         else:
             if meta is not None and prunable:
-                missing += 1
+                missing.append(s.node)
             w = view(inits[node.input[1]])
             v = _filter_norms(node, w, s.kind, 2 if criterion == "l2" else 1)
         pairs.append((np.arange(s.start, s.stop), v))
     if missing:
-        notes.append(f"{missing} producer(s) have no importance metadata; ranked by L1 norm")
+        shown = ", ".join(missing[:_NAMES_SHOWN]) + (f", +{len(missing) - _NAMES_SHOWN} more"
+                                                      if len(missing) > _NAMES_SHOWN else "")
+        notes.append(f"{len(missing)} producer(s) have no importance metadata ({shown}); "
+                     "their groups are ranked by L1 norm")
     return pairs, notes
+
+
+def _check_keys_attach(an: Analysis, meta: dict) -> None:
+    """Scores none of whose keys names a producer would silently become an L1 ranking: refuse.
+
+    (Models scored before `graphprune importance` named the written model's nodes carry
+    keys invented for unnamed nodes; rescoring fixes them.)"""
+    producers = {s.node for s in an.sources if s.kind != "untracked"}
+    keys = set(meta.get("scores", {}))
+    if producers and keys and not keys & producers:
+        raise GraphpruneError(f"importance metadata names {len(keys)} node(s) (e.g. {sorted(keys)[0]!r}) but none "
+                              "is a Conv/Gemm/MatMul of this model; rerun `graphprune importance` on it")
 
 
 def unit_scores(an: Analysis, criterion: str, seed: int = 0) -> tuple[np.ndarray, list[str]]:

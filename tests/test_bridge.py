@@ -294,3 +294,17 @@ def test_rapidocr_models(path):
     bridge = assert_matches(model, x, atol=2e-3)
     assert bridge.conv_nodes()
     assert_write_back_exact(model, bridge)
+
+
+def test_duplicate_node_names_are_not_hooked_blindly():
+    """Two Convs named alike: module_for_node(name) would return the last one; it refuses instead."""
+    from graphprune.errors import GraphpruneError
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], "conv"), helper.make_node("Conv", ["a", "w2"], ["y"], "conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(rng.standard_normal((3, 2, 1, 1)).astype(np.float32), "w1"),
+                           numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), "w2")])
+    net = to_torch(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    with pytest.raises(GraphpruneError, match="not unique"):
+        net.module_for_node("conv")

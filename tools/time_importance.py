@@ -6,13 +6,13 @@ itself cannot be installed beside torch 2.13), exports it with
 torch.onnx.export(dynamo=False), and times graphprune.importance on random
 224x224 data through the ONNX->torch bridge.
 
-Every method except ig scores all 53 conv layers from one pass per batch
+Every method except ig scores all 54 layers (53 convs, the fc) from one pass per batch
 (deeplift: over inputs and baselines; conductance: one per path point), so
 they are measured on all layers and all samples. ig needs one captum call per
 layer (LayerIntegratedGradients interpolates at the layer), which on a small
 CPU box is hours; so `--ig-layers K` times it on the first K conv layers and
 `--ig-samples M` on M of the samples, and the table gives the measured time
-and, marked "est.", that time scaled by (53 / K) x (samples / M) (the
+and, marked "est.", that time scaled by (54 / K) x (samples / M) (the
 per-layer calls have similar cost and the cost is linear in the samples).
 
     .venv/bin/python tools/time_importance.py --samples 256 --batch-size 16 --ig-layers 1 --ig-samples 32
@@ -115,11 +115,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     net = to_torch(model)
     bridge_s = time.time() - t0
-    convs = net.conv_nodes()
+    convs = net.producer_nodes()  # every scored layer: the 53 convs and the fc
     rng = np.random.default_rng(0)
     data = Dataset(rng.standard_normal((args.samples, 3, 224, 224)).astype(np.float32),
                    rng.integers(0, 1000, args.samples))
-    print(f"ResNet-50: {len(convs)} conv layers, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params; "
+    print(f"ResNet-50: {len(convs)} scored layers, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M params; "
           f"bridge built in {bridge_s:.1f}s; {args.samples} samples, batch {args.batch_size}, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []

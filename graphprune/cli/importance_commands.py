@@ -1,76 +1,106 @@
-"""`graphprune importance`: score every Conv channel and store the scores in the model's metadata.
+"""`graphprune importance`: score every prunable layer's channels and store the scores in the model's metadata.
 
     graphprune importance MODEL.onnx --data DATA -o SCORED.onnx --method lrp \\
         [--samples 256] [--batch-size 32] [--seed 0] [--per-class]
 
 The scored model is the input model plus metadata (graphprune.importance, and
-graphprune.importance.per_class with --per-class); `graphprune prune
---criterion metadata` then ranks channels by these scores.
+graphprune.importance.per_class with --per-class), with its nodes named as the
+scores are keyed (unnamed and duplicate-named nodes get graphprune.load's names);
+`graphprune prune --criterion metadata` then ranks channels by these scores.
+Every option is checked before the model is scored (one-line error, exit 2).
 """
 from __future__ import annotations
 
 import sys
 
+from graphprune.cli.options import add_no_progress
 from graphprune.errors import GraphpruneError
+
+_IMAGE_OPTIONS = ("size", "mean", "std", "channel_order", "layout", "scale")
+_PATH_METHODS = ("ig", "conductance")
 
 
 def register(subparsers) -> None:
-    # graphprune.importance (torch, captum) is imported by the handler only: building the parser must stay light
-    p = subparsers.add_parser("importance", help="score conv channels (XAI or weight criteria) into metadata",
+    # graphprune.importance.methods is a plain table (no torch): building the parser must stay light
+    from graphprune.importance.methods import METHODS
+    p = subparsers.add_parser("importance", help="score channels (XAI or weight criteria) into metadata",
                               description=__doc__.splitlines()[0])
     p.add_argument("model", help="input .onnx model")
     p.add_argument("-o", "--output", required=True, help="output .onnx with the scores in its metadata")
-    p.add_argument("--method", default="lrp",  # the names of importance.METHODS (tests/test_cli.py checks)
-                   help="one of: l1, l2, bn, lrp, deeplift, ig, gradcam, conductance, taylor (default lrp)")
-    p.add_argument("--data", help=".npz with x (N,C,H,W) and y (N,), or an image folder (one subfolder per class)")
-    p.add_argument("--size", type=int, nargs="+", help="image folder: resize to H [W]")
-    p.add_argument("--mean", help="image folder: per-channel mean, e.g. '0.485,0.456,0.406'")
-    p.add_argument("--std", help="image folder: per-channel std")
+    p.add_argument("--method", default="lrp", help=f"one of: {', '.join(METHODS)} (default lrp)")
+    p.add_argument("--data", help=".npz with x (N,...) and optionally y (N,) labels, or an image folder "
+                                  "(one subfolder per class, or images without labels)")
+    p.add_argument("--size", type=int, nargs="+", help="image folder: resize to H [W] (default: the model's "
+                                                       "static input size)")
+    p.add_argument("--mean", help="image folder: per-channel mean after --scale, e.g. '0.485,0.456,0.406'")
+    p.add_argument("--std", help="image folder: per-channel std after --scale")
+    p.add_argument("--scale", help="image folder: pixel scale applied first (default 1/255)")
+    p.add_argument("--channel-order", choices=("rgb", "bgr"), help="image folder: channel order (default rgb)")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), help="image folder: tensor layout (default nchw)")
     p.add_argument("--samples", type=int, default=256, help="random subset of the data (fixed seed; default 256)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset (0 .. 2^32-1)")
     p.add_argument("--per-class", action="store_true", help="also store one score vector per class")
-    p.add_argument("--n-steps", type=int, default=None, help="ig/conductance: integration steps")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--n-steps", type=int, default=None, help="ig/conductance: integration steps (default 16)")
+    add_no_progress(p)
     p.set_defaults(func=run_importance)
 
 
 def run_importance(args) -> int:
-    from graphprune.data import load_data
-    from graphprune.importance import DATA_FREE, METHODS, compute_importance
-    from graphprune.modelio import read_model, write_model
+    from graphprune.importance.checks import check_run_options
+    from graphprune.importance.methods import DATA_FREE, METHODS
+    from graphprune.modelio import read_model, refuse_overwriting_input, write_model
 
     method = args.method.lower()
     if method not in METHODS:
         raise GraphpruneError(f"unknown importance method {args.method!r}; choose from {', '.join(METHODS)}")
-    if args.samples is not None and args.samples <= 0:
-        raise GraphpruneError(f"--samples must be positive, got {args.samples}")
-    if args.batch_size <= 0:
-        raise GraphpruneError(f"--batch-size must be positive, got {args.batch_size}")
+    check_run_options(args.samples, args.batch_size, args.seed, args.n_steps)
+    if args.n_steps is not None and method not in _PATH_METHODS:
+        raise GraphpruneError(f"--n-steps applies to {' and '.join(_PATH_METHODS)} only, not {method}")
+    if method not in DATA_FREE and not args.data:
+        raise GraphpruneError(f"--method {method} needs --data")
+    refuse_overwriting_input(args.output, args.model)
     model = read_model(args.model)
-    data = None
-    if method not in DATA_FREE:
-        if not args.data:
-            raise GraphpruneError(f"--method {method} needs --data")
-        channels = _input_channels(model)
-        size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
-        data = load_data(args.data, size=size, mean=args.mean, std=args.std, channels=channels or 3)
-    options = {"n_steps": args.n_steps} if args.n_steps and method in ("ig", "conductance") else {}
+    data = _load(args, model) if method not in DATA_FREE else None
+
+    from graphprune.importance import compute_importance
+    options = {"n_steps": args.n_steps} if args.n_steps is not None else {}
     imp = compute_importance(model, data, method, samples=args.samples, batch_size=args.batch_size,
-                             seed=args.seed, per_class=args.per_class, progress=not args.quiet, **options)
+                             seed=args.seed, per_class=args.per_class, progress=not args.no_progress, **options)
     out = write_model(imp.to_model(model), args.output, source=args.model)
-    print(f"{out}: {method} scores for {len(imp.scores)} conv layers"
+    if data is not None and data.y is None:
+        print("note: the data has no labels; each sample was attributed to the model's top-1 class", file=sys.stderr)
+    print(f"{out}: {method} scores for {len(imp.scores)} layers"
           + (f" from {imp.samples} samples" if imp.samples else ""), file=sys.stderr)
     return 0
 
 
-def _input_channels(model) -> int | None:
-    """The model input's channel count when static (image folders are loaded as L or RGB to match)."""
+def _load(args, model):
+    """The --data set, with the image options checked against the model input."""
+    from pathlib import Path
+
+    from graphprune.data import load_data
+    name, dims = _single_input(model)
+    given = [o for o in _IMAGE_OPTIONS if getattr(args, o) is not None]
+    if given and not Path(args.data).is_dir():
+        raise GraphpruneError(f"--{given[0].replace('_', '-')} applies to image folders only; {args.data} is not one")
+    layout = args.layout or "nchw"
+    c_axis, hw_axes = (1, (2, 3)) if layout == "nchw" else (3, (1, 2))
+    static = lambda i: dims[i] if i < len(dims) and dims[i] else None  # noqa: E731
+    size = args.size or ([static(i) for i in hw_axes] if len(dims) == 4 and all(static(i) for i in hw_axes)
+                         else None)
+    return load_data(args.data, size=size, mean=args.mean, std=args.std, channels=static(c_axis) or 3,
+                     require_labels=False, samples=args.samples, seed=args.seed, input_names=[name],
+                     channel_order=args.channel_order or "rgb", layout=layout,
+                     scale=args.scale if args.scale is not None else 1 / 255)
+
+
+def _single_input(model) -> tuple[str, list[int | None]]:
+    """(name, static dims or None) of the model's one input; scoring feeds one tensor."""
     inits = {t.name for t in model.graph.initializer}
-    for i in model.graph.input:
-        if i.name not in inits:
-            dims = i.type.tensor_type.shape.dim
-            if len(dims) >= 2 and dims[1].HasField("dim_value"):
-                return dims[1].dim_value
-            return None
-    return None
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise GraphpruneError(f"importance scores models with one input; this one has {len(inputs)} "
+                              f"({', '.join(i.name for i in inputs)})")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims

@@ -10,7 +10,7 @@ need. This bridge:
   under the sanitised ONNX node name (``bridge.module_for_node(name)``), so
   zennit composites and captum layer methods work unchanged and each Conv's
   output can be hooked by its ONNX node name;
-* runs every other node as a small torch function (graphprune.bridge_ops) in
+* runs every other node as a small torch function (graphprune.bridge.ops) in
   graph order inside ``forward``, eagerly, so dynamic shapes and batch work;
 * resolves weights given as initializers, as Constant nodes (Paddle exports)
   or through Identity nodes, and makes layers that share an initializer share
@@ -34,11 +34,13 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from graphprune.bridge_layers import Layer, Sum, WeightUse, build_layer
-from graphprune.bridge_ops import OPS, _split
+from graphprune.bridge.layers import Layer, Sum, WeightUse, build_layer
+from graphprune.bridge.ops import OPS, _split
 from graphprune.errors import GraphpruneError
 
 __all__ = ["OnnxModule", "to_torch", "Sum"]
+
+_PRODUCER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -114,6 +116,7 @@ class OnnxModule(nn.Module):
         self._const_t = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in self._const_np.items()}
 
         self._node_to_key: dict[str, str] = {}
+        self._ambiguous: set[str] = set()  # node names given to more than one module
         self._uses: dict[str, tuple[str, WeightUse]] = {}   # canonical const -> (module key, use)
         self._shared: dict[tuple, torch.Tensor] = {}  # (const, kind, shape, is_param) -> tensor
         self._steps: list[_Step] = []
@@ -177,7 +180,10 @@ class OnnxModule(nn.Module):
         step.inputs = list(node.input[:1])
         if node.op_type == "Add":
             step.inputs = list(node.input)
-        self._node_to_key[node.name or node.output[0]] = key
+        name = node.name or node.output[0]
+        if name in self._node_to_key:
+            self._ambiguous.add(name)
+        self._node_to_key[name] = key
         return step
 
     def _bind(self, module: nn.Module, key: str, use: WeightUse) -> None:
@@ -254,6 +260,9 @@ class OnnxModule(nn.Module):
     # -- mapping ------------------------------------------------------------
     def module_for_node(self, node_name: str) -> nn.Module:
         """The nn module an ONNX node became (KeyError naming the node when it runs as a function)."""
+        if node_name in self._ambiguous:  # which of them? refuse rather than hook the wrong layer
+            raise GraphpruneError(f"ONNX node name {node_name!r} is not unique in the model; "
+                                  "bridge graphprune.load(model), which names nodes uniquely")
         if node_name not in self._node_to_key:
             raise KeyError(f"ONNX node {node_name!r} has no module in the bridge")
         return self._modules[self._node_to_key[node_name]]
@@ -266,6 +275,14 @@ class OnnxModule(nn.Module):
     def conv_nodes(self) -> list[str]:
         """ONNX names of the Conv nodes that became nn.Conv modules, in graph order."""
         return self.node_names("Conv")
+
+    def producer_nodes(self) -> list[str]:
+        """ONNX names of the nodes whose output channels pruning removes (Conv, ConvTranspose,
+        Gemm, constant-weight MatMul) and that became modules, in graph order. A hook on
+        such a module sees the node's output channels (Gemm's alpha/beta and an unfolded
+        bias, or an asymmetric ConvTranspose's crop, are applied after the module)."""
+        return [s.node.name or s.outputs[0] for s in self._steps
+                if s.key is not None and s.node.op_type in _PRODUCER_OPS]
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
         """(Conv, BatchNormalization) node pairs where the BN is the Conv output's only consumer."""
