@@ -7,6 +7,7 @@ import onnx
 
 from graphprune.analysis import Analysis, Group, analyse_graph, fingerprint
 from graphprune.counting import Counts, count
+from graphprune.inputs import check_input_shapes
 from graphprune.modelio import read_model, write_model
 from graphprune.passes import NormalizePass, PruneChannelsPass
 from graphprune.selection import PruningPlan, choose
@@ -27,11 +28,16 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def analyse(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
-    """Find the channel groups of `model` (normalised first unless it came from `load`)."""
+def analyse(model: onnx.ModelProto, allow_inexact: bool = False,
+            input_shapes: dict[str, list[int]] | None = None) -> Analysis:
+    """Find the channel groups of `model` (normalised first unless it came from `load`).
+
+    `input_shapes` ({input name: dims}) pins dynamic dims for the analysis only, so shapes
+    that depend on them are known; the plan still prunes the model with its dynamic dims."""
     if fingerprint(model) not in _NORMALISED:
         model = load(model)
-    return analyse_graph(model, allow_inexact=allow_inexact)
+    check_input_shapes(model, input_shapes)
+    return analyse_graph(model, allow_inexact=allow_inexact, input_shapes=input_shapes)
 
 
 def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True) -> onnx.ModelProto:
