@@ -31,7 +31,11 @@ class PruneChannelsPass(Pass):
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         graph = apply_rules(model, self.plan, "rewrite")
         fixed = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-        for g in walk_graphs(graph):  # If/Loop bodies too
+        for g in walk_graphs(graph):  # in bodies too; what crosses a Loop/Scan body is frozen: kept
+            fixed |= {t.name for t in g.inputs}
+            fixed |= {t.name for n in g.nodes if n.op != "If" for b in n.attrs.values()
+                      if isinstance(b, gs.Graph) for t in b.outputs}
+        for g in walk_graphs(graph):
             for t in g.tensors().values():
                 if isinstance(t, gs.Variable) and t.name not in fixed:
                     t.shape = None  # stale after pruning; re-inferred below

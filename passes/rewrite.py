@@ -46,6 +46,7 @@ def export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
         for c, v in zip(constants, stand_ins):
             _swap(v, c)
     del out.graph.value_info[:]  # intermediate shapes are stale after a rewrite
+    _drop_shapeless_value_info(out.graph)
     inits = out.graph.initializer
     for c in constants:
         proto = getattr(getattr(c, "_values", None), "tensor", None)
@@ -61,6 +62,18 @@ def export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
             t.raw_data = arr.tobytes()
     copy_model_fields(like, out)
     return out
+
+
+def _drop_shapeless_value_info(graph: onnx.GraphProto) -> None:
+    """In bodies, gs lists every tensor (outer-scope reads too); entries whose shape a rewrite
+    cleared carry no information and fail the checker: dropped."""
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                keep = [v for v in a.g.value_info if v.type.tensor_type.HasField("shape")]
+                del a.g.value_info[:]
+                a.g.value_info.extend(keep)
+                _drop_shapeless_value_info(a.g)
 
 
 def _all_constants(graph: gs.Graph) -> list[gs.Constant]:
