@@ -20,7 +20,6 @@ from scipy.sparse.csgraph import connected_components
 from graphprune.channel_rules import BODY_OPS, rule_for
 from graphprune.channels import ChannelMap, PropagationContext, Source
 from graphprune.errors import GraphpruneError
-from graphprune.shapes import pin_input_shapes
 
 PRODUCER_KINDS = ("conv", "convtranspose", "gemm", "matmul")
 
@@ -112,13 +111,13 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False,
-                  input_shapes: dict[str, list[int]] | None = None) -> Analysis:
+                  shaped: onnx.ModelProto | None = None) -> Analysis:
     """Analyse a model already normalised by `NormalizePass` (see `graphprune.analyse`).
 
-    `input_shapes` pins dynamic input dims for the analysis only: shapes are inferred on a
-    pinned copy (same nodes, same names), and the Analysis describes the unpinned `model`,
-    so a pruned model keeps the user's dynamic dims."""
-    graph = import_graph(pin_input_shapes(model, input_shapes) if input_shapes else model)
+    `shaped`: `model` with other shape information (the same nodes and names, inputs pinned
+    by --input-shape, see `graphprune.passes.normalize.pinned_shapes`). Rules read shapes
+    from it; the Analysis describes `model`, so a pruned model keeps the user's dynamic dims."""
+    graph = import_graph(shaped if shaped is not None else model)
     if not any(n.op in ("Conv", "ConvTranspose") for g in walk_graphs(graph) for n in g.nodes):
         raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
     ctx = PropagationContext(allow_inexact=allow_inexact, graph_outputs={t.name for t in graph.outputs})

@@ -10,6 +10,7 @@ from graphprune.counting import Counts, count
 from graphprune.inputs import check_input_shapes
 from graphprune.modelio import read_model, write_model
 from graphprune.passes import NormalizePass, PruneChannelsPass
+from graphprune.passes.normalize import pinned_shapes
 from graphprune.selection import PruningPlan, choose
 from graphprune.verify import VerifyReport, verify
 
@@ -37,7 +38,8 @@ def analyse(model: onnx.ModelProto, allow_inexact: bool = False,
     if fingerprint(model) not in _NORMALISED:
         model = load(model)
     check_input_shapes(model, input_shapes)
-    return analyse_graph(model, allow_inexact=allow_inexact, input_shapes=input_shapes)
+    shaped = pinned_shapes(model, input_shapes) if input_shapes else None
+    return analyse_graph(model, allow_inexact=allow_inexact, shaped=shaped)
 
 
 def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True) -> onnx.ModelProto:

@@ -27,7 +27,7 @@ from graphprune.passes.control_flow import inline_constant_ifs
 from graphprune.passes.fold_constants import fold_constants
 from graphprune.passes.graph_step import replace_uses
 from graphprune.passes.rewrite import export
-from graphprune.shapes import infer_shapes
+from graphprune.shapes import infer_shapes, pin_input_shapes
 
 G_LOGGER.severity = G_LOGGER.ERROR  # gs warns on every unused tensor
 
@@ -50,6 +50,21 @@ class NormalizePass(Pass):
         _name_nodes(graph)
         _unique_tensor_names(graph)
         return infer_shapes(export(graph, model))
+
+
+def pinned_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """`model` (normalised) with the shapes its tensors have when the inputs have `input_shapes`.
+
+    Pinned dims make more `Shape` reads static; shape inference alone does not always follow
+    them into Reshape targets (Paddle's Shape/Slice/Concat), so a normalised copy of the
+    pinned model is inferred and its shapes are copied back by name. Only shapes come back:
+    the analysed graph is still `model`'s, whose computed values adapt to pruned sizes."""
+    pinned = pin_input_shapes(model, input_shapes)
+    folded = NormalizePass().run(pinned)
+    known = {v.name: v for v in folded.graph.value_info if v.type.tensor_type.HasField("shape")}
+    have = {v.name for v in pinned.graph.value_info if v.type.tensor_type.HasField("shape")}
+    pinned.graph.value_info.extend(v for name, v in known.items() if name not in have)
+    return pinned
 
 
 def _reads_unknown_shapes(graph: gs.Graph) -> bool:

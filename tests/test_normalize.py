@@ -205,3 +205,21 @@ def test_open_nsfw_stem_is_prunable():
     stem = an.groups[0]
     assert stem.prunable, stem.reason
     assert sum(g.prunable for g in an.groups) >= 37
+
+
+REC = os.path.join(ROOT, ".cache/models/rapidocr/ch_PP-OCRv4_rec_infer.onnx")
+
+
+@pytest.mark.skipif(not os.path.exists(REC), reason="run tools/fetch_real_models.sh (make test does)")
+def test_pinned_width_lifts_no_shape_known_freezes_on_paddle_rec():
+    """Paddle's SVTR neck reshapes with targets computed from Shape(x): with a dynamic width the
+    analysis cannot see where channels go; pinned, it can, and the pruned model stays dynamic."""
+    loaded = gp.load(REC)
+    free = gp.analyse(loaded)
+    assert any("no shape known" in g.reason for g in free.groups)
+    shapes = {"x": [1, 3, 48, 320]}
+    loaded, an, pruned = _prune_and_verify(REC, ratio=0.3, shapes=shapes)
+    assert sum(g.prunable for g in an.groups) > sum(g.prunable for g in free.groups)
+    assert not any("no shape known" in g.reason for g in an.groups)
+    x = np.zeros((2, 3, 48, 160), np.float32)  # another batch and width still run
+    assert run(pruned, {"x": x})[0].shape == run(loaded, {"x": x})[0].shape
