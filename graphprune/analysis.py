@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphprune.channel_rules import rule_for
+from graphprune.channel_rules import BODY_OPS, rule_for
 from graphprune.channels import ChannelMap, PropagationContext, Source
 from graphprune.errors import GraphpruneError
 
@@ -64,11 +64,31 @@ class Analysis:
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
-    """Identifies a graph's structure (node names, ops, wiring); plans refer to it."""
+    """Identifies a graph's structure (node names, ops, wiring, in control-flow bodies too);
+    plans refer to it."""
     h = hashlib.sha1()
-    for n in model.graph.node:
+    for n in all_nodes(model.graph):
         h.update(f"{n.name}|{n.op_type}|{','.join(n.input)}|{','.join(n.output)};".encode())
     return h.hexdigest()
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of `graph` and of its If/Loop/Scan bodies, outer scope first."""
+    for n in graph.node:
+        yield n
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from all_nodes(sub)
+
+
+def walk_graphs(graph: gs.Graph):
+    """A gs graph, then every control-flow body in it (nested ones too), outer first."""
+    yield graph
+    for node in graph.nodes:
+        for v in node.attrs.values():
+            if isinstance(v, gs.Graph):
+                yield from walk_graphs(v)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -82,38 +102,43 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         stripped.graph.input.extend(keep)
         model = stripped
     graph = gs.import_onnx(model)
-    for node in graph.nodes:  # rules read the opset to know attribute-vs-input forms
-        node._graphprune_opset = graph.opset
+    for g in walk_graphs(graph):  # rules read the opset to know attribute-vs-input forms
+        for node in g.nodes:
+            node._graphprune_opset = graph.opset
     return graph
 
 
-def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
-    """Analyse a model already normalised by `NormalizePass` (see `graphprune.analyse`)."""
-    graph = import_graph(model)
-    if not any(n.op in ("Conv", "ConvTranspose") for n in graph.nodes):
+def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False,
+                  shaped: onnx.ModelProto | None = None) -> Analysis:
+    """Analyse a model already normalised by `NormalizePass` (see `graphprune.analyse`).
+
+    `shaped`: `model` with other shape information (the same nodes and names, inputs pinned
+    by --input-shape, see `graphprune.passes.normalize.pinned_shapes`). Rules read shapes
+    from it; the Analysis describes `model`, so a pruned model keeps the user's dynamic dims."""
+    graph = import_graph(shaped if shaped is not None else model)
+    if not any(n.op in ("Conv", "ConvTranspose") for g in walk_graphs(graph) for n in g.nodes):
         raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
     ctx = PropagationContext(allow_inexact=allow_inexact, graph_outputs={t.name for t in graph.outputs})
-    for node in graph.nodes:
+    for node in graph.nodes:  # the If/Loop rules follow channels into their bodies
         rule_for(node).propagate(node, ctx)
     for out in graph.outputs:
         ctx.freeze_tensor(out, f"feeds graph output {out.name}")
-    for name in _names_used_in_subgraphs(model.graph):
+    for name, op in _names_used_in_unfollowed_bodies(model.graph).items():
         if name in ctx.maps:
-            ctx.freeze(ctx.maps[name].elems, f"{name} is used inside a control-flow subgraph")
+            ctx.freeze(ctx.maps[name].elems, f"{name} is used inside the body of {op}, which is not followed")
     return _partition(model, ctx, allow_inexact)
 
 
-def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-
-    def walk(g: onnx.GraphProto):
-        for n in g.node:
-            for a in n.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    for sn in sub.node:
-                        names.update(sn.input)
-                    walk(sub)
-    walk(graph)
+def _names_used_in_unfollowed_bodies(graph: onnx.GraphProto) -> dict[str, str]:
+    """Names read inside the bodies of ops whose rule does not follow bodies (not If/Loop/Scan)."""
+    names: dict[str, str] = {}
+    for n in all_nodes(graph):
+        if n.op_type in BODY_OPS and n.domain in ("", "ai.onnx"):
+            continue
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                for sn in all_nodes(sub):
+                    names.update((i, n.op_type) for i in sn.input)
     return names
 
 

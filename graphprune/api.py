@@ -11,6 +11,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.inputs import checked_shapes
 from graphprune.modelio import parse_model, read_model, write_model
 from graphprune.passes import NormalizePass, PruneChannelsPass
+from graphprune.passes.normalize import pinned_shapes
 from graphprune.plan_target import model_for_plan
 from graphprune.selection import PruningPlan, choose
 from graphprune.smoke import check_pruned_runs, original_output_shapes
@@ -46,13 +47,19 @@ def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def analyse(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
-    """Find the channel groups of `model` (normalised first unless it came from `load`)."""
+def analyse(model: onnx.ModelProto, allow_inexact: bool = False,
+            input_shapes: dict[str, list[int]] | None = None) -> Analysis:
+    """Find the channel groups of `model` (normalised first unless it came from `load`).
+
+    `input_shapes` ({input name: dims}) pins dynamic dims for the analysis only, so shapes
+    that depend on them are known; the plan still prunes the model with its dynamic dims."""
     if fingerprint(model) not in _NORMALISED:
         model = load(model)
     else:
         check_finite_weights(model)  # same structure as a loaded model, but maybe other weights
-    return analyse_graph(model, allow_inexact=allow_inexact)
+    input_shapes = checked_shapes(model, input_shapes)
+    shaped = pinned_shapes(model, input_shapes) if input_shapes else None
+    return analyse_graph(model, allow_inexact=allow_inexact, shaped=shaped)
 
 
 def prune(model: onnx.ModelProto, plan: PruningPlan, check: bool = True, *,

@@ -814,6 +814,69 @@ RULES: dict[str, Rule] = {
 }
 
 
+
+# --------------------------------------------------------------------------- control flow
+class ControlFlow(Rule):
+    """If / Loop / Scan: the rules of the body nodes run in the same context, so channels
+    are followed into bodies (outer-scope reads included) and convs inside are prunable.
+    If: an output carries channels only when both branches give it channels on the same
+    axis and count; those are coupled (channel k of either branch goes together), so both
+    branches keep agreeing on the output's shape. Any other branch output is frozen.
+    Loop / Scan: what enters or leaves the body (loop-carried values, outer-scope reads,
+    outputs) is frozen; channels that stay inside the body are followed."""
+
+    def propagate(self, node, ctx):
+        bodies = [v for v in node.attrs.values() if isinstance(v, gs.Graph)]
+        for body in bodies:
+            ctx.graph_outputs |= {t.name for t in body.outputs}  # set_map must not drop them
+        if node.op != "If":
+            _freeze_inputs(node, ctx, f"channels enter the body of {node.op}")
+            for body in bodies:
+                for name in _outer_reads(body):
+                    if name in ctx.maps:
+                        ctx.freeze(ctx.maps[name].elems, f"{name} is read inside the body of {node.op} {node.name}")
+        for body in bodies:
+            for inner in body.nodes:
+                rule_for(inner).propagate(inner, ctx)
+        if node.op != "If":
+            for body in bodies:
+                for t in body.outputs:
+                    ctx.freeze_tensor(t, f"channels leave the body of {node.op} {node.name}")
+            return
+        ctx.freeze_tensor(node.inputs[0], "If condition")
+        self._join_branches(node, ctx, node.attrs["then_branch"], node.attrs["else_branch"])
+
+    def _join_branches(self, node, ctx, then_g, else_g):
+        for k, out in enumerate(node.outputs):
+            a, b = ctx.map(then_g.outputs[k]), ctx.map(else_g.outputs[k])
+            if a is None and b is None:
+                continue
+            if a is None or b is None or (a.axis, a.rank, len(a.elems)) != (b.axis, b.rank, len(b.elems)):
+                reason = f"the branches of If {node.name} give output {k} different channels"
+                for m in (a, b):
+                    if m is not None:
+                        ctx.freeze(m.elems, reason)
+                continue
+            ctx.union(a.elems, b.elems)
+            if out.name:
+                ctx.set_map(out, a.axis, a.elems, node, rank=a.rank)
+
+
+def _outer_reads(body: gs.Graph) -> set[str]:
+    """Names a body (nested bodies included) reads from enclosing scopes."""
+    produced, read = {t.name for t in body.inputs}, set()
+    for inner in body.nodes:
+        produced.update(t.name for t in inner.outputs)
+        read.update(t.name for t in inner.inputs if not isinstance(t, gs.Constant))
+        for v in inner.attrs.values():
+            if isinstance(v, gs.Graph):
+                read |= _outer_reads(v)
+    return read - produced
+
+
+BODY_OPS = ("If", "Loop", "Scan")
+RULES.update({op: ControlFlow() for op in BODY_OPS})
+
 def rule_for(node: gs.Node) -> Rule:
     if node.domain not in (None, "", "ai.onnx"):
         return Freeze(f"custom op {node.domain}::{node.op}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from graphprune.analysis import Analysis
+from graphprune.analysis import Analysis, all_nodes
 from graphprune.arrays import view
 from graphprune.errors import GraphpruneError
 from graphprune.metadata import read_importance
@@ -50,12 +50,12 @@ def _normalised(v: np.ndarray) -> np.ndarray:
 def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """(elements, scores) pairs to average per unit, and notes about fallbacks."""
     model = an.model
-    nodes = {n.name: n for n in model.graph.node}
+    nodes = {n.name: n for n in all_nodes(model.graph)}
     inits = _initializers(model)
     notes: list[str] = []
     pairs = []
     if criterion == "bn":
-        for n in model.graph.node:
+        for n in all_nodes(model.graph):
             if n.op_type == "BatchNormalization" and n.input[0] in an.maps and n.input[1] in inits:
                 pairs.append((an.maps[n.input[0]].elems, np.abs(view(inits[n.input[1]]))))
         return pairs, notes

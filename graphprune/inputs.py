@@ -89,10 +89,9 @@ def check_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]] | No
             raise GraphpruneError(f"--input-shape: the model has no input {name!r} "
                                   f"(inputs: {', '.join(declared)})")
         fixed = declared[name].type.tensor_type.shape.dim
-        # dim_value <= 0 (Paddle writes -1) is a dynamic dim, as in concrete_shapes
-        if len(fixed) != len(dims) or any(d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v
-                                          for d, v in zip(fixed, dims)):
-            want = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "?" for d in fixed]
+        static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in fixed]  # Paddle: -1
+        if len(fixed) != len(dims) or any(d is not None and d != v for d, v in zip(static, dims)):
+            want = [d if d is not None else "?" for d in static]
             raise GraphpruneError(f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's "
                                   f"input shape {want}")
 

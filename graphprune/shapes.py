@@ -45,6 +45,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     del out.graph.value_info[:]
     out.graph.value_info.extend(inferred.graph.value_info)
+    _copy_body_shapes(inferred.graph, out.graph)
     # graph outputs gain shapes too when they had none
     by_name = {o.name: o for o in inferred.graph.output}
     for o in out.graph.output:
@@ -56,3 +57,35 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def check(model: onnx.ModelProto) -> None:
     """onnx.checker with strict shape inference; raises onnx's own exception types."""
     onnx.checker.check_model(_skeleton(model), full_check=True)
+
+
+def _copy_body_shapes(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+    """Shapes onnx inferred inside If/Loop bodies (the skeleton has the same nodes, in order)."""
+    for sn, dn in zip(src.node, dst.node):
+        for sa, da in zip(sn.attribute, dn.attribute):
+            if sa.type == onnx.AttributeProto.GRAPH and da.type == onnx.AttributeProto.GRAPH:
+                del da.g.value_info[:]
+                da.g.value_info.extend(sa.g.value_info)
+                for so, do in zip(sa.g.output, da.g.output):
+                    if not do.type.tensor_type.HasField("shape") and so.type.tensor_type.HasField("shape"):
+                        do.CopyFrom(so)
+                _copy_body_shapes(sa.g, da.g)
+
+
+def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy whose named inputs have the given static dims, shapes re-inferred: what the
+    analysis sees when `--input-shape` pins dynamic dims (the user's model keeps them).
+    Graph outputs lose their declared shapes: symbolic dims there would contradict the
+    now-static inferred ones. Known intermediate shapes are kept: inference refines their
+    symbolic dims and cannot always re-derive them (exporters' shapes inside If bodies)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    return infer_shapes(m)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphprune.analysis import all_nodes, walk_graphs
 from graphprune.errors import GraphpruneError
 from graphprune.metadata import (IMPORTANCE_KEY, PER_CLASS_KEY, decode_per_class, encode_per_class, get_json,
                                  set_json)
@@ -30,9 +31,14 @@ class PruneChannelsPass(Pass):
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         graph = apply_rules(model, self.plan, "rewrite")
         fixed = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-        for t in graph.tensors().values():
-            if isinstance(t, gs.Variable) and t.name not in fixed:
-                t.shape = None  # stale after pruning; re-inferred below
+        for g in walk_graphs(graph):  # in bodies too; what crosses a Loop/Scan body is frozen: kept
+            fixed |= {t.name for t in g.inputs}
+            fixed |= {t.name for n in g.nodes if n.op != "If" for b in n.attrs.values()
+                      if isinstance(b, gs.Graph) for t in b.outputs}
+        for g in walk_graphs(graph):
+            for t in g.tensors().values():
+                if isinstance(t, gs.Variable) and t.name not in fixed:
+                    t.shape = None  # stale after pruning; re-inferred below
         out = export(graph, model)
         _update_importance(out, self.plan)
         if self.check:
@@ -59,7 +65,7 @@ def _update_importance(model: onnx.ModelProto, plan: PruningPlan) -> None:
     per_class = get_json(model, PER_CLASS_KEY)
     if imp is None and per_class is None:
         return
-    nodes = {n.name: n for n in plan.analysis.model.graph.node}
+    nodes = {n.name: n for n in all_nodes(plan.analysis.model.graph)}
     if imp is not None:
         for name, scores in list(imp.get("scores", {}).items()):
             mask = _output_mask(plan, nodes[name]) if name in nodes else None

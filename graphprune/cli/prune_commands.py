@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of groups")
     p.add_argument("--allow-inexact", action="store_true",
                    help="let groups through LayerNorm/Softmax over channels be pruned (not exact)")
+    add_input_shape(p, "so shapes that depend on it are known to the analysis")
     p.set_defaults(func=analyze)
 
     p = sub.add_parser("prune", help="remove the lowest-ranked filters of every prunable group")
@@ -29,15 +30,16 @@ def register(sub) -> None:
     p.add_argument("--allow-inexact", action="store_true",
                    help="also prune channels pooled by LayerNorm/Softmax (reported as inexact)")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random and --verify inputs")
-    add_input_shape(p, "for counting and --verify")
+    add_input_shape(p, "for the analysis, counting and --verify")
     p.set_defaults(func=prune)
 
 
 def analyze(args) -> int:
     import graphprune as gp
 
+    shapes = parse_input_shapes(args.input_shape)
     model = gp.load(args.model)
-    an = gp.analyse(model, allow_inexact=args.allow_inexact)
+    an = gp.analyse(model, allow_inexact=args.allow_inexact, input_shapes=shapes)
     if args.json:
         json.dump([g.to_json() for g in an.groups], sys.stdout, indent=1)
         print()
@@ -68,7 +70,7 @@ def prune(args) -> int:
     shapes = parse_input_shapes(args.input_shape)
     model = gp.load(args.model)
     check_input_shapes(model, shapes)
-    an = gp.analyse(model, allow_inexact=args.allow_inexact)
+    an = gp.analyse(model, allow_inexact=args.allow_inexact, input_shapes=shapes)
     plan = gp.choose(an, ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, seed=args.seed)
     for note in plan.notes:
         print(f"note: {note}")
