@@ -507,7 +507,119 @@ def reshape_channel_map(shape_in: list, shape_out: list, axis: int, elems: np.nd
     return None
 
 
+def _resolve_target(shape_in: list, target: list) -> list | None:
+    """A Reshape's output dims from its target entries (ints, None where computed): 0 copies
+    the input dim, -1 takes the rest: a symbolic batch (tf2onnx's `-1`) stays that symbol."""
+    out = [shape_in[i] if t == 0 and i < len(shape_in) else t for i, t in enumerate(target)]
+    if out.count(-1) != 1:
+        return out if -1 not in out else None
+    known = [d for d in out if d != -1]
+    if None in shape_in or None in known:
+        return None
+    syms_in = sorted(d for d in shape_in if isinstance(d, str))
+    syms_known = sorted(d for d in known if isinstance(d, str))
+    rest = list(syms_in)
+    for sym in syms_known:
+        if sym not in rest:
+            return None
+        rest.remove(sym)
+    num = math.prod(int(d) for d in shape_in if not isinstance(d, str))
+    den = math.prod(int(d) for d in known if not isinstance(d, str))
+    if den == 0 or num % den:
+        return None
+    factor = num // den
+    if rest:
+        if factor != 1 or len(rest) != 1:
+            return None
+        fill = rest[0]
+    else:
+        fill = factor
+    return [fill if d == -1 else d for d in out]
+
+
+def _target_pieces(target: gs.Tensor) -> list[tuple[gs.Node | None, int, gs.Tensor]] | None:
+    """The 1-D tensors a Reshape target is made of: itself, or the inputs of the Concat that
+    builds it (`x.view(x.size(0), 20, -1)` after the static dims were folded)."""
+    if isinstance(target, gs.Constant):
+        return [(None, 1, target)]
+    if len(target.inputs) == 1 and target.inputs[0].op == "Concat" and len(target.outputs) == 1:
+        cat = target.inputs[0]
+        return [(cat, i, t) for i, t in enumerate(cat.inputs)]
+    return None
+
+
+def _target_entries(node: gs.Node) -> list[tuple[gs.Node | None, int, int, gs.Tensor]] | None:
+    """Per target position: (holder node or None for the Reshape itself, input index of the
+    piece, position in the piece, piece tensor); None where the pieces are not 1-D or sized."""
+    pieces = _target_pieces(node.inputs[1]) if len(node.inputs) > 1 else None
+    if pieces is None:
+        return None
+    entries = []
+    for holder, idx, t in pieces:
+        shape = t.shape
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], (int, np.integer)):
+            return None
+        entries += [(holder, idx, k, t) for k in range(int(shape[0]))]
+    return entries
+
+
+# ops through which a shape value stays a function of shapes (constants only as indices)
+_SHAPE_ARITHMETIC = {"Gather": (0,), "Slice": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Cast": (0,),
+                     "Identity": (0,), "ReduceProd": (0,), "Concat": None, "Mul": None}
+
+
+def _from_shapes_of(t: gs.Tensor, elems: np.ndarray, maps: dict, depth: int = 0) -> bool:
+    """Whether `t` is computed only from the shapes of tensors that carry `elems` (so it
+    follows the pruned channel count at run time)."""
+    if depth > 16 or isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return False
+    p = t.inputs[0]
+    if p.op == "Shape":
+        m = maps.get(p.inputs[0].name)
+        return m is not None and np.array_equal(m.elems, elems)
+    if p.op not in _SHAPE_ARITHMETIC:
+        return False
+    which = _SHAPE_ARITHMETIC[p.op]
+    ins = p.inputs if which is None else [p.inputs[i] for i in which]
+    return all(_from_shapes_of(i, elems, maps, depth + 1) for i in ins)
+
+
+def _channel_entry(node: gs.Node, o: int, in_axis: int, elems: np.ndarray, maps: dict):
+    """How the target's entry `o` (where the channels land) follows pruning: 'fixed' (-1, or
+    0 copying the channel axis), 'derived' (computed from the pruned tensors' shapes),
+    ('const', holder, input index, position) to rewrite, or None (a stale literal)."""
+    entries = _target_entries(node)
+    if entries is None:
+        return "derived" if len(node.inputs) > 1 and _from_shapes_of(node.inputs[1], elems, maps) else None
+    if o >= len(entries):
+        return None
+    holder, idx, k, t = entries[o]
+    v = const(t)
+    if v is None:
+        return "derived" if _from_shapes_of(t, elems, maps) else None
+    val = int(v.reshape(-1)[k])
+    if val == -1 or (val == 0 and in_axis == o):
+        return "fixed"
+    return ("const", holder, idx, k) if val > 0 else None
+
+
+def _literal_target(node: gs.Node) -> list | None:
+    entries = _target_entries(node)
+    if entries is None:
+        return None
+    out = []
+    for _, _, k, t in entries:
+        v = const(t)
+        out.append(None if v is None else int(v.reshape(-1)[k]))
+    return out
+
+
 class Reshape(Rule):
+    """Channels move intact (a Squeeze/Unsqueeze written as Reshape, as tf2onnx does) or merge
+    with the dims after them (flatten). The channel count in the target is rewritten, whether
+    the target is a literal or a Concat of literal and computed pieces; a count that cannot
+    be rewritten freezes the channels (a stale count makes a model onnxruntime refuses)."""
+
     def propagate(self, node, ctx):
         x, y = node.inputs[0], node.outputs[0]
         m = ctx.map(x)
@@ -515,21 +627,32 @@ class Reshape(Rule):
             return
         si, so = ctx.shape(x), ctx.shape(y)
         res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
+        literal = _literal_target(node)
+        if res is None and si is not None and literal is not None and not node.attrs.get("allowzero", 0):
+            resolved = _resolve_target(si, literal)
+            res = reshape_channel_map(si, resolved, m.axis, m.elems) if resolved is not None else None
         if res is None:
             _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis, as a channel shuffle or attention heads do")
+            return
+        if _channel_entry(node, res[0], m.axis, m.elems, ctx.maps) is None:
+            _freeze_inputs(node, ctx, "Reshape target holds the channel count in a form that cannot be rewritten")
             return
         ctx.set_map(y, res[0], res[1], node)
 
     def rewrite(self, node, rctx):
-        y = node.outputs[0]
-        target = const(node.inputs[1]) if len(node.inputs) > 1 else None
-        if target is None or not rctx.changed(y):
+        x, y = node.inputs[0], node.outputs[0]
+        if not rctx.changed(y):
             return
-        o = rctx.maps[y.name].axis
-        if target[o] > 0:
-            target = target.copy()
-            target[o] = int(rctx.mask(y).sum())
-            rctx.set_input(node, 1, target)
+        o, m_in = rctx.maps[y.name].axis, rctx.maps[x.name]
+        entry = _channel_entry(node, o, m_in.axis, m_in.elems, rctx.maps)
+        if not isinstance(entry, tuple):
+            return
+        _, holder, idx, k = entry
+        holder = holder or node
+        v = const(holder.inputs[idx]).copy()
+        flat = v.reshape(-1)
+        flat[k] = int(rctx.mask(y).sum())
+        rctx.set_input(holder, idx, v)
 
 
 class Concat(Rule):

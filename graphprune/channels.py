@@ -9,7 +9,8 @@ that share a producer form *groups*: the unit of pruning and the unit of reporti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -118,6 +119,8 @@ class RewriteContext:
     maps: dict[str, ChannelMap]
     keep: np.ndarray                      # bool per element
     opset: int = 13
+    # (source constant name, dtype, shape, digest) -> the sliced constant already made from it
+    _made: dict = field(default_factory=dict, repr=False)
 
     def mask(self, t: gs.Tensor) -> np.ndarray | None:
         m = self.maps.get(t.name) if t is not None and t.name else None
@@ -128,7 +131,15 @@ class RewriteContext:
         return mask is not None and not bool(mask.all())
 
     def set_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
-        """Give `node` its own constant for input `index`: shared initializers stay intact."""
+        """Give `node` a new constant for input `index`; the original stays intact for its
+        other users. Consumers that slice one shared initializer identically (an unrolled
+        RNN's per-step Gemms, PyTorch's deduplicated biases) get ONE new constant: a copy
+        per consumer would multiply the parameters of the pruned model."""
         old = node.inputs[index]
-        const = gs.Constant(f"{old.name}__pruned_{node.name}", np.ascontiguousarray(values))
+        values = np.ascontiguousarray(values)
+        key = (old.name, values.dtype.str, values.shape, hashlib.blake2b(values.tobytes(), digest_size=16).digest())
+        const = self._made.get(key)
+        if const is None or not np.array_equal(const.values, values):
+            const = gs.Constant(f"{old.name}__pruned_{node.name}", values)
+            self._made[key] = const
         node.inputs[index] = const
