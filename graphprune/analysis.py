@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from graphprune.channel_rules import rule_for
+from graphprune.channel_rules import check_supported, rule_for
 from graphprune.channels import ChannelMap, PropagationContext, Source
 from graphprune.errors import GraphpruneError
 
@@ -92,6 +92,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False) -> Analysis:
     """Analyse a model already normalised by `NormalizePass` (see `graphprune.analyse`)."""
     graph = import_graph(model)
+    check_supported(graph.nodes)
     if not any(n.op in ("Conv", "ConvTranspose") for n in graph.nodes):
         raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
     ctx = PropagationContext(allow_inexact=allow_inexact, graph_outputs={t.name for t in graph.outputs})

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from graphprune.arrays import constant_values
 from graphprune.channels import PropagationContext, RewriteContext
+from graphprune.errors import GraphpruneError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,11 +56,6 @@ def _norm_axis(axis: int, rank: int) -> int:
 def _freeze_inputs(node: gs.Node, ctx: PropagationContext, reason: str) -> None:
     for t in node.inputs:
         ctx.freeze_tensor(t, f"{reason}, at {node.name}")
-
-
-def _take2(w: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """w[rows][:, cols] for boolean masks (np.take's block copies: 3-4x faster than np.ix_)."""
-    return np.take(np.take(w, np.flatnonzero(rows), axis=0), np.flatnonzero(cols), axis=1)
 
 
 def _set_all_outputs(node, ctx, axis, elems):
@@ -245,10 +241,83 @@ class Pool(Rule):
 
 
 # --------------------------------------------------------------------------- producers
+class Param:
+    """A weight-like input: a constant, or DequantizeLinear of constants (the weights and
+    biases of a QDQ model: integers with per-tensor or per-axis scales). Slicing slices the
+    stored values and, along the quantization axis, the scales and zero points, so a QDQ
+    model stays QDQ; zeroing writes the zero point, whose dequantized value is 0."""
+
+    def __init__(self, node: gs.Node, index: int):
+        self.node, self.index, self.dq, self.values = node, index, None, None
+        if not has_input(node, index):
+            return
+        t = node.inputs[index]
+        if isinstance(t, gs.Constant):
+            self.values = const(t)
+            return
+        p = t.inputs[0] if len(t.inputs) == 1 else None
+        if p is not None and p.op == "DequantizeLinear" and len(t.outputs) == 1 and "block_size" not in p.attrs \
+                and all(isinstance(i, gs.Constant) for i in p.inputs if i.name):
+            self.dq, self.values = p, const(p.inputs[0])
+
+    @property
+    def present(self) -> bool:
+        return has_input(self.node, self.index)
+
+    @property
+    def ok(self) -> bool:
+        """Absent, or readable: the rule can slice it."""
+        return not self.present or self.values is not None
+
+    def _qaxis(self) -> int | None:
+        """The axis the scales run along (None: per-tensor)."""
+        scale = const(self.dq.inputs[1])
+        if scale.size == 1 and scale.ndim <= 1:
+            return None
+        return _norm_axis(int(self.dq.attrs.get("axis", 1)), self.values.ndim)
+
+    def _write(self, rctx: RewriteContext, values: np.ndarray, masks: dict[int, np.ndarray]) -> None:
+        if self.dq is None:
+            rctx.set_input(self.node, self.index, values)
+            return
+        rctx.set_input(self.dq, 0, values)
+        qaxis = self._qaxis()
+        if qaxis in masks:
+            for i in (1, 2):
+                if has_input(self.dq, i):
+                    rctx.set_input(self.dq, i, const(self.dq.inputs[i])[masks[qaxis]])
+
+    def take(self, rctx: RewriteContext, masks: dict[int, np.ndarray]) -> None:
+        """Keep the positions `masks[axis]` selects along each axis."""
+        v = self.values
+        for axis, mask in sorted(masks.items()):
+            if mask is not None and len(mask) == v.shape[axis] and not mask.all():
+                v = np.take(v, np.flatnonzero(mask), axis=axis)
+        masks = {a: k for a, k in masks.items() if k is not None and len(k) == self.values.shape[a] and not k.all()}
+        if v is not self.values:
+            self._write(rctx, v, masks)
+
+    def zero(self, rctx: RewriteContext, axis: int, removed: np.ndarray) -> None:
+        """Make the positions `removed` along `axis` contribute nothing."""
+        v = self.values.copy()
+        idx = [slice(None)] * v.ndim
+        idx[axis] = removed
+        if self.dq is None or not has_input(self.dq, 2):
+            v[tuple(idx)] = 0
+        else:
+            zp = const(self.dq.inputs[2])
+            qaxis = self._qaxis()
+            if qaxis is not None:
+                zp = zp.reshape([-1 if i == qaxis else 1 for i in range(v.ndim)])
+            v[tuple(idx)] = np.broadcast_to(zp, v.shape)[tuple(idx)]
+        self._write(rctx, v, {})
+
+
 class Conv(Rule):
     """Conv / ConvTranspose: output channels are a new source; input channels are consumed
     (groups == 1) or, for grouped and depthwise convs, group k's input and output channels
-    form one unit, removed together (the group count shrinks)."""
+    form one unit, removed together (the group count shrinks). Weights and bias may be
+    DequantizeLinear outputs (QDQ models)."""
 
     def __init__(self, transposed: bool = False):
         self.transposed = transposed
@@ -263,11 +332,11 @@ class Conv(Rule):
 
     def propagate(self, node, ctx):
         x, y = node.inputs[0], node.outputs[0]
-        w = node.inputs[1] if len(node.inputs) > 1 else None
-        if not isinstance(w, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+        w, b = Param(node, 1), Param(node, 2)
+        if w.values is None or not b.ok:
             _freeze_inputs(node, ctx, f"{node.op} with non-constant weights")
             return
-        g, ci, co = self._dims(node, w)
+        g, ci, co = self._dims(node, w.values)
         out = ctx.new_source(node, g * co, "convtranspose" if self.transposed else "conv")
         m = ctx.map(x)
         if m is not None and (m.axis != 1 or len(m.elems) != g * ci):
@@ -287,33 +356,25 @@ class Conv(Rule):
         x, y = node.inputs[0], node.outputs[0]
         if not (rctx.changed(x) or rctx.changed(y)):
             return
-        w = const(node.inputs[1])
-        g, ci, co = self._dims(node, w)
+        w = Param(node, 1)
+        g, ci, co = self._dims(node, w.values)
         om = rctx.mask(y)
         im = rctx.mask(x)
-        im = np.ones(g * ci, bool) if im is None else im
         if g == 1:
-            w = _take2(w, im, om) if self.transposed else _take2(w, om, im)
+            w.take(rctx, {0: im, 1: om} if self.transposed else {0: om, 1: im})
         else:
-            kept = om.reshape(g, co).all(axis=1)
-            w = w[im] if self.transposed else w[om]
-            node.attrs["group"] = int(kept.sum())
-        rctx.set_input(node, 1, w)
-        if has_input(node, 2):
-            rctx.set_input(node, 2, const(node.inputs[2])[om])
+            node.attrs["group"] = int(om.reshape(g, co).all(axis=1).sum())
+            w.take(rctx, {0: im} if self.transposed else {0: om})
+        b = Param(node, 2)
+        if b.present:
+            b.take(rctx, {0: om})
 
     def zero(self, node, rctx):
         x = node.inputs[0]
         g = int(node.attrs.get("group", 1))
         if g != 1 or not rctx.changed(x):
             return
-        w = const(node.inputs[1]).copy()
-        removed = ~rctx.mask(x)
-        if self.transposed:
-            w[removed] = 0
-        else:
-            w[:, removed] = 0
-        rctx.set_input(node, 1, w)
+        Param(node, 1).zero(rctx, 0 if self.transposed else 1, ~rctx.mask(x))
 
 
 class Gemm(Rule):
@@ -321,8 +382,8 @@ class Gemm(Rule):
     output features; bias C sliced along the output features."""
 
     def propagate(self, node, ctx):
-        a, b = node.inputs[0], node.inputs[1]
-        if not isinstance(b, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+        a, b, c = node.inputs[0], Param(node, 1), Param(node, 2)
+        if b.values is None or not c.ok:
             _freeze_inputs(node, ctx, "Gemm with non-constant weights")
             return
         m = ctx.map(a)
@@ -331,44 +392,31 @@ class Gemm(Rule):
             ctx.freeze(m.elems, "Gemm input features off the feature axis")
         elif m is not None:
             ctx.touch(node, m.elems)
-        n_out = b.shape[0] if node.attrs.get("transB", 0) else b.shape[1]
+        n_out = b.values.shape[0] if node.attrs.get("transB", 0) else b.values.shape[1]
         ctx.set_map(node.outputs[0], 1, ctx.new_source(node, n_out, "gemm"), node)
 
     def rewrite(self, node, rctx):
         a, y = node.inputs[0], node.outputs[0]
         if not (rctx.changed(a) or rctx.changed(y)):
             return
-        b = const(node.inputs[1])
-        trans_b = node.attrs.get("transB", 0)
-        om = rctx.mask(y)
-        im = rctx.mask(a)
-        if im is None:
-            im = np.ones(b.shape[1] if trans_b else b.shape[0], bool)
-        rctx.set_input(node, 1, _take2(b, om, im) if trans_b else _take2(b, im, om))
-        if has_input(node, 2):
-            c = const(node.inputs[2])
-            if c.ndim >= 1 and c.shape[-1] == len(om) and len(om) > 1:
-                rctx.set_input(node, 2, c[..., om])
+        om, im = rctx.mask(y), rctx.mask(a)
+        Param(node, 1).take(rctx, {0: om, 1: im} if node.attrs.get("transB", 0) else {0: im, 1: om})
+        c = Param(node, 2)
+        if c.present and c.values.ndim >= 1 and c.values.shape[-1] == len(om) and len(om) > 1:
+            c.take(rctx, {c.values.ndim - 1: om})
 
     def zero(self, node, rctx):
         a = node.inputs[0]
-        if not rctx.changed(a):
-            return
-        b = const(node.inputs[1]).copy()
-        removed = ~rctx.mask(a)
-        if node.attrs.get("transB", 0):
-            b[:, removed] = 0
-        else:
-            b[removed] = 0
-        rctx.set_input(node, 1, b)
+        if rctx.changed(a):
+            Param(node, 1).zero(rctx, 1 if node.attrs.get("transB", 0) else 0, ~rctx.mask(a))
 
 
 class MatMul(Rule):
     """MatMul by a constant 2-D weight (a Linear layer, as in channels-last MLPs)."""
 
     def propagate(self, node, ctx):
-        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        w = const(b)
+        a, y = node.inputs[0], node.outputs[0]
+        w = Param(node, 1).values
         if w is None or w.ndim != 2 or isinstance(a, gs.Constant):
             _freeze_inputs(node, ctx, "MatMul without a constant 2-D weight")
             return
@@ -386,21 +434,13 @@ class MatMul(Rule):
 
     def rewrite(self, node, rctx):
         a, y = node.inputs[0], node.outputs[0]
-        if not (rctx.changed(a) or rctx.changed(y)):
-            return
-        w = const(node.inputs[1])
-        im = rctx.mask(a)
-        im = np.ones(w.shape[0], bool) if im is None else im
-        om = rctx.mask(y)
-        rctx.set_input(node, 1, _take2(w, im, om))
+        if rctx.changed(a) or rctx.changed(y):
+            Param(node, 1).take(rctx, {0: rctx.mask(a), 1: rctx.mask(y)})
 
     def zero(self, node, rctx):
         a = node.inputs[0]
-        if not rctx.changed(a):
-            return
-        w = const(node.inputs[1]).copy()
-        w[~rctx.mask(a)] = 0
-        rctx.set_input(node, 1, w)
+        if rctx.changed(a):
+            Param(node, 1).zero(rctx, 0, ~rctx.mask(a))
 
 
 # --------------------------------------------------------------------------- layout ops
@@ -868,7 +908,9 @@ class Resize(Rule):
 
 
 class Reduce(Rule):
-    """Reductions over spatial axes pass channels through; over channels they freeze."""
+    """Reductions over other axes keep the channels (moved when keepdims=0). Over the channel
+    axis (or all axes) the result mixes channels: frozen, or with --allow-inexact pruned and
+    reported inexact, as for the other pooling ops."""
 
     def propagate(self, node, ctx):
         m = ctx.map(node.inputs[0])
@@ -877,16 +919,52 @@ class Reduce(Rule):
         opset = _opset(node)
         from_input = 13 if node.op == "ReduceSum" else 18
         axes, ok = ints_from(node, "axes", 1, from_input, opset)
-        if not ok or not axes:
-            _freeze_inputs(node, ctx, f"{node.op} over all axes or non-constant axes")
+        if not ok:
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant axes")
             return
-        axes = [_norm_axis(a, m.rank) for a in axes]
+        if not axes and node.attrs.get("noop_with_empty_axes", 0):
+            ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+            return
+        axes = [_norm_axis(a, m.rank) for a in axes] if axes else list(range(m.rank))
         if m.axis in axes:
-            _freeze_inputs(node, ctx, f"{node.op} over the channel axis")
+            reason = f"{node.op} {node.name} reduces over the channel axis: pruning it cannot be exact"
+            if not ctx.allow_inexact:
+                ctx.freeze(m.elems, reason + " (use --allow-inexact)")
+            else:
+                ctx.mark_inexact(m.elems, reason)
             return
         keep = node.attrs.get("keepdims", 1)
         axis = m.axis if keep else m.axis - sum(a < m.axis for a in axes)
         ctx.set_map(node.outputs[0], axis, m.elems, node)
+
+
+class Recurrent(Rule):
+    """LSTM / GRU / RNN read input features through W [directions, gates*hidden, input]:
+    removing a feature removes W's column, exactly (a CRNN's CNN channels feeding its RNN).
+    The hidden units stay (their outputs are not followed)."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        w = const(node.inputs[1]) if has_input(node, 1) else None
+        if w is None or w.ndim != 3 or m.rank != 3 or m.axis != 2 or w.shape[2] != len(m.elems):
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant weights or input features off the last axis")
+            return
+        ctx.touch(node, m.elems)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if rctx.changed(x):
+            rctx.set_input(node, 1, np.compress(rctx.mask(x), const(node.inputs[1]), axis=2))
+
+    def zero(self, node, rctx):
+        x = node.inputs[0]
+        if rctx.changed(x):
+            w = const(node.inputs[1]).copy()
+            w[..., ~rctx.mask(x)] = 0
+            rctx.set_input(node, 1, w)
 
 
 class Gather(Rule):
@@ -904,6 +982,58 @@ class Gather(Rule):
             _freeze_inputs(node, ctx, "Gather along channels")
             return
         ctx.set_map(node.outputs[0], m.axis + r_idx - 1 if axis < m.axis else m.axis, m.elems, node)
+
+
+class QuantizeDequantize(Rule):
+    """QuantizeLinear / DequantizeLinear on activations (QDQ models): per-tensor scales pass
+    the channels through; per-channel scales along the channel axis are sliced with them."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        scale = const(node.inputs[1])
+        zp = const(node.inputs[2]) if has_input(node, 2) else None
+        if scale is None or (has_input(node, 2) and zp is None) or "block_size" in node.attrs:
+            _freeze_inputs(node, ctx, f"{node.op} with computed or blocked quantization parameters")
+            return
+        per_tensor = scale.size == 1 and scale.ndim <= 1
+        axis = _norm_axis(int(node.attrs.get("axis", 1)), m.rank)
+        if not per_tensor and (scale.ndim != 1 or axis != m.axis or len(scale) != len(m.elems)):
+            _freeze_inputs(node, ctx, f"{node.op} quantizes per channel along another axis")
+            return
+        ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if not rctx.changed(x):
+            return
+        for i in (1, 2):
+            v = const(node.inputs[i]) if has_input(node, i) else None
+            if v is not None and v.ndim == 1 and v.size > 1:
+                rctx.set_input(node, i, v[rctx.mask(x)])
+
+
+class Refuse(Rule):
+    """Operators the model cannot be pruned through at all: a clear refusal, not a freeze."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def propagate(self, node, ctx):
+        raise GraphpruneError(f"{node.op} {node.name}: {self.reason}")
+
+
+_OPERATOR_QUANTIZED = Refuse("operator-oriented quantized models (QLinearConv, ConvInteger) cannot be pruned; "
+                             "prune the float model first, then quantize it (or quantize with QDQ)")
+
+
+def check_supported(nodes) -> None:
+    """Refuse models the channel rules cannot handle at all, before any other check."""
+    for node in nodes:
+        if isinstance(rule_for(node), Refuse):
+            rule_for(node).propagate(node, None)
 
 
 # --------------------------------------------------------------------------- the table
@@ -925,6 +1055,9 @@ RULES: dict[str, Rule] = {
     "Concat": Concat(), "Split": Split(), "Slice": Slice(), "Pad": Pad(),
     "Resize": Resize(), "Upsample": Resize(), "Gather": Gather(),
     "Shape": ShapeOnly(), "Size": ShapeOnly(),
+    "LSTM": Recurrent(), "GRU": Recurrent(), "RNN": Recurrent(),
+    "QuantizeLinear": QuantizeDequantize(), "DequantizeLinear": QuantizeDequantize(),
+    **{op: _OPERATOR_QUANTIZED for op in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")},
     **{r: Reduce() for r in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
                              "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
     **{op: _ELEMENTWISE for op in (
