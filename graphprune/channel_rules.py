@@ -643,14 +643,41 @@ def _channel_entry(node: gs.Node, o: int, in_axis: int, elems: np.ndarray, maps:
     return ("const", holder, idx, k) if val > 0 else None
 
 
-def _literal_target(node: gs.Node) -> list | None:
+def _shape_values(t: gs.Tensor, shape_of, depth: int = 0) -> list | None:
+    """The values of a small shape-computing tensor as dims (ints, or the symbol of a dynamic
+    dim): Shape, Gather/Slice by constants, (Un)Squeeze, Concat, Cast. None where unknown."""
+    v = const(t)
+    if v is not None:
+        return [int(d) for d in v.reshape(-1)] if v.ndim <= 1 and np.issubdtype(v.dtype, np.integer) else None
+    if depth > 8 or len(t.inputs) != 1:
+        return None
+    p = t.inputs[0]
+    if p.op == "Shape":
+        dims = shape_of(p.inputs[0])
+        return None if dims is None else dims[slice(p.attrs.get("start", 0), p.attrs.get("end"))]
+    if p.op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return _shape_values(p.inputs[0], shape_of, depth + 1)
+    if p.op == "Concat":
+        parts = [_shape_values(i, shape_of, depth + 1) for i in p.inputs]
+        return None if any(x is None for x in parts) else [d for x in parts for d in x]
+    if p.op == "Gather" and const(p.inputs[1]) is not None:
+        src = _shape_values(p.inputs[0], shape_of, depth + 1)
+        idx = const(p.inputs[1]).reshape(-1)
+        return None if src is None or any(not -len(src) <= i < len(src) for i in idx) else [src[int(i)] for i in idx]
+    return None
+
+
+def _literal_target(node: gs.Node, shape_of) -> list | None:
+    """The target's entries: ints, symbols of dynamic dims read by Shape, None if unknown."""
     entries = _target_entries(node)
     if entries is None:
         return None
-    out = []
+    out, cache = [], {}
     for _, _, k, t in entries:
-        v = const(t)
-        out.append(None if v is None else int(v.reshape(-1)[k]))
+        if t.name not in cache:
+            cache[t.name] = _shape_values(t, shape_of)
+        vals = cache[t.name]
+        out.append(vals[k] if vals is not None and k < len(vals) else None)
     return out
 
 
@@ -667,7 +694,7 @@ class Reshape(Rule):
             return
         si, so = ctx.shape(x), ctx.shape(y)
         res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
-        literal = _literal_target(node)
+        literal = _literal_target(node, ctx.shape)
         if res is None and si is not None and literal is not None and not node.attrs.get("allowzero", 0):
             resolved = _resolve_target(si, literal)
             res = reshape_channel_map(si, resolved, m.axis, m.elems) if resolved is not None else None
