@@ -261,6 +261,11 @@ class Param:
             self.dq, self.values = p, const(p.inputs[0])
 
     @property
+    def source(self) -> str:
+        """Name of the stored tensor (the integers of a quantized weight)."""
+        return (self.dq.inputs[0] if self.dq is not None else self.node.inputs[self.index]).name
+
+    @property
     def present(self) -> bool:
         return has_input(self.node, self.index)
 
@@ -350,6 +355,8 @@ class Conv(Rule):
                 ctx.union(np.repeat(blocks[:, :1], blocks.shape[1] - 1, axis=1).ravel(), blocks[:, 1:].ravel())
         if m is not None:
             ctx.touch(node, m.elems)
+        ctx.share_weight(w.source, "out", out)
+        ctx.share_weight(w.source, "in", None if m is None or g > 1 else m.elems)
         ctx.set_map(y, 1, out, node)
 
     def rewrite(self, node, rctx):
@@ -390,10 +397,14 @@ class Gemm(Rule):
         feat_axis = 0 if node.attrs.get("transA", 0) else 1
         if m is not None and m.axis != feat_axis:
             ctx.freeze(m.elems, "Gemm input features off the feature axis")
+            m = None
         elif m is not None:
             ctx.touch(node, m.elems)
         n_out = b.values.shape[0] if node.attrs.get("transB", 0) else b.values.shape[1]
-        ctx.set_map(node.outputs[0], 1, ctx.new_source(node, n_out, "gemm"), node)
+        out = ctx.new_source(node, n_out, "gemm")
+        ctx.share_weight(b.source, "out", out)
+        ctx.share_weight(b.source, "in", None if m is None else m.elems)
+        ctx.set_map(node.outputs[0], 1, out, node)
 
     def rewrite(self, node, rctx):
         a, y = node.inputs[0], node.outputs[0]
@@ -416,17 +427,21 @@ class MatMul(Rule):
 
     def propagate(self, node, ctx):
         a, y = node.inputs[0], node.outputs[0]
-        w = Param(node, 1).values
+        param = Param(node, 1)
+        w = param.values
         if w is None or w.ndim != 2 or isinstance(a, gs.Constant):
             _freeze_inputs(node, ctx, "MatMul without a constant 2-D weight")
             return
         m = ctx.map(a)
         if m is not None and m.axis != m.rank - 1:
             ctx.freeze(m.elems, "MatMul input channels not on the last axis")
+            m = None
         elif m is not None:
             ctx.touch(node, m.elems)
         r = ctx.rank(y)
         out = ctx.new_source(node, w.shape[1], "matmul")
+        ctx.share_weight(param.source, "out", out)
+        ctx.share_weight(param.source, "in", None if m is None else m.elems)
         if r is None:
             ctx.freeze(out, f"no shape known for {y.name}")
             return

@@ -45,6 +45,7 @@ class PropagationContext:
         self.freezes: list[tuple[np.ndarray, str]] = []
         self.inexact: list[tuple[np.ndarray, str]] = []
         self.touches: list[tuple[str, np.ndarray]] = []   # (node name, elements it reads or writes)
+        self._weight_users: dict[tuple[str, str], np.ndarray | None] = {}
 
     # -- reading --------------------------------------------------------------
     def map(self, t: gs.Tensor) -> ChannelMap | None:
@@ -106,6 +107,25 @@ class PropagationContext:
 
     def touch(self, node: gs.Node, elems: np.ndarray) -> None:
         self.touches.append((node.name, elems))
+
+    def share_weight(self, weight: str, role: str, elems: np.ndarray | None) -> None:
+        """Consumers of one weight initializer (tied weights: an unrolled RNN's steps, shared
+        filter banks) must slice it identically, so the pruned model keeps ONE initializer
+        instead of a copy per slicing: their channels along `role` ('in' or 'out') are
+        coupled, or frozen where one consumer's channels are not followed."""
+        key = (weight, role)
+        if key not in self._weight_users:
+            self._weight_users[key] = elems
+            return
+        first = self._weight_users[key]
+        if first is None or elems is None or len(first) != len(elems):
+            reason = f"weight {weight} is shared with a layer whose channels are not followed"
+            for e in (first, elems):
+                if e is not None:
+                    self.freeze(e, reason)
+            self._weight_users[key] = None
+            return
+        self.union(first, elems)
 
     def union_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._unions:

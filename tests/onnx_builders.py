@@ -237,3 +237,20 @@ def qdq_source():
              helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1)]
     inits = {"w1": w(8, 3, 3, 3), "b1": w(8), "w2": w(16, 8, 3, 3), "b2": w(16), "fc": w(5, 16), "fcb": w(5)}
     return model(nodes, inits, [x_input(batch=1)], [out()], opset=13)
+
+
+def tied_branches():
+    """Two branches whose second convs share one weight (a siamese net, a filter bank reused
+    per octave): both must slice it the same way for the pruned model to keep one weight."""
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("Conv", ["ar", "tied", "tied_b"], ["ta"]),
+        helper.make_node("Conv", ["br", "tied", "tied_b"], ["tb"]),
+        helper.make_node("Mul", ["ta", "tb"], ["m"]),
+        helper.make_node("Conv", ["m", "w3"], ["y"]),
+    ]
+    inits = {"wa": w(8, 3, 3, 3), "wb": w(8, 3, 3, 3), "tied": w(6, 8, 1, 1), "tied_b": w(6), "w3": w(2, 6, 1, 1)}
+    return model(nodes, inits, [x_input()], [out()], opset=13)

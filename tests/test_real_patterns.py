@@ -169,3 +169,16 @@ def test_operator_oriented_quantization_cli_exit_2(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "QLinearConv" in lines[0] and "float model" in lines[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+# ------------------------------------------------------------------ tied weights (item 1)
+def test_shared_weight_is_sliced_once():
+    m = ob.tied_branches()
+    model, an, plan, pruned, report = _prune_exact(m)
+    assert report.exact
+    ga, gb = (_group(an, n.name) for n in model.graph.node if n.op_type == "Conv" and n.input[1] in ("wa", "wb"))
+    assert ga.id == gb.id and ga.prunable  # coupled through the weight they feed
+    inits = _inits(pruned)
+    tied = [k for k in inits if k.startswith("tied") and not k.startswith("tied_b")]
+    assert len(tied) == 1 and inits[tied[0]].shape[1] == plan.kept(ga.id)
+    assert gp.count(pruned).params < gp.count(model).params
