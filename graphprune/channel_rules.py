@@ -465,7 +465,7 @@ class Transpose(Rule):
         if m is None:
             return
         perm = list(node.attrs.get("perm", range(m.rank)[::-1]))
-        ctx.set_map(node.outputs[0], perm.index(m.axis), m.elems, node)
+        ctx.set_map(node.outputs[0], perm.index(m.axis), m.elems, node, rank=m.rank)
 
 
 class Unsqueeze(Rule):
@@ -529,8 +529,8 @@ def _product_equal(a: list, b: list) -> bool:
     """Whether two dim lists hold the same number of elements (symbolic dims by name)."""
     if any(d is None for d in a) or any(d is None for d in b):
         return False
-    sa = sorted(d for d in a if isinstance(d, str))
-    sb = sorted(d for d in b if isinstance(d, str))
+    sa = sorted(f for d in a if isinstance(d, str) for f in d.split("*"))  # "h*w": a -1 over two dynamic dims
+    sb = sorted(f for d in b if isinstance(d, str) for f in d.split("*"))
     if sa != sb:
         return False
     return math.prod(int(d) for d in a if not isinstance(d, str)) == \
@@ -584,9 +584,9 @@ def _resolve_target(shape_in: list, target: list) -> list | None:
         return None
     factor = num // den
     if rest:
-        if factor != 1 or len(rest) != 1:
+        if factor != 1:
             return None
-        fill = rest[0]
+        fill = "*".join(rest)
     else:
         fill = factor
     return [fill if d == -1 else d for d in out]
@@ -675,11 +675,24 @@ def _shape_values(t: gs.Tensor, shape_of, depth: int = 0) -> list | None:
     if p.op == "Concat":
         parts = [_shape_values(i, shape_of, depth + 1) for i in p.inputs]
         return None if any(x is None for x in parts) else [d for x in parts for d in x]
+    if p.op == "Slice" and all(const(i) is not None for i in p.inputs[1:] if i.name):
+        src = _shape_values(p.inputs[0], shape_of, depth + 1)
+        bounds = [const(i).reshape(-1) for i in p.inputs[1:] if i.name]
+        if src is None or any(len(b) != 1 for b in bounds) or (len(bounds) > 2 and int(bounds[2][0]) != 0):
+            return None
+        step = int(bounds[3][0]) if len(bounds) > 3 else 1
+        return src[slice(int(bounds[0][0]), int(bounds[1][0]), step)]
     if p.op == "Gather" and const(p.inputs[1]) is not None:
         src = _shape_values(p.inputs[0], shape_of, depth + 1)
         idx = const(p.inputs[1]).reshape(-1)
         return None if src is None or any(not -len(src) <= i < len(src) for i in idx) else [src[int(i)] for i in idx]
     return None
+
+
+def _named_dims(t: gs.Tensor, dims: list | None) -> list | None:
+    """Unknown dims named after their tensor and position: `Shape(x)[0]` then matches x's
+    own unknown batch (Paddle's `-1` batch, read back by Shape to build a flatten target)."""
+    return None if dims is None else [f"?{t.name}[{i}]" if d is None else d for i, d in enumerate(dims)]
 
 
 def _literal_target(node: gs.Node, shape_of) -> list | None:
@@ -707,19 +720,21 @@ class Reshape(Rule):
         m = ctx.map(x)
         if m is None:
             return
-        si, so = ctx.shape(x), ctx.shape(y)
+        si, so = _named_dims(x, ctx.shape(x)), ctx.shape(y)
         res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
-        literal = _literal_target(node, ctx.shape)
+        literal = _literal_target(node, lambda t: _named_dims(t, ctx.shape(t)))
+        rank = len(so) if so is not None else None
         if res is None and si is not None and literal is not None and not node.attrs.get("allowzero", 0):
             resolved = _resolve_target(si, literal)
             res = reshape_channel_map(si, resolved, m.axis, m.elems) if resolved is not None else None
+            rank = len(literal)
         if res is None:
             _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis, as a channel shuffle or attention heads do")
             return
         if _channel_entry(node, res[0], m.axis, m.elems, ctx.maps) is None:
             _freeze_inputs(node, ctx, "Reshape target holds the channel count in a form that cannot be rewritten")
             return
-        ctx.set_map(y, res[0], res[1], node)
+        ctx.set_map(y, res[0], res[1], node, rank=rank)
 
     def rewrite(self, node, rctx):
         x, y = node.inputs[0], node.outputs[0]

@@ -254,3 +254,25 @@ def tied_branches():
     ]
     inits = {"wa": w(8, 3, 3, 3), "wb": w(8, 3, 3, 3), "tied": w(6, 8, 1, 1), "tied_b": w(6), "w3": w(2, 6, 1, 1)}
     return model(nodes, inits, [x_input()], [out()], opset=13)
+
+
+def paddle_flatten():
+    """paddle2onnx's flatten with an unknown batch: the Reshape target is built at run time
+    from Shape(x)[0:1] and a literal -1, so shape inference leaves the result without shape."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("GlobalAveragePool", ["ar"], ["g"]),
+        helper.make_node("Shape", ["g"], ["g_shape"]),
+        helper.make_node("Cast", ["g_shape"], ["g_shape32"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["g_shape32", "s0", "s1", "s_axes"], ["batch32"]),
+        helper.make_node("Cast", ["batch32"], ["batch"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=-1),
+        helper.make_node("Reshape", ["g", "target"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["y"]),
+    ]
+    inits = {"w1": w(8, 3, 3, 3), "b1": w(8), "s0": np.array([0], np.int64), "s1": np.array([1], np.int64),
+             "s_axes": np.array([0], np.int64), "minus_one": np.array([-1], np.int64), "fc": w(8, 3)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    return model(nodes, inits, [x], [y], opset=11)

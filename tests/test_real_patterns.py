@@ -182,3 +182,14 @@ def test_shared_weight_is_sliced_once():
     tied = [k for k in inits if k.startswith("tied") and not k.startswith("tied_b")]
     assert len(tied) == 1 and inits[tied[0]].shape[1] == plan.kept(ga.id)
     assert gp.count(pruned).params < gp.count(model).params
+
+
+def test_paddle_flatten_with_runtime_target():
+    model, an, plan, pruned, report = _prune_exact(ob.paddle_flatten())
+    assert report.exact
+    g = _group(an, next(n.name for n in model.graph.node if n.op_type == "Conv"))
+    assert g.prunable and plan.kept(g.id) == 4
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert run(pruned, {"x": x})[0].shape == (3, 3)
+    fc = next(n for n in pruned.graph.node if n.op_type == "MatMul").input[1]
+    assert _inits(pruned)[fc].shape == (4, 3)
