@@ -88,7 +88,9 @@ def test_paddle_flatten_with_unknown_batch_followed():
 
 ALL = sorted(p for p in MODELS.glob("*/*.onnx") if p.parent.name != "torchvision") if MODELS.exists() else []
 SHAPES = {"ch_PP-OCRv4_rec_infer": {"x": [1, 3, 48, 320]}, "ch_ppocr_mobile_v2.0_cls_infer": {"x": [1, 3, 48, 192]},
-          "ch_PP-OCRv4_det_infer": {"x": [1, 3, 128, 128]}}
+          "ch_PP-OCRv4_det_infer": {"x": [1, 3, 128, 128]},
+          **{k: {"input": [1, 512], "state": [2, 1, 128]} for k in ("silero_vad", "silero_vad_half",
+                                                                  "silero_vad_op18_ifless", "silero_vad_16k_op15")}}
 KNOWN_INTERNAL = {"silero_vad_16k_op15": "IndexError while loading its If graph (normalize's If/Loop item)"}
 
 
