@@ -1024,6 +1024,40 @@ class Recurrent(Rule):
             rctx.set_input(node, 1, w)
 
 
+class ExpandTile(Rule):
+    """Expand / Tile of a tensor carrying channels: they pass when the channel axis is not
+    repeated (Expand to 1 or C there, Tile by 1); a literal C in Expand's shape is rewritten
+    to the new count (a stale one would make the model fail to load)."""
+
+    def propagate(self, node, ctx):
+        x, y = node.inputs[0], node.outputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        v = const(node.inputs[1]) if has_input(node, 1) else None
+        r_out = ctx.rank(y) if node.op == "Expand" else m.rank
+        if v is None or r_out is None:
+            _freeze_inputs(node, ctx, f"{node.op} with a computed shape")
+            return
+        axis = m.axis + r_out - m.rank
+        k = axis - (r_out - len(v)) if node.op == "Expand" else m.axis
+        if k >= 0 and int(v[k]) not in ((1, len(m.elems)) if node.op == "Expand" else (1,)):
+            _freeze_inputs(node, ctx, f"{node.op} repeats the channel axis")
+            return
+        ctx.set_map(y, axis, m.elems, node, rank=r_out)
+
+    def rewrite(self, node, rctx):
+        x, y = node.inputs[0], node.outputs[0]
+        if node.op != "Expand" or not rctx.changed(x):
+            return
+        v, m, mask = const(node.inputs[1]), rctx.maps[y.name], rctx.mask(x)
+        k = m.axis - (m.rank - len(v))
+        if k >= 0 and int(v[k]) == len(mask):
+            v = v.copy()
+            v[k] = int(mask.sum())
+            rctx.set_input(node, 1, v)
+
+
 class Gather(Rule):
     def propagate(self, node, ctx):
         data, idx = node.inputs[0], node.inputs[1]
@@ -1111,6 +1145,7 @@ RULES: dict[str, Rule] = {
     "Squeeze": Squeeze(), "Unsqueeze": Unsqueeze(),
     "Concat": Concat(), "Split": Split(), "Slice": Slice(), "Pad": Pad(),
     "Resize": Resize(), "Upsample": Resize(), "Gather": Gather(),
+    "Expand": ExpandTile(), "Tile": ExpandTile(),
     "Shape": ShapeOnly(), "Size": ShapeOnly(),
     "LSTM": Recurrent(), "GRU": Recurrent(), "RNN": Recurrent(),
     "QuantizeLinear": QuantizeDequantize(), "DequantizeLinear": QuantizeDequantize(),

@@ -276,3 +276,15 @@ def paddle_flatten():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
     return model(nodes, inits, [x], [y], opset=11)
+
+
+def expand_tile():
+    """Conv -> Expand to a literal [1, C, 1, 1] shape -> Tile along height -> Conv."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Expand", ["a", "shape"], ["e"]),
+             helper.make_node("Tile", ["e", "reps"], ["t"]),
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    inits = {"w1": w(8, 3, 3, 3), "shape": np.array([1, 8, 1, 1], np.int64), "reps": np.array([1, 1, 2, 1], np.int64),
+             "w2": w(4, 8, 1, 1)}
+    return model(nodes, inits, [x_input()], [out()], opset=13)

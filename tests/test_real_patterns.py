@@ -193,3 +193,14 @@ def test_paddle_flatten_with_runtime_target():
     assert run(pruned, {"x": x})[0].shape == (3, 3)
     fc = next(n for n in pruned.graph.node if n.op_type == "MatMul").input[1]
     assert _inits(pruned)[fc].shape == (4, 3)
+
+
+def test_expand_literal_channel_count_rewritten_and_tile_passes():
+    model, an, plan, pruned, report = _prune_exact(ob.expand_tile())
+    assert report.exact
+    g = _group(an, next(n.name for n in model.graph.node if n.op_type == "Conv"))
+    assert g.prunable and plan.kept(g.id) == 4
+    shape = next(n for n in pruned.graph.node if n.op_type == "Expand").input[1]
+    assert _inits(pruned)[shape].tolist() == [1, 4, 1, 1]
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert run(pruned, {"x": x})[0].shape == (2, 4, 16, 8)
