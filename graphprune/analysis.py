@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphprune.channel_rules import BODY_OPS, rule_for
+from graphprune.channel_rules import BODY_OPS, check_supported, rule_for
 from graphprune.channels import ChannelMap, PropagationContext, Source
 from graphprune.errors import GraphpruneError
 
@@ -116,6 +116,7 @@ def analyse_graph(model: onnx.ModelProto, allow_inexact: bool = False,
     by --input-shape, see `graphprune.passes.normalize.pinned_shapes`). Rules read shapes
     from it; the Analysis describes `model`, so a pruned model keeps the user's dynamic dims."""
     graph = import_graph(shaped if shaped is not None else model)
+    check_supported([n for g in walk_graphs(graph) for n in g.nodes])
     if not any(n.op in ("Conv", "ConvTranspose") for g in walk_graphs(graph) for n in g.nodes):
         raise GraphpruneError("model has no Conv or ConvTranspose node: no filters to prune")
     ctx = PropagationContext(allow_inexact=allow_inexact, graph_outputs={t.name for t in graph.outputs})

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from graphprune.arrays import constant_values
 from graphprune.channels import PropagationContext, RewriteContext
+from graphprune.errors import GraphpruneError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,11 +56,6 @@ def _norm_axis(axis: int, rank: int) -> int:
 def _freeze_inputs(node: gs.Node, ctx: PropagationContext, reason: str) -> None:
     for t in node.inputs:
         ctx.freeze_tensor(t, f"{reason}, at {node.name}")
-
-
-def _take2(w: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """w[rows][:, cols] for boolean masks (np.take's block copies: 3-4x faster than np.ix_)."""
-    return np.take(np.take(w, np.flatnonzero(rows), axis=0), np.flatnonzero(cols), axis=1)
 
 
 def _set_all_outputs(node, ctx, axis, elems):
@@ -245,10 +241,88 @@ class Pool(Rule):
 
 
 # --------------------------------------------------------------------------- producers
+class Param:
+    """A weight-like input: a constant, or DequantizeLinear of constants (the weights and
+    biases of a QDQ model: integers with per-tensor or per-axis scales). Slicing slices the
+    stored values and, along the quantization axis, the scales and zero points, so a QDQ
+    model stays QDQ; zeroing writes the zero point, whose dequantized value is 0."""
+
+    def __init__(self, node: gs.Node, index: int):
+        self.node, self.index, self.dq, self.values = node, index, None, None
+        if not has_input(node, index):
+            return
+        t = node.inputs[index]
+        if isinstance(t, gs.Constant):
+            self.values = const(t)
+            return
+        p = t.inputs[0] if len(t.inputs) == 1 else None
+        if p is not None and p.op == "DequantizeLinear" and len(t.outputs) == 1 and "block_size" not in p.attrs \
+                and all(isinstance(i, gs.Constant) for i in p.inputs if i.name):
+            self.dq, self.values = p, const(p.inputs[0])
+
+    @property
+    def source(self) -> str:
+        """Name of the stored tensor (the integers of a quantized weight)."""
+        return (self.dq.inputs[0] if self.dq is not None else self.node.inputs[self.index]).name
+
+    @property
+    def present(self) -> bool:
+        return has_input(self.node, self.index)
+
+    @property
+    def ok(self) -> bool:
+        """Absent, or readable: the rule can slice it."""
+        return not self.present or self.values is not None
+
+    def _qaxis(self) -> int | None:
+        """The axis the scales run along (None: per-tensor)."""
+        scale = const(self.dq.inputs[1])
+        if scale.size == 1 and scale.ndim <= 1:
+            return None
+        return _norm_axis(int(self.dq.attrs.get("axis", 1)), self.values.ndim)
+
+    def _write(self, rctx: RewriteContext, values: np.ndarray, masks: dict[int, np.ndarray]) -> None:
+        if self.dq is None:
+            rctx.set_input(self.node, self.index, values)
+            return
+        rctx.set_input(self.dq, 0, values)
+        qaxis = self._qaxis()
+        if qaxis in masks:
+            for i in (1, 2):
+                if has_input(self.dq, i):
+                    rctx.set_input(self.dq, i, const(self.dq.inputs[i])[masks[qaxis]])
+
+    def take(self, rctx: RewriteContext, masks: dict[int, np.ndarray]) -> None:
+        """Keep the positions `masks[axis]` selects along each axis."""
+        v = self.values
+        for axis, mask in sorted(masks.items()):
+            if mask is not None and len(mask) == v.shape[axis] and not mask.all():
+                v = np.take(v, np.flatnonzero(mask), axis=axis)
+        masks = {a: k for a, k in masks.items() if k is not None and len(k) == self.values.shape[a] and not k.all()}
+        if v is not self.values:
+            self._write(rctx, v, masks)
+
+    def zero(self, rctx: RewriteContext, axis: int, removed: np.ndarray) -> None:
+        """Make the positions `removed` along `axis` contribute nothing."""
+        v = self.values.copy()
+        idx = [slice(None)] * v.ndim
+        idx[axis] = removed
+        if self.dq is None or not has_input(self.dq, 2):
+            v[tuple(idx)] = 0
+        else:
+            zp = const(self.dq.inputs[2])
+            qaxis = self._qaxis()
+            if qaxis is not None:
+                zp = zp.reshape([-1 if i == qaxis else 1 for i in range(v.ndim)])
+            v[tuple(idx)] = np.broadcast_to(zp, v.shape)[tuple(idx)]
+        self._write(rctx, v, {})
+
+
 class Conv(Rule):
     """Conv / ConvTranspose: output channels are a new source; input channels are consumed
     (groups == 1) or, for grouped and depthwise convs, group k's input and output channels
-    form one unit, removed together (the group count shrinks)."""
+    form one unit, removed together (the group count shrinks). Weights and bias may be
+    DequantizeLinear outputs (QDQ models)."""
 
     def __init__(self, transposed: bool = False):
         self.transposed = transposed
@@ -263,11 +337,11 @@ class Conv(Rule):
 
     def propagate(self, node, ctx):
         x, y = node.inputs[0], node.outputs[0]
-        w = node.inputs[1] if len(node.inputs) > 1 else None
-        if not isinstance(w, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+        w, b = Param(node, 1), Param(node, 2)
+        if w.values is None or not b.ok:
             _freeze_inputs(node, ctx, f"{node.op} with non-constant weights")
             return
-        g, ci, co = self._dims(node, w)
+        g, ci, co = self._dims(node, w.values)
         out = ctx.new_source(node, g * co, "convtranspose" if self.transposed else "conv")
         m = ctx.map(x)
         if m is not None and (m.axis != 1 or len(m.elems) != g * ci):
@@ -281,39 +355,33 @@ class Conv(Rule):
                 ctx.union(np.repeat(blocks[:, :1], blocks.shape[1] - 1, axis=1).ravel(), blocks[:, 1:].ravel())
         if m is not None:
             ctx.touch(node, m.elems)
+        ctx.share_weight(w.source, "out", out)
+        ctx.share_weight(w.source, "in", None if m is None or g > 1 else m.elems)
         ctx.set_map(y, 1, out, node)
 
     def rewrite(self, node, rctx):
         x, y = node.inputs[0], node.outputs[0]
         if not (rctx.changed(x) or rctx.changed(y)):
             return
-        w = const(node.inputs[1])
-        g, ci, co = self._dims(node, w)
+        w = Param(node, 1)
+        g, ci, co = self._dims(node, w.values)
         om = rctx.mask(y)
         im = rctx.mask(x)
-        im = np.ones(g * ci, bool) if im is None else im
         if g == 1:
-            w = _take2(w, im, om) if self.transposed else _take2(w, om, im)
+            w.take(rctx, {0: im, 1: om} if self.transposed else {0: om, 1: im})
         else:
-            kept = om.reshape(g, co).all(axis=1)
-            w = w[im] if self.transposed else w[om]
-            node.attrs["group"] = int(kept.sum())
-        rctx.set_input(node, 1, w)
-        if has_input(node, 2):
-            rctx.set_input(node, 2, const(node.inputs[2])[om])
+            node.attrs["group"] = int(om.reshape(g, co).all(axis=1).sum())
+            w.take(rctx, {0: im} if self.transposed else {0: om})
+        b = Param(node, 2)
+        if b.present:
+            b.take(rctx, {0: om})
 
     def zero(self, node, rctx):
         x = node.inputs[0]
         g = int(node.attrs.get("group", 1))
         if g != 1 or not rctx.changed(x):
             return
-        w = const(node.inputs[1]).copy()
-        removed = ~rctx.mask(x)
-        if self.transposed:
-            w[removed] = 0
-        else:
-            w[:, removed] = 0
-        rctx.set_input(node, 1, w)
+        Param(node, 1).zero(rctx, 0 if self.transposed else 1, ~rctx.mask(x))
 
 
 class Gemm(Rule):
@@ -321,64 +389,59 @@ class Gemm(Rule):
     output features; bias C sliced along the output features."""
 
     def propagate(self, node, ctx):
-        a, b = node.inputs[0], node.inputs[1]
-        if not isinstance(b, gs.Constant) or (has_input(node, 2) and not isinstance(node.inputs[2], gs.Constant)):
+        a, b, c = node.inputs[0], Param(node, 1), Param(node, 2)
+        if b.values is None or not c.ok:
             _freeze_inputs(node, ctx, "Gemm with non-constant weights")
             return
         m = ctx.map(a)
         feat_axis = 0 if node.attrs.get("transA", 0) else 1
         if m is not None and m.axis != feat_axis:
             ctx.freeze(m.elems, "Gemm input features off the feature axis")
+            m = None
         elif m is not None:
             ctx.touch(node, m.elems)
-        n_out = b.shape[0] if node.attrs.get("transB", 0) else b.shape[1]
-        ctx.set_map(node.outputs[0], 1, ctx.new_source(node, n_out, "gemm"), node)
+        n_out = b.values.shape[0] if node.attrs.get("transB", 0) else b.values.shape[1]
+        out = ctx.new_source(node, n_out, "gemm")
+        ctx.share_weight(b.source, "out", out)
+        ctx.share_weight(b.source, "in", None if m is None else m.elems)
+        ctx.set_map(node.outputs[0], 1, out, node)
 
     def rewrite(self, node, rctx):
         a, y = node.inputs[0], node.outputs[0]
         if not (rctx.changed(a) or rctx.changed(y)):
             return
-        b = const(node.inputs[1])
-        trans_b = node.attrs.get("transB", 0)
-        om = rctx.mask(y)
-        im = rctx.mask(a)
-        if im is None:
-            im = np.ones(b.shape[1] if trans_b else b.shape[0], bool)
-        rctx.set_input(node, 1, _take2(b, om, im) if trans_b else _take2(b, im, om))
-        if has_input(node, 2):
-            c = const(node.inputs[2])
-            if c.ndim >= 1 and c.shape[-1] == len(om) and len(om) > 1:
-                rctx.set_input(node, 2, c[..., om])
+        om, im = rctx.mask(y), rctx.mask(a)
+        Param(node, 1).take(rctx, {0: om, 1: im} if node.attrs.get("transB", 0) else {0: im, 1: om})
+        c = Param(node, 2)
+        if c.present and c.values.ndim >= 1 and c.values.shape[-1] == len(om) and len(om) > 1:
+            c.take(rctx, {c.values.ndim - 1: om})
 
     def zero(self, node, rctx):
         a = node.inputs[0]
-        if not rctx.changed(a):
-            return
-        b = const(node.inputs[1]).copy()
-        removed = ~rctx.mask(a)
-        if node.attrs.get("transB", 0):
-            b[:, removed] = 0
-        else:
-            b[removed] = 0
-        rctx.set_input(node, 1, b)
+        if rctx.changed(a):
+            Param(node, 1).zero(rctx, 1 if node.attrs.get("transB", 0) else 0, ~rctx.mask(a))
 
 
 class MatMul(Rule):
     """MatMul by a constant 2-D weight (a Linear layer, as in channels-last MLPs)."""
 
     def propagate(self, node, ctx):
-        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        w = const(b)
+        a, y = node.inputs[0], node.outputs[0]
+        param = Param(node, 1)
+        w = param.values
         if w is None or w.ndim != 2 or isinstance(a, gs.Constant):
             _freeze_inputs(node, ctx, "MatMul without a constant 2-D weight")
             return
         m = ctx.map(a)
         if m is not None and m.axis != m.rank - 1:
             ctx.freeze(m.elems, "MatMul input channels not on the last axis")
+            m = None
         elif m is not None:
             ctx.touch(node, m.elems)
         r = ctx.rank(y)
         out = ctx.new_source(node, w.shape[1], "matmul")
+        ctx.share_weight(param.source, "out", out)
+        ctx.share_weight(param.source, "in", None if m is None else m.elems)
         if r is None:
             ctx.freeze(out, f"no shape known for {y.name}")
             return
@@ -386,21 +449,13 @@ class MatMul(Rule):
 
     def rewrite(self, node, rctx):
         a, y = node.inputs[0], node.outputs[0]
-        if not (rctx.changed(a) or rctx.changed(y)):
-            return
-        w = const(node.inputs[1])
-        im = rctx.mask(a)
-        im = np.ones(w.shape[0], bool) if im is None else im
-        om = rctx.mask(y)
-        rctx.set_input(node, 1, _take2(w, im, om))
+        if rctx.changed(a) or rctx.changed(y):
+            Param(node, 1).take(rctx, {0: rctx.mask(a), 1: rctx.mask(y)})
 
     def zero(self, node, rctx):
         a = node.inputs[0]
-        if not rctx.changed(a):
-            return
-        w = const(node.inputs[1]).copy()
-        w[~rctx.mask(a)] = 0
-        rctx.set_input(node, 1, w)
+        if rctx.changed(a):
+            Param(node, 1).zero(rctx, 0, ~rctx.mask(a))
 
 
 # --------------------------------------------------------------------------- layout ops
@@ -410,7 +465,7 @@ class Transpose(Rule):
         if m is None:
             return
         perm = list(node.attrs.get("perm", range(m.rank)[::-1]))
-        ctx.set_map(node.outputs[0], perm.index(m.axis), m.elems, node)
+        ctx.set_map(node.outputs[0], perm.index(m.axis), m.elems, node, rank=m.rank)
 
 
 class Unsqueeze(Rule):
@@ -474,8 +529,8 @@ def _product_equal(a: list, b: list) -> bool:
     """Whether two dim lists hold the same number of elements (symbolic dims by name)."""
     if any(d is None for d in a) or any(d is None for d in b):
         return False
-    sa = sorted(d for d in a if isinstance(d, str))
-    sb = sorted(d for d in b if isinstance(d, str))
+    sa = sorted(f for d in a if isinstance(d, str) for f in d.split("*"))  # "h*w": a -1 over two dynamic dims
+    sb = sorted(f for d in b if isinstance(d, str) for f in d.split("*"))
     if sa != sb:
         return False
     return math.prod(int(d) for d in a if not isinstance(d, str)) == \
@@ -507,29 +562,194 @@ def reshape_channel_map(shape_in: list, shape_out: list, axis: int, elems: np.nd
     return None
 
 
+def _resolve_target(shape_in: list, target: list) -> list | None:
+    """A Reshape's output dims from its target entries (ints, None where computed): 0 copies
+    the input dim, -1 takes the rest: a symbolic batch (tf2onnx's `-1`) stays that symbol."""
+    out = [shape_in[i] if t == 0 and i < len(shape_in) else t for i, t in enumerate(target)]
+    if out.count(-1) != 1:
+        return out if -1 not in out else None
+    known = [d for d in out if d != -1]
+    if None in shape_in or None in known:
+        return None
+    syms_in = sorted(d for d in shape_in if isinstance(d, str))
+    syms_known = sorted(d for d in known if isinstance(d, str))
+    rest = list(syms_in)
+    for sym in syms_known:
+        if sym not in rest:
+            return None
+        rest.remove(sym)
+    num = math.prod(int(d) for d in shape_in if not isinstance(d, str))
+    den = math.prod(int(d) for d in known if not isinstance(d, str))
+    if den == 0 or num % den:
+        return None
+    factor = num // den
+    if rest:
+        if factor != 1:
+            return None
+        fill = "*".join(rest)
+    else:
+        fill = factor
+    return [fill if d == -1 else d for d in out]
+
+
+def _target_pieces(target: gs.Tensor) -> list[tuple[gs.Node | None, int, gs.Tensor]] | None:
+    """The 1-D tensors a Reshape target is made of: itself, or the inputs of the Concat that
+    builds it (`x.view(x.size(0), 20, -1)` after the static dims were folded)."""
+    if isinstance(target, gs.Constant):
+        return [(None, 1, target)]
+    if len(target.inputs) == 1 and target.inputs[0].op == "Concat" and len(target.outputs) == 1:
+        cat = target.inputs[0]
+        return [(cat, i, t) for i, t in enumerate(cat.inputs)]
+    return None
+
+
+def _target_entries(node: gs.Node) -> list[tuple[gs.Node | None, int, int, gs.Tensor]] | None:
+    """Per target position: (holder node or None for the Reshape itself, input index of the
+    piece, position in the piece, piece tensor); None where the pieces are not 1-D or sized."""
+    pieces = _target_pieces(node.inputs[1]) if len(node.inputs) > 1 else None
+    if pieces is None:
+        return None
+    entries = []
+    for holder, idx, t in pieces:
+        shape = t.shape
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], (int, np.integer)):
+            return None
+        entries += [(holder, idx, k, t) for k in range(int(shape[0]))]
+    return entries
+
+
+# ops through which a shape value stays a function of shapes (constants only as indices)
+_SHAPE_ARITHMETIC = {"Gather": (0,), "Slice": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Cast": (0,),
+                     "Identity": (0,), "ReduceProd": (0,), "Concat": None, "Mul": None}
+
+
+def _from_shapes_of(t: gs.Tensor, elems: np.ndarray, maps: dict, depth: int = 0) -> bool:
+    """Whether `t` is computed only from the shapes of tensors that carry `elems` (so it
+    follows the pruned channel count at run time)."""
+    if depth > 16 or isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return False
+    p = t.inputs[0]
+    if p.op == "Shape":
+        m = maps.get(p.inputs[0].name)
+        return m is not None and np.array_equal(m.elems, elems)
+    if p.op not in _SHAPE_ARITHMETIC:
+        return False
+    which = _SHAPE_ARITHMETIC[p.op]
+    ins = p.inputs if which is None else [p.inputs[i] for i in which]
+    return all(_from_shapes_of(i, elems, maps, depth + 1) for i in ins)
+
+
+def _channel_entry(node: gs.Node, o: int, in_axis: int, elems: np.ndarray, maps: dict):
+    """How the target's entry `o` (where the channels land) follows pruning: 'fixed' (-1, or
+    0 copying the channel axis), 'derived' (computed from the pruned tensors' shapes),
+    ('const', holder, input index, position) to rewrite, or None (a stale literal)."""
+    entries = _target_entries(node)
+    if entries is None:
+        return "derived" if len(node.inputs) > 1 and _from_shapes_of(node.inputs[1], elems, maps) else None
+    if o >= len(entries):
+        return None
+    holder, idx, k, t = entries[o]
+    v = const(t)
+    if v is None:
+        return "derived" if _from_shapes_of(t, elems, maps) else None
+    val = int(v.reshape(-1)[k])
+    if val == -1 or (val == 0 and in_axis == o):
+        return "fixed"
+    return ("const", holder, idx, k) if val > 0 else None
+
+
+def _shape_values(t: gs.Tensor, shape_of, depth: int = 0) -> list | None:
+    """The values of a small shape-computing tensor as dims (ints, or the symbol of a dynamic
+    dim): Shape, Gather/Slice by constants, (Un)Squeeze, Concat, Cast. None where unknown."""
+    v = const(t)
+    if v is not None:
+        return [int(d) for d in v.reshape(-1)] if v.ndim <= 1 and np.issubdtype(v.dtype, np.integer) else None
+    if depth > 8 or len(t.inputs) != 1:
+        return None
+    p = t.inputs[0]
+    if p.op == "Shape":
+        dims = shape_of(p.inputs[0])
+        return None if dims is None else dims[slice(p.attrs.get("start", 0), p.attrs.get("end"))]
+    if p.op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return _shape_values(p.inputs[0], shape_of, depth + 1)
+    if p.op == "Concat":
+        parts = [_shape_values(i, shape_of, depth + 1) for i in p.inputs]
+        return None if any(x is None for x in parts) else [d for x in parts for d in x]
+    if p.op == "Slice" and all(const(i) is not None for i in p.inputs[1:] if i.name):
+        src = _shape_values(p.inputs[0], shape_of, depth + 1)
+        bounds = [const(i).reshape(-1) for i in p.inputs[1:] if i.name]
+        if src is None or any(len(b) != 1 for b in bounds) or (len(bounds) > 2 and int(bounds[2][0]) != 0):
+            return None
+        step = int(bounds[3][0]) if len(bounds) > 3 else 1
+        return src[slice(int(bounds[0][0]), int(bounds[1][0]), step)]
+    if p.op == "Gather" and const(p.inputs[1]) is not None:
+        src = _shape_values(p.inputs[0], shape_of, depth + 1)
+        idx = const(p.inputs[1]).reshape(-1)
+        return None if src is None or any(not -len(src) <= i < len(src) for i in idx) else [src[int(i)] for i in idx]
+    return None
+
+
+def _named_dims(t: gs.Tensor, dims: list | None) -> list | None:
+    """Unknown dims named after their tensor and position: `Shape(x)[0]` then matches x's
+    own unknown batch (Paddle's `-1` batch, read back by Shape to build a flatten target)."""
+    return None if dims is None else [f"?{t.name}[{i}]" if d is None else d for i, d in enumerate(dims)]
+
+
+def _literal_target(node: gs.Node, shape_of) -> list | None:
+    """The target's entries: ints, symbols of dynamic dims read by Shape, None if unknown."""
+    entries = _target_entries(node)
+    if entries is None:
+        return None
+    out, cache = [], {}
+    for _, _, k, t in entries:
+        if t.name not in cache:
+            cache[t.name] = _shape_values(t, shape_of)
+        vals = cache[t.name]
+        out.append(vals[k] if vals is not None and k < len(vals) else None)
+    return out
+
+
 class Reshape(Rule):
+    """Channels move intact (a Squeeze/Unsqueeze written as Reshape, as tf2onnx does) or merge
+    with the dims after them (flatten). The channel count in the target is rewritten, whether
+    the target is a literal or a Concat of literal and computed pieces; a count that cannot
+    be rewritten freezes the channels (a stale count makes a model onnxruntime refuses)."""
+
     def propagate(self, node, ctx):
         x, y = node.inputs[0], node.outputs[0]
         m = ctx.map(x)
         if m is None:
             return
-        si, so = ctx.shape(x), ctx.shape(y)
+        si, so = _named_dims(x, ctx.shape(x)), ctx.shape(y)
         res = reshape_channel_map(si, so, m.axis, m.elems) if si is not None and so is not None else None
+        literal = _literal_target(node, lambda t: _named_dims(t, ctx.shape(t)))
+        rank = len(so) if so is not None else None
+        if res is None and si is not None and literal is not None and not node.attrs.get("allowzero", 0):
+            resolved = _resolve_target(si, literal)
+            res = reshape_channel_map(si, resolved, m.axis, m.elems) if resolved is not None else None
+            rank = len(literal)
         if res is None:
             _freeze_inputs(node, ctx, "Reshape splits or mixes the channel axis, as a channel shuffle or attention heads do")
             return
-        ctx.set_map(y, res[0], res[1], node)
+        if _channel_entry(node, res[0], m.axis, m.elems, ctx.maps) is None:
+            _freeze_inputs(node, ctx, "Reshape target holds the channel count in a form that cannot be rewritten")
+            return
+        ctx.set_map(y, res[0], res[1], node, rank=rank)
 
     def rewrite(self, node, rctx):
-        y = node.outputs[0]
-        target = const(node.inputs[1]) if len(node.inputs) > 1 else None
-        if target is None or not rctx.changed(y):
+        x, y = node.inputs[0], node.outputs[0]
+        if not rctx.changed(y):
             return
-        o = rctx.maps[y.name].axis
-        if target[o] > 0:
-            target = target.copy()
-            target[o] = int(rctx.mask(y).sum())
-            rctx.set_input(node, 1, target)
+        o, m_in = rctx.maps[y.name].axis, rctx.maps[x.name]
+        entry = _channel_entry(node, o, m_in.axis, m_in.elems, rctx.maps)
+        if not isinstance(entry, tuple):
+            return
+        _, holder, idx, k = entry
+        holder = holder or node
+        v = const(holder.inputs[idx]).copy()
+        flat = v.reshape(-1)
+        flat[k] = int(rctx.mask(y).sum())
+        rctx.set_input(holder, idx, v)
 
 
 class Concat(Rule):
@@ -745,7 +965,9 @@ class Resize(Rule):
 
 
 class Reduce(Rule):
-    """Reductions over spatial axes pass channels through; over channels they freeze."""
+    """Reductions over other axes keep the channels (moved when keepdims=0). Over the channel
+    axis (or all axes) the result mixes channels: frozen, or with --allow-inexact pruned and
+    reported inexact, as for the other pooling ops."""
 
     def propagate(self, node, ctx):
         m = ctx.map(node.inputs[0])
@@ -754,16 +976,86 @@ class Reduce(Rule):
         opset = _opset(node)
         from_input = 13 if node.op == "ReduceSum" else 18
         axes, ok = ints_from(node, "axes", 1, from_input, opset)
-        if not ok or not axes:
-            _freeze_inputs(node, ctx, f"{node.op} over all axes or non-constant axes")
+        if not ok:
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant axes")
             return
-        axes = [_norm_axis(a, m.rank) for a in axes]
+        if not axes and node.attrs.get("noop_with_empty_axes", 0):
+            ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+            return
+        axes = [_norm_axis(a, m.rank) for a in axes] if axes else list(range(m.rank))
         if m.axis in axes:
-            _freeze_inputs(node, ctx, f"{node.op} over the channel axis")
+            reason = f"{node.op} {node.name} reduces over the channel axis: pruning it cannot be exact"
+            if not ctx.allow_inexact:
+                ctx.freeze(m.elems, reason + " (use --allow-inexact)")
+            else:
+                ctx.mark_inexact(m.elems, reason)
             return
         keep = node.attrs.get("keepdims", 1)
         axis = m.axis if keep else m.axis - sum(a < m.axis for a in axes)
         ctx.set_map(node.outputs[0], axis, m.elems, node)
+
+
+class Recurrent(Rule):
+    """LSTM / GRU / RNN read input features through W [directions, gates*hidden, input]:
+    removing a feature removes W's column, exactly (a CRNN's CNN channels feeding its RNN).
+    The hidden units stay (their outputs are not followed)."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        w = const(node.inputs[1]) if has_input(node, 1) else None
+        if w is None or w.ndim != 3 or m.rank != 3 or m.axis != 2 or w.shape[2] != len(m.elems):
+            _freeze_inputs(node, ctx, f"{node.op} with non-constant weights or input features off the last axis")
+            return
+        ctx.touch(node, m.elems)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if rctx.changed(x):
+            rctx.set_input(node, 1, np.compress(rctx.mask(x), const(node.inputs[1]), axis=2))
+
+    def zero(self, node, rctx):
+        x = node.inputs[0]
+        if rctx.changed(x):
+            w = const(node.inputs[1]).copy()
+            w[..., ~rctx.mask(x)] = 0
+            rctx.set_input(node, 1, w)
+
+
+class ExpandTile(Rule):
+    """Expand / Tile of a tensor carrying channels: they pass when the channel axis is not
+    repeated (Expand to 1 or C there, Tile by 1); a literal C in Expand's shape is rewritten
+    to the new count (a stale one would make the model fail to load)."""
+
+    def propagate(self, node, ctx):
+        x, y = node.inputs[0], node.outputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        v = const(node.inputs[1]) if has_input(node, 1) else None
+        r_out = ctx.rank(y) if node.op == "Expand" else m.rank
+        if v is None or r_out is None:
+            _freeze_inputs(node, ctx, f"{node.op} with a computed shape")
+            return
+        axis = m.axis + r_out - m.rank
+        k = axis - (r_out - len(v)) if node.op == "Expand" else m.axis
+        if k >= 0 and int(v[k]) not in ((1, len(m.elems)) if node.op == "Expand" else (1,)):
+            _freeze_inputs(node, ctx, f"{node.op} repeats the channel axis")
+            return
+        ctx.set_map(y, axis, m.elems, node, rank=r_out)
+
+    def rewrite(self, node, rctx):
+        x, y = node.inputs[0], node.outputs[0]
+        if node.op != "Expand" or not rctx.changed(x):
+            return
+        v, m, mask = const(node.inputs[1]), rctx.maps[y.name], rctx.mask(x)
+        k = m.axis - (m.rank - len(v))
+        if k >= 0 and int(v[k]) == len(mask):
+            v = v.copy()
+            v[k] = int(mask.sum())
+            rctx.set_input(node, 1, v)
 
 
 class Gather(Rule):
@@ -781,6 +1073,58 @@ class Gather(Rule):
             _freeze_inputs(node, ctx, "Gather along channels")
             return
         ctx.set_map(node.outputs[0], m.axis + r_idx - 1 if axis < m.axis else m.axis, m.elems, node)
+
+
+class QuantizeDequantize(Rule):
+    """QuantizeLinear / DequantizeLinear on activations (QDQ models): per-tensor scales pass
+    the channels through; per-channel scales along the channel axis are sliced with them."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        m = ctx.map(x)
+        if m is None:
+            return
+        scale = const(node.inputs[1])
+        zp = const(node.inputs[2]) if has_input(node, 2) else None
+        if scale is None or (has_input(node, 2) and zp is None) or "block_size" in node.attrs:
+            _freeze_inputs(node, ctx, f"{node.op} with computed or blocked quantization parameters")
+            return
+        per_tensor = scale.size == 1 and scale.ndim <= 1
+        axis = _norm_axis(int(node.attrs.get("axis", 1)), m.rank)
+        if not per_tensor and (scale.ndim != 1 or axis != m.axis or len(scale) != len(m.elems)):
+            _freeze_inputs(node, ctx, f"{node.op} quantizes per channel along another axis")
+            return
+        ctx.set_map(node.outputs[0], m.axis, m.elems, node)
+
+    def rewrite(self, node, rctx):
+        x = node.inputs[0]
+        if not rctx.changed(x):
+            return
+        for i in (1, 2):
+            v = const(node.inputs[i]) if has_input(node, i) else None
+            if v is not None and v.ndim == 1 and v.size > 1:
+                rctx.set_input(node, i, v[rctx.mask(x)])
+
+
+class Refuse(Rule):
+    """Operators the model cannot be pruned through at all: a clear refusal, not a freeze."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def propagate(self, node, ctx):
+        raise GraphpruneError(f"{node.op} {node.name}: {self.reason}")
+
+
+_OPERATOR_QUANTIZED = Refuse("operator-oriented quantized models (QLinearConv, ConvInteger) cannot be pruned; "
+                             "prune the float model first, then quantize it (or quantize with QDQ)")
+
+
+def check_supported(nodes) -> None:
+    """Refuse models the channel rules cannot handle at all, before any other check."""
+    for node in nodes:
+        if isinstance(rule_for(node), Refuse):
+            rule_for(node).propagate(node, None)
 
 
 # --------------------------------------------------------------------------- the table
@@ -801,7 +1145,11 @@ RULES: dict[str, Rule] = {
     "Squeeze": Squeeze(), "Unsqueeze": Unsqueeze(),
     "Concat": Concat(), "Split": Split(), "Slice": Slice(), "Pad": Pad(),
     "Resize": Resize(), "Upsample": Resize(), "Gather": Gather(),
+    "Expand": ExpandTile(), "Tile": ExpandTile(),
     "Shape": ShapeOnly(), "Size": ShapeOnly(),
+    "LSTM": Recurrent(), "GRU": Recurrent(), "RNN": Recurrent(),
+    "QuantizeLinear": QuantizeDequantize(), "DequantizeLinear": QuantizeDequantize(),
+    **{op: _OPERATOR_QUANTIZED for op in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")},
     **{r: Reduce() for r in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
                              "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
     **{op: _ELEMENTWISE for op in (

@@ -9,7 +9,8 @@ that share a producer form *groups*: the unit of pruning and the unit of reporti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -44,6 +45,7 @@ class PropagationContext:
         self.freezes: list[tuple[np.ndarray, str]] = []
         self.inexact: list[tuple[np.ndarray, str]] = []
         self.touches: list[tuple[str, np.ndarray]] = []   # (node name, elements it reads or writes)
+        self._weight_users: dict[tuple[str, str], np.ndarray | None] = {}
 
     # -- reading --------------------------------------------------------------
     def map(self, t: gs.Tensor) -> ChannelMap | None:
@@ -106,6 +108,25 @@ class PropagationContext:
     def touch(self, node: gs.Node, elems: np.ndarray) -> None:
         self.touches.append((node.name, elems))
 
+    def share_weight(self, weight: str, role: str, elems: np.ndarray | None) -> None:
+        """Consumers of one weight initializer (tied weights: an unrolled RNN's steps, shared
+        filter banks) must slice it identically, so the pruned model keeps ONE initializer
+        instead of a copy per slicing: their channels along `role` ('in' or 'out') are
+        coupled, or frozen where one consumer's channels are not followed."""
+        key = (weight, role)
+        if key not in self._weight_users:
+            self._weight_users[key] = elems
+            return
+        first = self._weight_users[key]
+        if first is None or elems is None or len(first) != len(elems):
+            reason = f"weight {weight} is shared with a layer whose channels are not followed"
+            for e in (first, elems):
+                if e is not None:
+                    self.freeze(e, reason)
+            self._weight_users[key] = None
+            return
+        self.union(first, elems)
+
     def union_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._unions:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -118,6 +139,8 @@ class RewriteContext:
     maps: dict[str, ChannelMap]
     keep: np.ndarray                      # bool per element
     opset: int = 13
+    # (source constant name, dtype, shape, digest) -> the sliced constant already made from it
+    _made: dict = field(default_factory=dict, repr=False)
 
     def mask(self, t: gs.Tensor) -> np.ndarray | None:
         m = self.maps.get(t.name) if t is not None and t.name else None
@@ -128,7 +151,15 @@ class RewriteContext:
         return mask is not None and not bool(mask.all())
 
     def set_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
-        """Give `node` its own constant for input `index`: shared initializers stay intact."""
+        """Give `node` a new constant for input `index`; the original stays intact for its
+        other users. Consumers that slice one shared initializer identically (an unrolled
+        RNN's per-step Gemms, PyTorch's deduplicated biases) get ONE new constant: a copy
+        per consumer would multiply the parameters of the pruned model."""
         old = node.inputs[index]
-        const = gs.Constant(f"{old.name}__pruned_{node.name}", np.ascontiguousarray(values))
+        values = np.ascontiguousarray(values)
+        key = (old.name, values.dtype.str, values.shape, hashlib.blake2b(values.tobytes(), digest_size=16).digest())
+        const = self._made.get(key)
+        if const is None or not np.array_equal(const.values, values):
+            const = gs.Constant(f"{old.name}__pruned_{node.name}", values)
+            self._made[key] = const
         node.inputs[index] = const

@@ -23,6 +23,21 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def _weight(model: onnx.ModelProto, inits: dict, name: str) -> np.ndarray:
+    """A producer's weight: an initializer, or DequantizeLinear of initializers (QDQ models)."""
+    if name in inits:
+        return view(inits[name])
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == name)
+    q = view(inits[dq.input[0]]).astype(np.float64)
+    scale = view(inits[dq.input[1]]).astype(np.float64)
+    zp = view(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
+    if scale.size > 1:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+        shape = [-1 if i == axis else 1 for i in range(q.ndim)]
+        scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.size > 1 else zp
+    return (q - zp) * scale
+
+
 def _filter_norms(node: onnx.NodeProto, w: np.ndarray, kind: str, order: int) -> np.ndarray:
     """Norm of each output channel's weights."""
     if kind == "conv":
@@ -80,7 +95,7 @@ def producer_scores(an: Analysis, criterion: str) -> tuple[list[tuple[np.ndarray
         else:
             if meta is not None and prunable:
                 missing.append(s.node)
-            w = view(inits[node.input[1]])
+            w = _weight(model, inits, node.input[1])
             v = _filter_norms(node, w, s.kind, 2 if criterion == "l2" else 1)
         pairs.append((np.arange(s.start, s.stop), v))
     if missing:
