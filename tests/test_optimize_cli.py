@@ -199,6 +199,19 @@ def test_stand_in_timings_are_labelled_everywhere(case, tmp_path):
     assert json.loads((out / "pareto.json").read_text())["latency"]["stand_in"] == "x86"
 
 
+def _held_out(case, seed=0):
+    """The evaluation half optimize holds out of --data when there is no --train-data."""
+    d = np.load(case[1])
+    idx = np.random.default_rng(seed).permutation(len(d["y"]))
+    ev = np.sort(idx[:max(10, len(idx) // 2)])
+    return d["x"][ev], d["y"][ev]
+
+
+def _accuracy(model, x, y):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return float((sess.run(None, {"x": x})[0].argmax(1) == y).mean())
+
+
 def test_recovery_slack_holds_the_users_bound_on_the_delivered_model(case, tmp_path):
     """The search looks beyond the user's accuracy bound; what is delivered meets it after fine-tuning
     (measured on data the fine-tuning never saw), or, when no tried member does, is the choice
@@ -206,20 +219,89 @@ def test_recovery_slack_holds_the_users_bound_on_the_delivered_model(case, tmp_p
     logic itself, with scripted recovery results, is test_search_units.py's.)"""
     out = tmp_path / "out"
     s = run_optimize(_opts(case, out, budget=10, epochs=1.0, max_error_increase=0.8, recovery_slack=0.15,
-                           recovery_tries=2, group_bounds="1:0.5:0.75", prefer={"latency_ms": 10.0}),
-                     log=lambda m: None)
-    base_err, rec = s["baseline"]["error"], s["recovery"]
+                           recovery_tries=2, group_bounds="1:0.5:0.75", prefer={"latency_ms": 10.0},
+                           lr=0.001, batch_size=16), log=lambda m: None)
+    base_err, rec = s["baseline"]["error"], s["recovery"] or s["recovery_rejected"]
     assert "after recovery" in s["constraints_text"] and "the search allows 0.95" in s["constraints_text"]
     assert rec is not None and "recovery-aware" in s["choice_reason"]   # group 1 bounded: always pruned
     if "fell back" in s["choice_reason"]:
         assert s["chosen"]["error"] <= base_err + 0.8 + 1e-12
     else:
         assert "delivered the first within the bound" in s["choice_reason"]
-        assert 1 - rec["accuracy_after"] <= base_err + 0.8 + 1e-12
     assert s["choice_reason"].count("->") <= 2                            # at most --recovery-tries recovered
-    meta = get_json(onnx.load(out / "best.onnx"), "graphprune.optimize")
+    m = onnx.load(out / "best.onnx")
+    acc = _accuracy(m, *_held_out(case))
+    assert acc == pytest.approx(s["delivered"]["accuracy"]) and 1 - acc <= base_err + 0.8 + 1e-12
+    meta = get_json(m, "graphprune.optimize")
     assert meta["choice_reason"] == s["choice_reason"] and meta["configuration"] == s["chosen"]["config"]
-    assert meta["recovery"]["accuracy_after"] == pytest.approx(rec["accuracy_after"])
+    if s["recovery"]:
+        assert meta["recovery"]["accuracy_after"] == pytest.approx(s["recovery"]["accuracy_after"])
+    else:
+        assert meta["recovery_rejected"]["reason"] == s["recovery_rejected"]["reason"]
+
+
+def _strict_json(path: Path):
+    def no_constant(name):
+        raise ValueError(f"{path.name} holds a bare {name}: not JSON")
+    return json.loads(path.read_text(), parse_constant=no_constant)
+
+
+def test_a_ruined_recovery_is_never_delivered_and_every_json_output_stays_valid(case, tmp_path, capsys):
+    """--lr 10 destroys the model during fine-tuning (issue 10: '10.00 % after recovery (before 93 %)'
+    delivered as best.onnx with exit 0, NaN weights, a bare NaN in pareto.json). The pruned model
+    before recovery meets the bound, so it is what is delivered, and every output says so."""
+    mp, dp = case
+    out = tmp_path / "o"
+    rc = main(["optimize", str(mp), "--data", str(dp), "-o", str(out), "--budget", "8", "--epochs", "0.5",
+               "--lr", "10", "--max-error-increase", "0.4", "--group-bounds", "1:0.5:0.75"] + FAST)
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    pj = _strict_json(out / "pareto.json")
+    bad = pj["recovery_rejected"]
+    assert pj["recovery"] is None and bad and bad["key"] == pj["chosen"]["key"]
+    assert "REJECTED" in cap.out and "delivered the pruned model before recovery" in cap.out
+    assert "after recovery:" not in cap.out
+    assert "Recovery rejected" in (out / "report.md").read_text()
+    m = onnx.load(out / "best.onnx")
+    assert all(np.isfinite(onnx.numpy_helper.to_array(t)).all() for t in m.graph.initializer)
+    acc = _accuracy(m, *_held_out(case))
+    assert acc == pytest.approx(pj["delivered"]["accuracy"]) == pytest.approx(1 - pj["chosen"]["error"])
+    assert 1 - acc <= pj["baseline"]["error"] + 0.4 + 1e-12
+    meta = get_json(m, "graphprune.optimize")
+    assert meta["recovery"] is None and meta["recovery_rejected"]["reason"] == bad["reason"]
+    for line in (out / "journal.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda n: pytest.fail(f"journal holds {n}"))
+
+
+def test_the_speedup_is_measured_side_by_side_never_from_cached_latencies(case, tmp_path, monkeypatch):
+    """A cached latency of the original from an earlier run on a loaded machine (here: 1000 ms)
+    may steer the search, but the speed-up delivered is a paired measurement made now, with the
+    threads stated (bench's default when --threads is not given)."""
+    import graphprune.search.objectives as objectives
+    from graphprune.targets.measure_local import default_threads
+    shapes = lambda m: sorted((t.name, tuple(t.dims)) for t in m.graph.initializer)  # noqa: E731
+    original = shapes(onnx.load(case[0]))
+    real = objectives.measure
+
+    def stale(model, spec):
+        r = real(model, spec)
+        if shapes(model) == original:
+            r.update(latency_ms=1000.0, latency_cached=True)
+        return r
+    monkeypatch.setattr(objectives, "measure", stale)
+    out = tmp_path / "out"
+    s = run_optimize(_opts(case, out, budget=8, group_bounds="1:0.5:0.75"), log=lambda m: None)
+    assert s["baseline"]["latency_ms"] == 1000.0                 # the search saw the stale figure
+    f = s["final"]
+    assert f["method"] == "paired" and f["pairs"] == 10 and f["threads"] == default_threads() == s["threads"]
+    assert f["original_ms"] < 100 and f["speedup"] < 20          # measured now: a 0.03 ms model, not 1000 ms
+    assert f["speedup_iqr"][0] <= f["speedup"] <= f["speedup_iqr"][1]
+    assert f["speedup_ci95"][0] <= f["speedup"] <= f["speedup_ci95"][1]
+    assert f["text"] in (out / "report.md").read_text()
+    assert f"{default_threads()} onnxruntime intra-op thread(s)" in s["latency_label"]
+    pj = _strict_json(out / "pareto.json")
+    assert pj["final"]["speedup"] == f["speedup"] and pj["latency"]["threads"] == default_threads()
+    assert get_json(onnx.load(out / "best.onnx"), "graphprune.optimize")["final"]["speedup"] == f["speedup"]
 
 
 def test_workers_pool_gives_the_same_measured_figures(case, tmp_path):
@@ -230,15 +312,18 @@ def test_workers_pool_gives_the_same_measured_figures(case, tmp_path):
 
 def test_recovery_finetunes_on_data_it_never_evaluates(case, tmp_path):
     out = tmp_path / "out"
-    s = run_optimize(_opts(case, out, budget=12, epochs=2.0, max_error_increase=None,
+    s = run_optimize(_opts(case, out, budget=12, epochs=2.0, max_error_increase=None, lr=0.001, batch_size=16,
                            group_bounds="1:0.5:0.75"), log=lambda m: None)   # forces a pruned choice
-    rec = s["recovery"]
+    rec = s["recovery"] or s["recovery_rejected"]
     assert int(s["chosen"]["key"].split("-")[1]) <= 24
     assert rec is not None and rec["train_samples"] + rec["eval_samples"] == 256
     assert "held out" in s["data"]["description"]
     m = onnx.load(out / "best.onnx")
-    d = np.load(case[1])
+    assert _accuracy(m, *_held_out(case)) == pytest.approx(s["delivered"]["accuracy"])
     meta = get_json(m, "graphprune.optimize")
-    assert meta["recovery"]["accuracy_after"] == pytest.approx(rec["accuracy_after"])
+    if s["recovery"]:
+        assert meta["recovery"]["accuracy_after"] == pytest.approx(rec["accuracy_after"])
+        assert rec["accuracy_after"] >= rec["accuracy_before"]
+    d = np.load(case[1])
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": d["x"][:4]})[0].shape == (4, 4)
