@@ -327,3 +327,147 @@ def test_recovery_finetunes_on_data_it_never_evaluates(case, tmp_path):
     d = np.load(case[1])
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": d["x"][:4]})[0].shape == (4, 4)
+
+
+def test_every_bad_option_fails_before_anything_is_measured_or_created(case, tmp_path, capsys):
+    """Recovery options and --train-data used to be checked only after the whole search; a failed
+    start left a header-only journal that refused the corrected rerun."""
+    mp, dp = case
+    out = tmp_path / "o"
+    o = ["optimize", str(mp), "--data", str(dp), "-o", str(out)] + FAST
+    wrong_shape, bad_labels = tmp_path / "shape.npz", tmp_path / "labels.npz"
+    np.savez(wrong_shape, x=np.zeros((32, 3, 12, 12), np.float32), y=np.zeros(32, np.int64))
+    np.savez(bad_labels, x=np.zeros((32, 1, 12, 12), np.float32), y=np.full(32, 9, np.int64))
+    cases = [(["--epochs", "1", "--lr", "-1"], "--lr must be"), (["--epochs", "1", "--lr", "nan"], "--lr must be"),
+             (["--epochs", "1", "--batch-size", "0"], "--batch-size"), (["--epochs", "inf"], "--epochs must be"),
+             (["--epochs", "-1"], "--epochs must be"),
+             (["--epochs", "1", "--train-data", str(wrong_shape)], "--train-data: data x has shape"),
+             (["--epochs", "1", "--train-data", str(bad_labels)], "--train-data: data labels go up to 9"),
+             (["--recovery-tries", "0"], "--recovery-tries"), (["--finetune-steps", "0"], "--finetune-steps"),
+             (["--samples", "0"], "--samples"), (["--repeats", "0"], "--repeats"), (["--holdout", "-1"], "--holdout"),
+             (["--min-keep", "0"], "--min-keep"), (["--min-keep", "1.5"], "--min-keep"),
+             (["--channel-step", "0"], "--channel-step"), (["--threads", "0"], "--threads"),
+             (["--threads", "100000"], "core(s) this process may use"), (["--budget", "0"], "--budget"),
+             (["--workers", "0"], "--workers"), (["--max-error-increase", "nan"], "--max-error-increase"),
+             (["--latency-budget", "inf"], "--latency-budget")]
+    for extra, msg in cases:
+        rc, err = _cli(o + extra, capsys)
+        assert rc == 2 and len(err) == 1 and msg in err[0], (extra, err)
+        assert not out.exists(), extra
+    # OUTDIR that is a regular file
+    f = tmp_path / "file"
+    f.write_text("x")
+    rc, err = _cli(["optimize", str(mp), "--data", str(dp), "-o", str(f)] + FAST, capsys)
+    assert rc == 2 and len(err) == 1 and "not a folder" in err[0]
+    # the input model at OUTDIR/best.onnx: refused at the start, not after the search
+    out.mkdir()
+    (out / "best.onnx").write_bytes(mp.read_bytes())
+    rc, err = _cli(["optimize", str(out / "best.onnx"), "--data", str(dp), "-o", str(out)] + FAST, capsys)
+    assert rc == 2 and len(err) == 1 and "is the input model" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["best.onnx"]
+
+
+def test_a_start_that_fails_leaves_no_journal_that_blocks_the_rerun(case, tmp_path, monkeypatch):
+    import graphprune.search.objectives as objectives
+    from graphprune.errors import GraphpruneError
+
+    def device_gone(model, spec):
+        raise GraphpruneError("the device stopped answering")
+    real = objectives.measure
+    monkeypatch.setattr(objectives, "measure", device_gone)
+    out = tmp_path / "out"
+    with pytest.raises(GraphpruneError, match="stopped answering"):
+        run_optimize(_opts(case, out, budget=4), log=lambda m: None)
+    assert not (out / "journal.jsonl").exists()
+    monkeypatch.setattr(objectives, "measure", real)
+    s = run_optimize(_opts(case, out, budget=4), log=lambda m: None)     # no --resume needed
+    assert s["counts"]["from_journal"] == 0
+
+
+def test_resume_repairs_a_last_record_without_newline_and_refuses_a_non_object_line(case, tmp_path, capsys):
+    mp, dp = case
+    out = tmp_path / "out"
+    cmd = ["optimize", str(mp), "--data", str(dp), "-o", str(out), "--budget", "6"] + FAST
+    assert _cli(cmd, capsys)[0] == 0
+    j = out / "journal.jsonl"
+    j.write_bytes(j.read_bytes().rstrip(b"\n"))                  # the last record lost its newline
+    rc, err = _cli(cmd + ["--resume"], capsys)
+    assert rc == 0 and any("lacked its newline" in e for e in err)
+    rc, err = _cli(["optimize", str(mp), "--data", str(dp), "-o", str(out), "--budget", "12", "--resume"] + FAST,
+                   capsys)
+    assert rc == 0, err                                          # used to be refused: "line N is not JSON"
+    keys = [json.loads(line)["key"] for line in j.read_text().splitlines()[1:]]
+    assert len(keys) == len(set(keys))
+    with open(j, "a") as f:
+        f.write("[1, 2]\n")
+    rc, err = _cli(cmd + ["--resume"], capsys)
+    assert rc == 2 and len(err) == 1 and "not a record" in err[0]
+
+
+def test_a_second_run_on_a_busy_outdir_is_refused(case, tmp_path, capsys):
+    import fcntl
+
+    from graphprune.search.outdir import LOCK_NAME
+    mp, dp = case
+    out = tmp_path / "out"
+    cmd = ["optimize", str(mp), "--data", str(dp), "-o", str(out), "--budget", "4"] + FAST
+    assert _cli(cmd, capsys)[0] == 0
+    n = len((out / "journal.jsonl").read_text().splitlines())
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:   # another optimize holds OUTDIR
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, b"4242\n")
+        rc, err = _cli(cmd + ["--resume", "--budget", "30"], capsys)
+    finally:
+        os.close(fd)
+    assert rc == 2 and len(err) == 1 and f"{out} is in use by another graphprune optimize (pid 4242)" in err[0]
+    assert len((out / "journal.jsonl").read_text().splitlines()) == n
+    assert _cli(cmd + ["--resume"], capsys)[0] == 0              # the lock went with its holder
+
+
+def test_progress_off_a_terminal_is_plain_lines_and_quiet_is_no_progress(case, tmp_path):
+    mp, dp = case
+    base = [sys.executable, "-m", "graphprune", "optimize", str(mp), "--data", str(dp), "--budget", "4",
+            "--repeats", "5", "--channel-step", "2", "--holdout", "2"]
+    env = {**os.environ, "GRAPHPRUNE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run(base + ["-o", str(tmp_path / "a")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "candidates: 4/4 cand" in r.stderr
+    q = subprocess.run(base + ["-o", str(tmp_path / "b"), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert q.returncode == 0, q.stderr
+    assert "candidates:" not in q.stderr and "sensitivity + hold-out" not in q.stderr
+
+
+def test_pool_workers_die_with_a_killed_parent(case, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    mp, dp = case
+    cmd = [sys.executable, "-m", "graphprune", "optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "o"),
+           "--workers", "2", "--budget", "200", "--repeats", "300", "--channel-step", "2", "--no-progress"]
+    env = {**os.environ, "GRAPHPRUNE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())
+                       and "resource_tracker" not in " ".join(k.cmdline())]
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2 and proc.poll() is None, "the pool's workers never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers outlived their parent: {[p.pid for p in alive]}"
+    finally:
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()

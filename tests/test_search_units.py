@@ -234,3 +234,80 @@ def test_sensitivity_sweep_and_bounds(analysis):
            {"group": 0, "config": {"0": 8}, "error": 0.105}]
     assert lower_bounds(sp, pts, 0.10, 0.01) == {1: 20}
     assert lower_bounds(sp, pts, 0.10, None) == {}
+
+
+def test_journal_repairs_its_tail_before_appending_and_refuses_non_records(tmp_path):
+    p = tmp_path / "j.jsonl"
+    j = Journal(p, {"a": 1}, resume=False)
+    j.append({"type": "measured", "key": "8-8", "error": 0.1})
+    j.close()
+    p.write_bytes(p.read_bytes().rstrip(b"\n"))                 # complete record, newline lost
+    j = Journal(p, {"a": 1}, resume=True)
+    assert any("newline" in n for n in j.notes) and j.get("measured", "8-8")
+    j.append({"type": "measured", "key": "16-8", "error": 0.05})
+    j.close()
+    j = Journal(p, {"a": 1}, resume=True)                       # used to be refused: the two records glued
+    assert [r["key"] for r in j.of_type("measured")] == ["8-8", "16-8"] and not j.notes
+    j.close()
+    with open(p, "a") as f:
+        f.write('{"type":"measured","key":"24')               # torn: dropped, with a note
+    j = Journal(p, {"a": 1}, resume=True)
+    assert j.dropped_partial and any("incomplete last line" in n for n in j.notes)
+    j.close()
+    assert p.read_text().endswith('"error":0.05}\n')
+    with open(p, "a") as f:
+        f.write('"a string"\n')
+    with pytest.raises(GraphpruneError, match="line 4 is JSON but not a record"):
+        Journal(p, {"a": 1}, resume=True)
+
+
+def test_journal_and_reports_write_valid_json_with_non_finite_numbers_as_null(tmp_path):
+    from graphprune.search.report import write_json
+    j = Journal(tmp_path / "j.jsonl", {"a": 1}, resume=False)
+    j.append({"type": "latency", "key": "8", "latency_ms": float("inf"), "x": np.float32("nan")})
+    j.close()
+    strict = lambda t: json.loads(t, parse_constant=lambda n: pytest.fail(f"bare {n}"))  # noqa: E731
+    assert strict((tmp_path / "j.jsonl").read_text().splitlines()[1])["latency_ms"] is None
+    where = write_json(tmp_path / "p.json", {"recovery": {"training": [{"loss_last": float("nan")}]}, "ok": 1.5})
+    d = strict((tmp_path / "p.json").read_text())
+    assert d["recovery"]["training"][0]["loss_last"] is None and d["ok"] == 1.5
+    assert where == ["$.recovery.training[0].loss_last (nan)"] and "loss_last" in d["json_notes"][0]
+    assert oct((tmp_path / "p.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_paired_statistics_state_the_spread_and_only_claim_what_the_interval_shows():
+    from graphprune.targets.paired import paired_stats
+    rng = np.random.default_rng(0)
+    a = 2.0 + rng.normal(0, 0.01, 40)
+    f = paired_stats(a, a / 1.5)                                  # every pair: exactly 1.5x
+    assert f["speedup"] == pytest.approx(1.5) and f["verdict"] == "faster" and f["pairs"] == 40
+    assert f["speedup_ci95"][0] == pytest.approx(1.5) and f["speedup_iqr"] == pytest.approx([1.5, 1.5])
+    b = a * np.where(np.arange(40) % 2 == 0, 0.9, 1.1)            # half faster, half slower
+    f = paired_stats(a, b)
+    assert f["verdict"] == "no clear difference" and f["speedup_ci95"][0] < 1 < f["speedup_ci95"][1]
+    f = paired_stats(a, a * 1.25)
+    assert f["verdict"] == "slower" and f["speedup"] == pytest.approx(0.8)
+
+
+def test_tvm_final_comparison_measures_both_fresh_and_says_so(monkeypatch):
+    """Without an alternating runner (TVM, RPC) both models are measured now, bypassing the cache."""
+    import graphprune.targets as targets
+    from graphprune.search.latency import compare_final, final_text
+    from graphprune.search.objectives import LatencySpec
+    from graphprune.targets.result import LatencyResult
+    calls = []
+
+    def fake(model, **kw):
+        calls.append((model, kw["cache"]))
+        return LatencyResult(median_ms=2.0 if model == "orig" else 2.2, spread_ms=0.1, repeats=5, backend="tvm",
+                             target="x86", tuned=False, tuning="untuned", device="host")
+    monkeypatch.setattr(targets, "measure_latency", fake)
+    f = compare_final("orig", "pruned", LatencySpec(backend="tvm", repeats=5, threads=2))
+    assert calls == [("orig", False), ("pruned", False)] and f["method"] == "back-to-back"
+    assert f["verdict"] == "slower" and "NOT faster" in final_text(f) and "back to back" in final_text(f)
