@@ -8,6 +8,7 @@ here need no files; graphprune.search.stages.load_inputs checks the files.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from graphprune.errors import GraphpruneError
@@ -99,7 +100,7 @@ def parse_prefer(items: list[str] | None) -> dict[str, float]:
 
 
 def _int_at_least(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise GraphpruneError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
