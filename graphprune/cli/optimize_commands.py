@@ -110,9 +110,8 @@ def summary_lines(s: dict, outdir: str) -> list[str]:
         lines.append(f"after recovery: {100 * r['accuracy_after']:.2f} % (before {100 * r['accuracy_before']:.2f} %)")
     if s.get("recovery_rejected"):
         r = s["recovery_rejected"]
-        after = r.get("accuracy_after")
-        lines.append(f"recovery REJECTED ({r['reason']}; {'%.2f %%' % (100 * after) if after is not None else '-'} "
-                     f"after it): delivered the pruned model before recovery, {100 * d['accuracy']:.2f} %")
+        lines.append(f"recovery REJECTED: {r['reason']}; delivered the pruned model before recovery, "
+                     f"{100 * d['accuracy']:.2f} %")
     if s.get("final"):
         lines.append(f"speed-up: {s['final']['text']}")
     lines.append(f"wrote {outdir}/best.onnx, pareto.json, pareto.png, report.md")
