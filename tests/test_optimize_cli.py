@@ -419,9 +419,11 @@ def test_a_second_run_on_a_busy_outdir_is_refused(case, tmp_path, capsys):
         os.ftruncate(fd, 0)
         os.write(fd, b"4242\n")
         rc, err = _cli(cmd + ["--resume", "--budget", "30"], capsys)
+        rc2, err2 = _cli(cmd, capsys)                            # without --resume: busy, said first
     finally:
         os.close(fd)
     assert rc == 2 and len(err) == 1 and f"{out} is in use by another graphprune optimize (pid 4242)" in err[0]
+    assert rc2 == 2 and err2 == err
     assert len((out / "journal.jsonl").read_text().splitlines()) == n
     assert _cli(cmd + ["--resume"], capsys)[0] == 0              # the lock went with its holder
 

@@ -27,6 +27,8 @@ def check_outdir(outdir: str | os.PathLike, model: str | os.PathLike, resume: bo
     if out.exists() and not out.is_dir():
         raise GraphpruneError(f"{out}: exists and is not a folder; -o names the output folder")
     refuse_overwriting_input(out / "best.onnx", model)
+    if (out / LOCK_NAME).exists():   # busy: say so first, whatever else the folder holds
+        OutdirLock(out).release()
     j = out / JOURNAL_NAME
     if not resume and j.exists() and j.stat().st_size > 0:
         raise GraphpruneError(f"{j} exists: pass --resume to continue that search, or choose another output folder")
