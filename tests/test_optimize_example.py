@@ -29,4 +29,7 @@ def test_demo_optimize_on_the_example(tmp_path):
     s = json.loads((out / "pareto.json").read_text())
     assert len(s["front"]) >= 2 and s["chosen"]["error"] <= s["baseline"]["error"] + 0.01 + 1e-9
     assert s["chosen"]["latency_ms"] < s["baseline"]["latency_ms"]
+    # the speed-up stated is a side-by-side measurement made at the end, on the thread asked for
+    assert s["final"]["method"] == "paired" and s["final"]["threads"] == s["threads"] == 1
+    assert "speed-up: the delivered model is" in r.stdout and "1 onnxruntime intra-op thread(s)" in r.stdout
     onnx.checker.check_model(onnx.load(out / "best.onnx"))

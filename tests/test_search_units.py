@@ -89,25 +89,37 @@ def test_choice_meets_constraints_and_follows_preferences():
     assert c.record is None and "no candidate meets" in c.reason
 
 
-def _fake_recovery(monkeypatch, after):
-    """optimize._recover replaced by a table: key -> accuracy after recovery; records the order tried."""
-    import graphprune.search.optimize as opt
+def _fake_recovery(monkeypatch, after, loss=0.5):
+    """recovery.recover replaced by a table: key -> accuracy after recovery; records the order
+    tried. obj.build returns a marker, so a delivered pruned (not recovered) model is visible."""
+    import graphprune.search.recovery as rcv_mod
     tried = []
 
-    def fake(o, record, base_err, *args):
+    def fake(st, record):
         tried.append(record["key"])
-        return f"model-{record['key']}", {"accuracy_after": after[record["key"]]}
-    monkeypatch.setattr(opt, "_recover", fake)
-    return opt, tried
+        return f"model-{record['key']}", {"accuracy_before": 1 - record["error"], "accuracy_after": after[record["key"]],
+                                          "training": [{"loss_first": 1.0, "loss_last": loss}]}
+    monkeypatch.setattr(rcv_mod, "recover", fake)
+    monkeypatch.setattr(rcv_mod, "weights_finite", lambda m: True)
+    monkeypatch.setattr(rcv_mod.obj, "build", lambda cfg: f"built-{cfg[0]}")
+    return rcv_mod, tried
+
+
+def _state(o, choice, fr, base, obj_, cons, w):
+    from types import SimpleNamespace
+    return SimpleNamespace(o=o, choice=choice, fr=fr, base=base, objectives=obj_, cons=cons, weights=w,
+                           log=lambda m: None)
 
 
 def test_recovery_aware_choice_delivers_the_best_member_meeting_the_bound_after_recovery(monkeypatch):
     """--recovery-slack: members within the loose search bound are recovered best score first; the
-    first whose fine-tuned accuracy meets the user's bound is delivered, at most K are tried, and
-    without any such member the strict (pre-recovery) choice is."""
+    first whose delivered model meets the user's bound is delivered, at most K are tried, and
+    without any such member the strict (pre-recovery) choice is. A recovery that lands below its
+    own starting accuracy or outside the bound is never delivered: the pruned model is, when it
+    meets the bound itself."""
     base = {"latency_ms": 10.0, "error": 0.10}
-    fr = [{"key": "a", "latency_ms": 4.0, "error": 0.16}, {"key": "b", "latency_ms": 6.0, "error": 0.13},
-          {"key": "c", "latency_ms": 8.0, "error": 0.105}, {"key": "d", "latency_ms": 9.0, "error": 0.10}]
+    fr = [{"key": k, "latency_ms": lat, "error": e, "config": {"0": i}}
+          for i, (k, lat, e) in enumerate([("a", 4.0, 0.16), ("b", 6.0, 0.13), ("c", 8.0, 0.105), ("d", 9.0, 0.10)])]
     obj_ = ["latency_ms", "error"]
     w = {"latency_ms": 1.0, "error": 0.1}
     loose = Constraints(max_error=0.10 + 0.01 + 0.05)        # user 1 pp + 5 pp slack
@@ -116,20 +128,45 @@ def test_recovery_aware_choice_delivers_the_best_member_meeting_the_bound_after_
     from graphprune.search.optimize import OptimizeOptions
     o = OptimizeOptions(model="m", data="d", outdir="o", max_error_increase=0.01, epochs=1.0,
                         recovery_slack=0.05, recovery_tries=3)
-    run = lambda: opt._recover_choice(o, choice, fr, base, obj_, loose, w, *[None] * 8)  # noqa: E731
-    opt, tried = _fake_recovery(monkeypatch, {"a": 0.85, "b": 0.895, "c": 0.90, "d": 0.90})
-    rec, model, rcv, why = run()
-    assert rec["key"] == "b" and model == "model-b" and tried == ["a", "b"]          # a misses 0.11, b meets it
-    assert "a 84.00 % -> 85.00 %; b 87.00 % -> 89.50 %" in why and "delivered the first" in why
-    opt, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
-    rec, model, rcv, why = run()
-    # a, b, c tried (K = 3) and all miss; the strict choice (error <= 0.11 before recovery) is c,
-    # already recovered, so it is not fine-tuned again
-    assert tried == ["a", "b", "c"] and rec["key"] == "c" and model == "model-c" and "fell back" in why
+    run = lambda: rcv_mod.choose_delivery(_state(o, choice, fr, base, obj_, loose, w))  # noqa: E731
+    rcv_mod, tried = _fake_recovery(monkeypatch, {"a": 0.85, "b": 0.895, "c": 0.90, "d": 0.90})
+    d, why = run()
+    assert d.record["key"] == "b" and d.model == "model-b" and tried == ["a", "b"]   # a misses 0.11, b meets it
+    assert d.recovery is not None and d.rejected is None and d.error == pytest.approx(0.105)
+    assert "a 84.00 % -> 85.00 % (rejected: error after recovery 0.1500 exceeds the bound 0.1100); " \
+           "b 87.00 % -> 89.50 %" in why and "delivered the first" in why
+    # c's recovery ends below where it started (89.5 % -> 88 %, outside the bound): never delivered;
+    # c as pruned (error 0.105) meets the bound, so that is what is delivered, and said so
+    rcv_mod, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
+    d, why = run()
+    assert tried == ["a", "b", "c"] and d.record["key"] == "c" and d.model == "built-2" and d.recovery is None
+    assert "below" in d.rejected["reason"] and "REJECTED" in why and d.error == pytest.approx(0.105)
     o.recovery_tries = 1
-    opt, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
-    rec, model, rcv, why = run()
-    assert tried == ["a", "c"] and rec["key"] == "c"
+    rcv_mod, tried = _fake_recovery(monkeypatch, {"a": 0.80, "b": 0.80, "c": 0.88, "d": 0.90})
+    d, why = run()
+    assert tried == ["a", "c"] and d.record["key"] == "c" and d.model == "built-2" and "fell back" in why
+
+
+def test_a_ruined_recovery_is_never_delivered(monkeypatch):
+    """Without --recovery-slack: a recovery that diverged (NaN loss), or that ends below the
+    pruned model's accuracy or outside the bound, is replaced by the pruned model, which met it."""
+    base = {"latency_ms": 10.0, "error": 0.07}
+    fr = [{"key": "a", "latency_ms": 5.0, "error": 0.10, "config": {"0": 0}}]
+    obj_ = ["latency_ms", "error"]
+    cons = Constraints(max_error=0.07 + 0.05)
+    choice = choose_best(fr, base, obj_, cons, {})
+    from graphprune.search.optimize import OptimizeOptions
+    o = OptimizeOptions(model="m", data="d", outdir="o", max_error_increase=0.05, epochs=0.5, lr=10.0)
+    for after, loss, why in [(0.10, 0.5, "below"), (0.92, float("nan"), "diverged")]:
+        rcv_mod, tried = _fake_recovery(monkeypatch, {"a": after}, loss=loss)
+        d, reason = rcv_mod.choose_delivery(_state(o, choice, fr, base, obj_, cons, {}))
+        assert d.model == "built-0" and d.recovery is None and why in d.rejected["reason"], (after, loss)
+        assert d.error == pytest.approx(0.10) and "REJECTED" in reason
+    assert rcv_mod.judge(None, {"accuracy_before": 0.85, "accuracy_after": 0.86, "training": []},
+                         0.12).startswith("error after recovery 0.1400 exceeds")
+    rcv_mod, tried = _fake_recovery(monkeypatch, {"a": 0.93})
+    d, reason = rcv_mod.choose_delivery(_state(o, choice, fr, base, obj_, cons, {}))
+    assert d.model == "model-a" and d.recovery["accuracy_after"] == 0.93 and d.rejected is None
 
 
 def test_journal_fsyncs_survives_a_cut_line_and_refuses_other_settings(tmp_path):
@@ -197,3 +234,80 @@ def test_sensitivity_sweep_and_bounds(analysis):
            {"group": 0, "config": {"0": 8}, "error": 0.105}]
     assert lower_bounds(sp, pts, 0.10, 0.01) == {1: 20}
     assert lower_bounds(sp, pts, 0.10, None) == {}
+
+
+def test_journal_repairs_its_tail_before_appending_and_refuses_non_records(tmp_path):
+    p = tmp_path / "j.jsonl"
+    j = Journal(p, {"a": 1}, resume=False)
+    j.append({"type": "measured", "key": "8-8", "error": 0.1})
+    j.close()
+    p.write_bytes(p.read_bytes().rstrip(b"\n"))                 # complete record, newline lost
+    j = Journal(p, {"a": 1}, resume=True)
+    assert any("newline" in n for n in j.notes) and j.get("measured", "8-8")
+    j.append({"type": "measured", "key": "16-8", "error": 0.05})
+    j.close()
+    j = Journal(p, {"a": 1}, resume=True)                       # used to be refused: the two records glued
+    assert [r["key"] for r in j.of_type("measured")] == ["8-8", "16-8"] and not j.notes
+    j.close()
+    with open(p, "a") as f:
+        f.write('{"type":"measured","key":"24')               # torn: dropped, with a note
+    j = Journal(p, {"a": 1}, resume=True)
+    assert j.dropped_partial and any("incomplete last line" in n for n in j.notes)
+    j.close()
+    assert p.read_text().endswith('"error":0.05}\n')
+    with open(p, "a") as f:
+        f.write('"a string"\n')
+    with pytest.raises(GraphpruneError, match="line 4 is JSON but not a record"):
+        Journal(p, {"a": 1}, resume=True)
+
+
+def test_journal_and_reports_write_valid_json_with_non_finite_numbers_as_null(tmp_path):
+    from graphprune.search.report import write_json
+    j = Journal(tmp_path / "j.jsonl", {"a": 1}, resume=False)
+    j.append({"type": "latency", "key": "8", "latency_ms": float("inf"), "x": np.float32("nan")})
+    j.close()
+    strict = lambda t: json.loads(t, parse_constant=lambda n: pytest.fail(f"bare {n}"))  # noqa: E731
+    assert strict((tmp_path / "j.jsonl").read_text().splitlines()[1])["latency_ms"] is None
+    where = write_json(tmp_path / "p.json", {"recovery": {"training": [{"loss_last": float("nan")}]}, "ok": 1.5})
+    d = strict((tmp_path / "p.json").read_text())
+    assert d["recovery"]["training"][0]["loss_last"] is None and d["ok"] == 1.5
+    assert where == ["$.recovery.training[0].loss_last (nan)"] and "loss_last" in d["json_notes"][0]
+    assert oct((tmp_path / "p.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_paired_statistics_state_the_spread_and_only_claim_what_the_interval_shows():
+    from graphprune.targets.paired import paired_stats
+    rng = np.random.default_rng(0)
+    a = 2.0 + rng.normal(0, 0.01, 40)
+    f = paired_stats(a, a / 1.5)                                  # every pair: exactly 1.5x
+    assert f["speedup"] == pytest.approx(1.5) and f["verdict"] == "faster" and f["pairs"] == 40
+    assert f["speedup_ci95"][0] == pytest.approx(1.5) and f["speedup_iqr"] == pytest.approx([1.5, 1.5])
+    b = a * np.where(np.arange(40) % 2 == 0, 0.9, 1.1)            # half faster, half slower
+    f = paired_stats(a, b)
+    assert f["verdict"] == "no clear difference" and f["speedup_ci95"][0] < 1 < f["speedup_ci95"][1]
+    f = paired_stats(a, a * 1.25)
+    assert f["verdict"] == "slower" and f["speedup"] == pytest.approx(0.8)
+
+
+def test_tvm_final_comparison_measures_both_fresh_and_says_so(monkeypatch):
+    """Without an alternating runner (TVM, RPC) both models are measured now, bypassing the cache."""
+    import graphprune.targets as targets
+    from graphprune.search.latency import compare_final, final_text
+    from graphprune.search.objectives import LatencySpec
+    from graphprune.targets.result import LatencyResult
+    calls = []
+
+    def fake(model, **kw):
+        calls.append((model, kw["cache"]))
+        return LatencyResult(median_ms=2.0 if model == "orig" else 2.2, spread_ms=0.1, repeats=5, backend="tvm",
+                             target="x86", tuned=False, tuning="untuned", device="host")
+    monkeypatch.setattr(targets, "measure_latency", fake)
+    f = compare_final("orig", "pruned", LatencySpec(backend="tvm", repeats=5, threads=2))
+    assert calls == [("orig", False), ("pruned", False)] and f["method"] == "back-to-back"
+    assert f["verdict"] == "slower" and "NOT faster" in final_text(f) and "back to back" in final_text(f)

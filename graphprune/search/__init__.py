@@ -13,5 +13,13 @@ Data flows load -> analyse -> score -> search -> rewrite -> compile -> measure:
     optimizer    nevergrad ask/tell loop with surrogate screening
     finetune     recovery: prune in steps with short fine-tuning (torch, via graphprune.bridge)
     report       pareto.json, pareto.png, report.md
-    optimize     the whole command as one function
+    jsonsafe     JSON without bare NaN: non-finite numbers become null, and where is said
+    options      OptimizeOptions and every check that needs no file (before anything is measured)
+    latency      the measurement spec and label; the final side-by-side comparison
+    outdir       OUTDIR checks, its exclusive lock, no header-only journal after a failed start
+    stages       validate, load, OUTDIR, executor, baseline, sensitivity, surrogate, search, choice
+    recovery     fine-tune the choice and judge it: a ruined recovery is never delivered
+    outputs      the summary, best.onnx, pareto.json/.png, report.md
+    pipeline     RunState and run_optimize: the stages in order, cleanup whatever happens
+    optimize     the public names (OptimizeOptions, run_optimize)
 """

@@ -1,10 +1,11 @@
 """Outputs: pareto.json, pareto.png (matplotlib Agg), report.md."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
+
+from graphprune.search.jsonsafe import dumps
 
 _KEYS = ("key", "phase", "config", "error", "latency_ms", "latency_spread_ms", "macs", "params", "param_bytes",
          "energy_mj", "group", "ratio", "predicted")
@@ -19,23 +20,35 @@ def slim(r: dict | None) -> dict | None:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file + rename, with the permissions the user's umask gives a new file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, default=_default) + "\n")
-
-
-def _default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
+def write_json(path: Path, data: dict) -> list[str]:
+    """Valid JSON always (allow_nan=False): a non-finite number is written as null and listed in
+    data["json_notes"]; returns those paths."""
+    where: list[str] = []
+    dumps(data, where)
+    if where:
+        data = {**data, "json_notes": [f"non-finite value written as null: {w}" for w in where]}
+    atomic_write_text(path, dumps(data, indent=1) + "\n")
+    return where
 
 
 def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, uniform: list[dict],
@@ -78,6 +91,7 @@ def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, un
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".pareto.", suffix=".png")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
@@ -102,6 +116,7 @@ def markdown(s: dict) -> str:
         L += [f"> **STAND-IN TIMINGS**: {s['latency_label']}. No latency below is from "
               f"target `{s['latency']['target']}`.", ""]
     L += [f"- target: `{s['latency']['target']}`; latency: {s['latency_label']}",
+          f"- threads: {s.get('threads_text', '-')}",
           f"- data: {s['data']['description']}",
           f"- objectives: {', '.join(s['objectives'])}; constraints: {s['constraints_text']}; "
           f"preferences: {s['weights_text']}",
@@ -126,9 +141,19 @@ def markdown(s: dict) -> str:
         rec = s.get("recovery")
         if rec:
             L += ["### Recovery by fine-tuning", "", rec["text"], ""]
+        bad = s.get("recovery_rejected")
+        if bad:
+            L += ["### Recovery rejected", "", f"The fine-tuned `{bad['key']}` was **not delivered**: {bad['reason']}. "
+                  f"Delivered instead: `{s['delivered']['key']}` as pruned, without recovery, accuracy "
+                  f"{100 * s['delivered']['accuracy']:.2f} %.", ""]
+        fin = s.get("final")
+        if fin:
+            L += ["### Delivered model vs original, measured side by side", "", fin["text"] + ".",
+                  "", "The latencies in the front below are the search's (they may come from the latency "
+                  "cache, measured in other runs); this comparison is the one to quote.", ""]
     L += ["## Pareto front", "", "kept units per group in the order " +
           ", ".join(f"{g['id']} ({g['units']})" for g in s["space"]["groups"]), "",
-          "| configuration | accuracy % | latency ms | speed-up | M MACs | param KiB |" + (" energy mJ (est.) |" if energy else ""),
+          "| configuration | accuracy % | latency ms (search) | speed-up (search) | M MACs | param KiB |" + (" energy mJ (est.) |" if energy else ""),
           "|---|---|---|---|---|---|" + ("---|" if energy else "")]
     L += [_row(r, base, energy) for r in s["front"]]
     L += ["", "## Sensitivity (each group pruned alone)", ""]
@@ -148,6 +173,8 @@ def markdown(s: dict) -> str:
             mape = f"latency MAPE {pe['latency_mape_pct']:.1f} %, " if pe.get("latency_mape_pct") is not None else ""
             L.append(f"- {name} (n={pe['n']}): {mape}error MAE {pe['error_mae_pp']:.2f} pp")
     L += ["", f"Model: {sg['model']}", ""]
+    for note in (s.get("notes") or []) + (s.get("json_notes") or []):
+        L += [f"Note: {note}", ""]
     L += ["## Files", "", "- `best.onnx`: the chosen model" + (" after recovery" if s.get("recovery") else ""),
           "- `pareto.json`, `pareto.png`, `journal.jsonl` (every measurement; `--resume` continues from it)", ""]
     return "\n".join(L)

@@ -1,0 +1,252 @@
+"""The stages of `graphprune optimize` before recovery, each a function of the run's state.
+
+validate -> load -> open OUTDIR -> start executor -> baseline -> sensitivity ->
+hold-out + surrogate -> search -> front + choice. Everything that can be wrong with the
+options or the input files fails in the first two stages, before OUTDIR is touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+
+from graphprune.errors import GraphpruneError
+from graphprune.search import objectives as obj
+from graphprune.search import sensitivity as sens
+from graphprune.search.evaluate import Evaluator
+from graphprune.search.executor import make_executor
+from graphprune.search.journal import Journal
+from graphprune.search.latency import resolve_latency
+from graphprune.search.options import validate
+from graphprune.search.outdir import JOURNAL_NAME, OutdirLock, check_outdir
+from graphprune.search.pareto import Constraints, choose_best, front
+from graphprune.search.space import build_space, parse_bounds
+from graphprune.search.surrogate import Surrogate, prediction_error
+
+CONSTRAINED_WEIGHT = 0.1   # default preference weight of an objective that a constraint already bounds
+
+
+def validate_options(st) -> None:
+    o = st.o
+    st.objectives = validate(o)
+    st.need_latency = ("latency_ms" in st.objectives or "energy_mj" in st.objectives
+                       or o.latency_budget_ms is not None)
+    st.out = check_outdir(o.outdir, o.model, o.resume)
+    st.spec, st.step, st.label = resolve_latency(o)
+    if "energy_mj" in st.objectives and not st.spec.power_w:
+        raise GraphpruneError(f"target {st.spec.measured_target!r} states no power_w: energy cannot be estimated")
+    if o.train_data and o.epochs <= 0:
+        st.log(f"note: --train-data {o.train_data} is not used without --epochs > 0")
+
+
+def load_inputs(st) -> None:
+    """Model, analysis, data (and training data when recovery will need it), search space."""
+    import graphprune as gp
+    o = st.o
+    st.model = gp.load(o.model)
+    st.an = gp.analyse(st.model)
+    st.x, st.y, st.train, st.data_desc = load_data(o)
+    obj.check_data_fits(st.model, st.x, st.y)
+    if st.train is not None:
+        try:
+            obj.check_data_fits(st.model, st.train.x, st.train.y)
+        except GraphpruneError as exc:
+            raise GraphpruneError(f"--train-data: {exc}") from None
+    st.space = build_space(st.an, st.step, o.min_keep, parse_bounds(o.group_bounds))
+    st.user_space = st.space   # the user's bounds; the sensitivity bounds only steer the search
+
+
+def load_data(o):
+    """(x_eval, y_eval, train or None, description)."""
+    from graphprune.data import load_data as load
+    d = load(o.data)
+    desc = f"{o.data} ({len(d)} samples)"
+    train = None
+    if o.epochs > 0:
+        if o.train_data:
+            train = load(o.train_data)
+            desc += f"; fine-tuning on {o.train_data} ({len(train)} samples)"
+        else:   # hold out: fine-tuning never sees the evaluation part
+            n = len(d)
+            if n < 20:
+                raise GraphpruneError(f"--data has {n} samples: too few to hold out a validation part; "
+                                      "give --train-data")
+            idx = np.random.default_rng(o.seed).permutation(n)
+            n_eval = max(10, n // 2)
+            ev, tr = np.sort(idx[:n_eval]), np.sort(idx[n_eval:])
+            train = type(d)(d.x[tr], d.y[tr])
+            d = type(d)(d.x[ev], d.y[ev])
+            desc += (f"; no --train-data, so it was split with seed {o.seed}: {len(tr)} samples for fine-tuning, "
+                     f"{len(ev)} held out for the search and every reported accuracy")
+    if o.samples is not None:
+        d = d.subsample(o.samples, o.seed)
+        desc += f"; evaluated on a fixed-seed subset of {len(d)}"
+    return d.x, d.y, train, desc
+
+
+def open_outdir(st) -> None:
+    """Create OUTDIR, lock it for this run, open (or resume) the journal."""
+    from graphprune.targets.cache import graph_hash
+    o = st.o
+    st.lock = OutdirLock(st.out)
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(st.x).tobytes())
+    h.update(np.ascontiguousarray(st.y).tobytes())
+    header = {"version": 1, "model_sha": graph_hash(st.model)[:16], "data": h.hexdigest()[:16],
+              "objectives": st.objectives, "latency": st.spec.to_json(), "criterion": o.criterion,
+              "space": st.space.to_json(), "seed": o.seed, "optimizer": o.optimizer, "workers": o.workers,
+              "sensitivity_ratios": list(o.sensitivity_ratios), "holdout": o.holdout,
+              "uniform_ratios": list(o.uniform_ratios), "max_error_increase": o.max_error_increase,
+              "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
+    st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
+    for note in st.journal.notes:
+        st.log(f"note: {note}")
+    if o.resume:
+        st.log(f"resuming: {len(st.journal.records)} record(s) in {st.journal.path} will be reused, "
+               "not measured again")
+
+
+def start_executor(st) -> None:
+    o = st.o
+    model_bytes = st.model.SerializeToString()
+    obj.init_worker(model_bytes, None, st.x, st.y, o.criterion)   # this process: exact counts, final builds
+    if st.executor is None:
+        st.own_executor = True
+        st.executor = make_executor(o.workers, obj.init_worker,
+                                    (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0))
+    st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
+
+
+def baseline(st) -> None:
+    o = st.o
+    base = st.ev.evaluate([st.space.full()], "baseline")[0]
+    if base.get("latency_ms") is None:
+        base = st.ev.add_latency(base, st.model)
+    st.base = base
+    st.log(f"original: accuracy {100 * (1 - base['error']):.2f} %, latency {base['latency_ms']:.3f} ms ({st.label})")
+    # the search's error bound; with --recovery-slack it is looser than the user's, which the
+    # delivered model must then meet after recovery (see recovery.choose_delivery)
+    st.search_inc = None if o.max_error_increase is None else o.max_error_increase + o.recovery_slack
+    st.cons = Constraints(max_error=None if st.search_inc is None else base["error"] + st.search_inc,
+                          max_latency_ms=o.latency_budget_ms)
+
+
+def sensitivity(st) -> None:
+    from graphprune.progress import progress_bar
+    o = st.o
+    sweep = sens.sweep_configs(st.space, list(o.sensitivity_ratios))
+    st.pre_bar = progress_bar(len(sweep) + o.holdout + len(o.uniform_ratios), "sensitivity + hold-out",
+                              unit="cfg", enabled=o.progress, file=sys.stderr)
+    st.ev.on_record = lambda rec: st.pre_bar.update(1)
+    st.s_recs = st.ev.evaluate([c for _, _, c in sweep], "sensitivity", [{"group": g, "ratio": r} for g, r, _ in sweep])
+    for (g, _, _), rec in zip(sweep, st.s_recs):
+        rec.setdefault("group", g)
+    st.bounds = sens.lower_bounds(st.space, st.s_recs, st.base["error"], st.search_inc)
+    if st.bounds:
+        st.space = st.space.restrict(st.bounds)
+        st.ev.space = st.space
+        st.log("sensitivity bounds: " + ", ".join(f"group {g} keeps >= {v}" for g, v in st.bounds.items()))
+
+
+def holdout_and_surrogate(st) -> None:
+    """Hold-out configurations (the surrogate's prediction error), the uniform baselines, and the
+    surrogate fitted on the original and the sensitivity sweep."""
+    o, space, base = st.o, st.space, st.base
+    rng = np.random.default_rng(o.seed + 7)
+    h_recs = st.ev.evaluate([space.decode(rng.random(space.dims)) for _ in range(o.holdout)], "holdout")
+    uni = [{a.gid: st.user_space.snap(a.gid, a.units * (1 - r)) for a in st.user_space.axes} for r in o.uniform_ratios]
+    st.u_recs = st.ev.evaluate(uni, "uniform", [{"ratio": r} for r in o.uniform_ratios])
+    st.pre_bar.close()
+    st.ev.on_record = None
+    fit = [base] + st.s_recs
+    mrel = lambda recs: np.asarray([r["macs"] / base["macs"] for r in recs])  # noqa: E731
+    lat = (lambda recs: np.asarray([r["latency_ms"] for r in recs])) if st.need_latency else (lambda recs: None)
+    sur = Surrogate().fit(sens.as_fractions(space, fit), lat(fit), np.asarray([r["error"] for r in fit]), o.seed,
+                          macs_rel=mrel(fit))
+    h_eval = [r for r in unique(h_recs) if r.get("phase") == "holdout"]   # never a fitted point
+    pe = prediction_error(sur, sens.as_fractions(space, h_eval), lat(h_eval), [r["error"] for r in h_eval],
+                          mrel(h_eval)) if h_eval else {"n": 0}
+    if pe.get("n"):
+        mape = f"latency MAPE {pe['latency_mape_pct']:.1f} %, " if pe.get("latency_mape_pct") is not None else ""
+        st.log(f"surrogate on {pe['n']} held-out configurations: {mape}error MAE {pe['error_mae_pp']:.2f} pp")
+    st.hold_pe = pe
+    st.margins = {"latency_rel": max(0.05, (pe.get("latency_mape_pct") or 10.0) / 100),
+                  "error_abs": max(0.005, pe.get("error_mae", 0.01))}
+    st.measured = unique([base] + st.s_recs + h_recs + st.u_recs)
+
+
+def unique(recs):
+    seen, out = set(), []
+    for r in recs:
+        if r["key"] not in seen:
+            seen.add(r["key"])
+            out.append(r)
+    return out
+
+
+def front_and_choice(st) -> None:
+    """The front within the user's bounds, latency for it when the search did not time, the
+    preference weights, and the criteria-optimal choice."""
+    o = st.o
+    st.fr = front([r for r in st.measured if st.user_space.contains(r["config"])], st.objectives)
+    if not st.need_latency:   # MACs-driven search: time the front (and the uniform baselines) afterwards
+        for r in st.fr + st.u_recs:
+            st.ev.add_latency(r, obj.build({int(k): v for k, v in r["config"].items()}))
+    # default weight 1 per objective; one the user already bounds by a constraint defaults to 0.1,
+    # so that "--max-error-increase 0.01" means: the fastest configuration within 1 pp, nearly
+    bounded = {"error"} if o.max_error_increase is not None else set()
+    if o.latency_budget_ms is not None:
+        bounded.add("latency_ms")
+    st.weights = {ob: o.prefer.get(ob, CONSTRAINED_WEIGHT if ob in bounded else 1.0) for ob in st.objectives}
+    st.choice = choose_best(st.fr, st.base, st.objectives, st.cons, st.weights)
+
+
+def search(st) -> None:
+    """The optimizer's loop over --budget candidates, with a progress bar of the fastest
+    configuration meeting the constraints so far."""
+    import graphprune as gp
+    from graphprune.progress import progress_bar
+    from graphprune.search.optimizer import Search
+    o, cons, space = st.o, st.cons, st.space
+    bar = progress_bar(o.budget, "candidates", unit="cand", enabled=o.progress, file=sys.stderr)
+    constrained = cons.max_error is not None or cons.max_latency_ms is not None
+
+    def progress(search, recs):
+        bar.n = search.stats.asked
+        feas = [r for r in recs if not cons.violations(r) and r.get("latency_ms") is not None]
+        best = min(feas, key=lambda r: r["latency_ms"]) if feas else None
+        bar.set_postfix_str(f"measured {search.stats.measured}+{search.stats.reused} reused, "
+                            f"screened {search.stats.screened}, "
+                            + ("fastest feasible " if constrained else "fastest ")
+                            + (f"{best['latency_ms']:.3f} ms @ {100 * (1 - best['error']):.1f} %" if best else "-"))
+        bar.refresh()
+
+    counts_cache: dict[str, dict] = {}
+
+    def exact_counts(cfg):
+        k = space.key(cfg)
+        if k not in counts_cache:
+            c = gp.count(obj.build(cfg))
+            counts_cache[k] = {"macs": c.macs, "param_bytes": c.param_bytes}
+        return counts_cache[k]
+
+    st.search = Search(space, st.ev, st.objectives, st.base, cons, Surrogate(), st.margins, o.optimizer, o.budget,
+                       o.workers, o.seed, exact_counts=exact_counts, progress=progress)
+    st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
+    st.measured = st.search.run(st.measured)
+    bar.close()
+    st.prospective = prospective_error(st.measured)
+
+
+def prospective_error(measured: list[dict]) -> dict:
+    """The surrogate's error on search candidates predicted before they were measured."""
+    pros = [r for r in measured if r.get("phase") == "search" and r.get("predicted")]
+    out = {"n": len(pros)}
+    if pros:
+        err_abs = [abs(r["predicted"]["error"] - r["error"]) for r in pros]
+        out.update(error_mae=float(np.mean(err_abs)), error_mae_pp=float(np.mean(err_abs) * 100))
+        rows = [r for r in pros if "latency_ms" in r["predicted"] and r.get("latency_ms")]
+        out["latency_mape_pct"] = (float(np.mean([abs(r["predicted"]["latency_ms"] - r["latency_ms"]) / r["latency_ms"]
+                                                  for r in rows]) * 100) if rows else None)
+    return out
