@@ -43,8 +43,12 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    recorded = {v.name: v for v in model.graph.value_info}
     del out.graph.value_info[:]
     out.graph.value_info.extend(inferred.graph.value_info)
+    for vi in out.graph.value_info:  # a dim the exporter recorded beats an unknown one inferred
+        if vi.name in recorded:
+            _keep_recorded_dims(vi, recorded[vi.name])
     _copy_body_shapes(inferred.graph, out.graph)
     # graph outputs gain shapes too when they had none
     by_name = {o.name: o for o in inferred.graph.output}
@@ -52,6 +56,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         if not o.type.tensor_type.HasField("shape") and o.name in by_name:
             o.CopyFrom(by_name[o.name])
     return out
+
+
+def _keep_recorded_dims(inferred: onnx.ValueInfoProto, recorded: onnx.ValueInfoProto) -> None:
+    """Data propagation cannot see through a Reshape target built from a graph input, but the
+    exporter recorded the size it traced: keep such dims (same rank only)."""
+    got, had = inferred.type.tensor_type.shape.dim, recorded.type.tensor_type.shape.dim
+    if not recorded.type.tensor_type.HasField("shape") or len(got) != len(had):
+        return
+    for g, h in zip(got, had):
+        if not g.HasField("dim_value") and h.HasField("dim_value") and h.dim_value > 0:
+            g.Clear()
+            g.dim_value = h.dim_value
 
 
 def check(model: onnx.ModelProto) -> None:

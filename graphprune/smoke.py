@@ -44,8 +44,10 @@ def original_output_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[
         _ORIGINALS.move_to_end(key)
         return _ORIGINALS[key][1]
     check_run_memory(model, shapes)
-    result = output_shapes(model, shapes, "onnxruntime cannot run the input model (before pruning), "
-                                          "so its pruned form cannot be checked")
+    shown = " ".join(f"{k}={','.join(map(str, v))}" for k, v in shapes.items())
+    result = output_shapes(model, shapes, f"onnxruntime cannot run the input model at {shown} (before "
+                                          "pruning; give its real input shape with --input-shape), so "
+                                          "its pruned form cannot be checked")
     _ORIGINALS[key] = (model, result)
     while len(_ORIGINALS) > _CACHED:
         _ORIGINALS.popitem(last=False)

@@ -49,7 +49,17 @@ class NormalizePass(Pass):
         _bypass_identities(graph)
         _name_nodes(graph)
         _unique_tensor_names(graph)
-        return infer_shapes(export(graph, model))
+        return infer_shapes(_with_recorded_shapes(export(graph, model), model))
+
+
+def _with_recorded_shapes(out: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Normalisation changes no tensor's shape, so the shapes the exporter recorded still hold
+    (export drops them: after pruning they would be stale). Inference cannot always re-derive
+    them (a Reshape target built from a graph input), so they go back in."""
+    produced = {o for n in out.graph.node for o in n.output}
+    out.graph.value_info.extend(v for v in model.graph.value_info
+                                if v.name in produced and v.type.tensor_type.HasField("shape"))
+    return out
 
 
 def pinned_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> onnx.ModelProto:

@@ -36,6 +36,7 @@ def register(sub) -> None:
 
 def analyze(args) -> int:
     import graphprune as gp
+    from graphprune.inputs import parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape)
     model = gp.load(args.model)
