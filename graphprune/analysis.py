@@ -165,6 +165,30 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unique(root, return_inverse=True)[1].reshape(-1)
 
 
+def _freezes(ctx: PropagationContext, unit_of: np.ndarray, n_units: int):
+    """Per element, the index of the first reason that froze it (-1: free); per unit, frozen."""
+    frozen_reason = np.full(ctx.n, -1, np.int64)
+    reasons: list[str] = []
+    for elems, reason in ctx.freezes:
+        reasons.append(reason)
+        sel = elems[frozen_reason[elems] < 0]
+        frozen_reason[sel] = len(reasons) - 1
+    unit_frozen = np.zeros(n_units, bool)
+    unit_frozen[unit_of[frozen_reason >= 0]] = True
+    return frozen_reason, reasons, unit_frozen
+
+
+def _inexact_units(ctx: PropagationContext, unit_of: np.ndarray, n_units: int):
+    """Per unit, whether pruning it is inexact, and the reasons by unit."""
+    unit_inexact = np.zeros(n_units, bool)
+    inexact_of_unit: dict[int, set[str]] = {}
+    for elems, reason in ctx.inexact:
+        for u in np.unique(unit_of[elems]):
+            inexact_of_unit.setdefault(int(u), set()).add(reason)
+        unit_inexact[unit_of[elems]] = True
+    return unit_inexact, inexact_of_unit
+
+
 def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:
     n = ctx.n
     ua, ub = ctx.union_pairs()
@@ -181,20 +205,8 @@ def _partition(model, ctx: PropagationContext, allow_inexact: bool) -> Analysis:
     gb = unit_of[np.concatenate(src_b)] if src_b else np.zeros(0, np.int64)
     group_raw = _components(n_units, ga, gb)
 
-    frozen_reason = np.full(n, -1, np.int64)
-    reasons: list[str] = []
-    for elems, reason in ctx.freezes:
-        reasons.append(reason)
-        sel = elems[frozen_reason[elems] < 0]
-        frozen_reason[sel] = len(reasons) - 1
-    unit_frozen = np.zeros(n_units, bool)
-    unit_frozen[unit_of[frozen_reason >= 0]] = True
-    unit_inexact = np.zeros(n_units, bool)
-    inexact_of_unit: dict[int, set[str]] = {}
-    for elems, reason in ctx.inexact:
-        for u in np.unique(unit_of[elems]):
-            inexact_of_unit.setdefault(int(u), set()).add(reason)
-        unit_inexact[unit_of[elems]] = True
+    frozen_reason, reasons, unit_frozen = _freezes(ctx, unit_of, n_units)
+    unit_inexact, inexact_of_unit = _inexact_units(ctx, unit_of, n_units)
 
     # report groups that contain at least one real producer, in topological order
     producer_src = [s for s in ctx.sources if s.kind in PRODUCER_KINDS]

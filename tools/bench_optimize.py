@@ -109,7 +109,7 @@ def uniform_l1_matched(model, an, rows, base_err, args, train, val):
     return row, m, rc, tried
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--val", required=True, help="validation .npz (search + reported accuracy)")
@@ -139,22 +139,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prefer-weight", type=float, default=10.0,
                     help="weight of the speed objective (latency for (a), MACs for (c)) against error in the "
                          "final choice: 10 = the fastest configuration within the accuracy budget, nearly")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = ap.parse_args(argv)
-    command = " ".join(["tools/bench_optimize.py"] + [shlex.quote(a) for a in argv])
-    stem = _doc_stem(args.model)
-    args.out = args.out or f"out/{stem}"
+    return ap
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    model = gp.load(args.model)
-    an = gp.analyse(model)
-    val, train = load_npz(args.val), load_npz(args.train)
-    base_err = obj.error_rate(model, val.x, val.y)
-    log(f"original accuracy {100 * (1 - base_err):.2f} % on {len(val)} validation samples")
 
-    # importance scores from the TRAINING data (never the validation data)
+def _scored_model(model, train, args, out: Path) -> Path:
+    """Importance scores from the TRAINING data (never the validation data), computed once."""
     scored_path = out / f"scored_{args.method}.onnx"
     if not scored_path.exists():
         from graphprune.importance import compute_importance
@@ -163,11 +152,16 @@ def main(argv=None) -> int:
                                  progress=False)
         gp.save(imp.to_model(model), scored_path)
         log(f"{args.method} importance on {args.importance_samples} training samples: {time.time() - ti:.0f} s")
+    return scored_path
 
+
+def _searches(scored_path: Path, args, out: Path) -> dict:
+    """(a) latency-driven and (c) MAC-driven searches on the same scores, data and recovery rule."""
     common = dict(data=args.val, target=args.target, budget=args.budget, max_error_increase=args.max_drop,
                   epochs=args.epochs, recovery_slack=args.recovery_slack, recovery_tries=args.recovery_tries,
                   train_data=args.train, finetune_steps=args.finetune_steps, lr=args.lr,
-                  repeats=args.repeats, threads=args.threads, seed=args.seed, resume=args.resume, criterion="metadata", progress=False)
+                  repeats=args.repeats, threads=args.threads, seed=args.seed, resume=args.resume,
+                  criterion="metadata", progress=False)
     runs = {}
     for name, objectives in (("a", "latency,error"), ("c", "macs,error")):
         ts = time.time()
@@ -179,26 +173,22 @@ def main(argv=None) -> int:
         s.pop("_measured", None)
         s["wall_s"] = time.time() - ts
         runs[name] = s
+    return runs
 
-    # (b) uniform L1 at matched accuracy, with the same recovery rule and budget
-    ts = time.time()
-    from graphprune.targets import get_target
-    step = get_target(args.target).channel_step
-    rows = uniform_l1(model, an, val.x, val.y, step)
-    best, b_model, b_rec, b_tried = uniform_l1_matched(model, an, rows, base_err, args, train, val)
-    b_wall = time.time() - ts
 
-    # final latency, interleaved rounds
-    import onnx
+def _final_latencies(finals: dict, args) -> tuple[dict, dict]:
+    """Every delivered model timed in interleaved rounds (same process, same threads)."""
     from graphprune.targets import measure_latency
-    finals = {"original": model, "a": onnx.load(out / "a" / "best.onnx"), "b": b_model,
-              "c": onnx.load(out / "c" / "best.onnx")}
     lat = {k: [] for k in finals}
-    for rnd in range(args.rounds):
+    for _ in range(args.rounds):
         for k, m in finals.items():
             lat[k].append(measure_latency(m, target=args.target, repeats=args.final_repeats, threads=args.threads,
                                           cache=False).median_ms)
-    med = {k: float(np.median(v)) for k, v in lat.items()}
+    return lat, {k: float(np.median(v)) for k, v in lat.items()}
+
+
+def _result(args, runs, best, b_rec, b_tried, b_wall, rows, finals, lat, med, base_err, val, train, t0,
+            command) -> dict:
     acc = {"original": 1 - base_err,
            "a": runs["a"]["recovery"]["accuracy_after"] if runs["a"].get("recovery") else 1 - runs["a"]["chosen"]["error"],
            "b": b_rec["accuracy_after"] if b_rec else 1 - base_err,
@@ -207,7 +197,7 @@ def main(argv=None) -> int:
                   "c": 1 - runs["c"]["chosen"]["error"]}
     speed = {k: med["original"] / med[k] for k in ("a", "b", "c")}
     macs = {k: gp.count(m).macs for k, m in finals.items()}
-    res = {
+    return {
         "model": args.model, "target": args.target, "validation_samples": len(val), "train_samples": len(train),
         "max_drop": args.max_drop, "epochs": args.epochs, "finetune_steps": args.finetune_steps,
         "importance_method": args.method, "budget": args.budget,
@@ -225,6 +215,37 @@ def main(argv=None) -> int:
         "latency_label": runs["a"]["latency_label"] + f", {args.threads} thread(s)",
         "command": command,
     }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    command = " ".join(["tools/bench_optimize.py"] + [shlex.quote(a) for a in argv])
+    stem = _doc_stem(args.model)
+    args.out = args.out or f"out/{stem}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model = gp.load(args.model)
+    an = gp.analyse(model)
+    val, train = load_npz(args.val), load_npz(args.train)
+    base_err = obj.error_rate(model, val.x, val.y)
+    log(f"original accuracy {100 * (1 - base_err):.2f} % on {len(val)} validation samples")
+    runs = _searches(_scored_model(model, train, args, out), args, out)
+
+    # (b) uniform L1 at matched accuracy, with the same recovery rule and budget
+    ts = time.time()
+    from graphprune.targets import get_target
+    rows = uniform_l1(model, an, val.x, val.y, get_target(args.target).channel_step)
+    best, b_model, b_rec, b_tried = uniform_l1_matched(model, an, rows, base_err, args, train, val)
+    b_wall = time.time() - ts
+
+    import onnx
+    finals = {"original": model, "a": onnx.load(out / "a" / "best.onnx"), "b": b_model,
+              "c": onnx.load(out / "c" / "best.onnx")}
+    lat, med = _final_latencies(finals, args)
+    res = _result(args, runs, best, b_rec, b_tried, b_wall, rows, finals, lat, med, base_err, val, train, t0,
+                  command)
     (out / "bench_optimize.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     _plot(out / "bench_optimize.png", runs["a"], res)
     (out / "bench_optimize.md").write_text(_markdown(res))

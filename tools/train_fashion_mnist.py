@@ -123,7 +123,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, bs: int = 1000) -> 
     return correct / len(x)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet",
                     help="resnet (default; examples/fashion_mnist_resnet.onnx) or vgg (plain, 2x wider)")
@@ -139,7 +139,32 @@ def main(argv=None) -> int:
                     help="train for this many seconds instead of --epochs; the learning rate is "
                          "annealed over the budget (for shared/slow machines)")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N samples only (smoke test)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _export_and_check(model, args, test, t0: float) -> None:
+    """Export with BatchNormalization kept, then the test accuracy onnxruntime gets from the file."""
+    model.eval()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        torch.save(model.state_dict(), args.checkpoint)
+    # TrainingMode.PRESERVE keeps BatchNormalization nodes (EVAL would fold them into the
+    # convs), so the `bn` criterion and the pruning pass see a Conv->BN->Relu graph.
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), str(out), dynamo=False, opset_version=17,
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    pred = np.concatenate([sess.run(None, {"input": test.x[i:i + 1000]})[0].argmax(1)
+                           for i in range(0, len(test.x), 1000)])
+    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); onnxruntime test accuracy "
+          f"{(pred == test.y).mean():.4f}; total {time.time() - t0:.0f}s", flush=True)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     cls, default_widths = ARCHS[args.arch]
     args.output = args.output or f"examples/fashion_mnist_{args.arch}.onnx"
     args.widths = args.widths or default_widths
@@ -195,23 +220,7 @@ def main(argv=None) -> int:
         print(f"epoch {epoch} ({seen} samples) loss {total / max(seen, 1):.4f} test[:2000] acc {acc:.4f} "
               f"({time.time() - t0:.0f}s, {step} steps)", flush=True)
 
-    model.eval()
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint:
-        torch.save(model.state_dict(), args.checkpoint)
-    # TrainingMode.PRESERVE keeps BatchNormalization nodes (EVAL would fold them into the
-    # convs), so the `bn` criterion and the pruning pass see a Conv->BN->Relu graph.
-    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), str(out), dynamo=False, opset_version=17,
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    pred = np.concatenate([sess.run(None, {"input": test.x[i:i + 1000]})[0].argmax(1)
-                           for i in range(0, len(test.x), 1000)])
-    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); onnxruntime test accuracy "
-          f"{(pred == test.y).mean():.4f}; total {time.time() - t0:.0f}s", flush=True)
+    _export_and_check(model, args, test, t0)
     return 0
 
 
