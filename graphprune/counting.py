@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from graphprune.inputs import check_run_memory, checked_shapes, concrete_shapes, with_static_inputs
-from graphprune.shapes import _skeleton, infer_shapes
+from graphprune.shapes import inferred_at
 
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -44,12 +44,7 @@ def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
     """MACs at `input_shapes` (validated: a non-positive dim would count negative MACs)."""
     input_shapes = checked_shapes(model, input_shapes)
     concrete = concrete_shapes(model, input_shapes, batch=1)
-    # shapes need no weights: infer on the weight-less skeleton (large weights become inputs of
-    # their own static shape) instead of copying every weight twice per count
-    skel = _skeleton(model)
-    weights = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in skel.graph.input
-               if i.name not in concrete}
-    static = infer_shapes(with_static_inputs(skel, {**weights, **concrete}))
+    static = inferred_at(model, concrete)  # on the weight-less skeleton: no copy of every weight
     shapes = {}
     for vi in list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input):
         dims = vi.type.tensor_type.shape.dim

@@ -128,11 +128,11 @@ MEMORY_FRACTION = 0.5
 def run_memory_estimate(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> int:
     """Bytes of every tensor of `model` run at `shapes`: inputs, weights and each intermediate
     tensor whose shape inference resolves (a lower bound where data-dependent shapes remain)."""
-    from graphprune.shapes import infer_shapes
+    from graphprune.shapes import inferred_at
 
-    static = infer_shapes(with_static_inputs(model, shapes))
+    static = inferred_at(model, shapes)  # the skeleton: weights are its inputs, counted once below
     total = 0
-    seen = set()
+    seen = {t.name for t in model.graph.initializer}
     for vi in list(static.graph.input) + list(static.graph.value_info) + list(static.graph.output):
         tt = vi.type.tensor_type
         if vi.name in seen or not tt.HasField("shape") or not tt.elem_type:

@@ -70,6 +70,28 @@ def _keep_recorded_dims(inferred: onnx.ValueInfoProto, recorded: onnx.ValueInfoP
             g.dim_value = h.dim_value
 
 
+def inferred_at(model: onnx.ModelProto, concrete: dict[str, list[int]]) -> onnx.ModelProto:
+    """The weight-less skeleton of `model` with its inputs at `concrete` dims, shapes inferred:
+    shapes need no weights, and copying a 100 MB model per query would cost more than inferring."""
+    from graphprune.inputs import with_static_inputs
+
+    skel = _skeleton(model)
+    weights = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in skel.graph.input
+               if i.name not in concrete}
+    return infer_shapes(with_static_inputs(skel, {**weights, **concrete}))
+
+
+def static_output_shapes(model: onnx.ModelProto, concrete: dict[str, list[int]]) -> list[tuple] | None:
+    """Every graph output's dims at `concrete` input dims, if inference resolves them all."""
+    out = []
+    for o in inferred_at(model, concrete).graph.output:
+        tt = o.type.tensor_type
+        if not tt.HasField("shape") or not all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim):
+            return None
+        out.append(tuple(d.dim_value for d in tt.shape.dim))
+    return out
+
+
 def check(model: onnx.ModelProto) -> None:
     """onnx.checker with strict shape inference; raises onnx's own exception types."""
     onnx.checker.check_model(_skeleton(model), full_check=True)

@@ -5,8 +5,9 @@ for a type, a Reshape whose computed target no longer fits), and a pruned model 
 not run is the worst result we could report as success. One run on random inputs is cheap
 next to the rewrite; it proves the model runs and keeps the original's output shapes, not
 that its numbers are right (that is `verify`'s job). The original is run first, once per
-model and input shapes, so a model onnxruntime cannot run at all is reported as such
-rather than blamed on pruning.
+model and input shapes, when inference cannot tell its output shapes or when the pruned
+model fails, so a model onnxruntime cannot run at all is reported as such rather than
+blamed on pruning.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import onnx
 from graphprune.errors import GraphpruneError
 from graphprune.inputs import check_run_memory, concrete_shapes, random_feeds
 from graphprune.runtime import session
+from graphprune.shapes import static_output_shapes
 
 # (id(model), shapes) -> (model, output shapes); the model is held so its id stays unique
 _ORIGINALS: OrderedDict = OrderedDict()
@@ -60,9 +62,16 @@ def check_pruned_runs(original: onnx.ModelProto, pruned: onnx.ModelProto,
 
     An inexact plan changes output values, so a data-dependent output size (detections
     after NMS) may change too: then only ranks and the dims the model declares are compared."""
-    expected = original_output_shapes(original, input_shapes)
-    got = output_shapes(pruned, concrete_shapes(original, input_shapes),
-                        "the pruned model does not run in onnxruntime")
+    concrete = concrete_shapes(original, input_shapes)
+    check_run_memory(original, concrete)
+    expected = static_output_shapes(original, concrete)  # resolved by inference: no need to run it
+    if expected is None:
+        expected = original_output_shapes(original, input_shapes)
+    try:
+        got = output_shapes(pruned, concrete, "the pruned model does not run in onnxruntime")
+    except GraphpruneError:
+        original_output_shapes(original, input_shapes)  # blame the input model if it cannot run either
+        raise
     if not exact and len(got) == len(expected):
         declared = [[d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
                     for o in original.graph.output]
