@@ -12,8 +12,8 @@ What differs between exporters and matters for pruning:
 - weights inside If/Loop bodies: written as initializers of the main graph (bodies read
   them from the outer scope), so every weight is found in one place;
 - missing shape information: inferred, because the analysis follows channel axes.
-Shared initializers are left shared: the pruning pass gives each rewritten input its own
-constant, so pruning one user never corrupts another.
+Shared initializers are left shared: the analysis couples the channels of every consumer of one
+weight (tied weights), so the pruning pass slices it once, and never corrupts another user.
 """
 from __future__ import annotations
 

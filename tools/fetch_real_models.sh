@@ -23,7 +23,7 @@ DEST="$ROOT/.cache/models/rapidocr"
 
 # package==version (pinned: the coverage table must be reproducible)
 WHEELS=(
-  rapidocr-onnxruntime
+  rapidocr-onnxruntime==1.4.4      # PaddleOCR det/cls/rec via paddle2onnx
   captcha-whisperer==0.1.0        # CRNN: CNN -> Reshape(4096) -> hand-unrolled LSTM as Gemm
   silero-vad==6.2.3               # If subgraphs, outer-scope references
   basic-pitch==0.4.0              # tf2onnx: Reshape as Squeeze/Unsqueeze

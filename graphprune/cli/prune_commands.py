@@ -5,6 +5,7 @@ import json
 import sys
 
 from graphprune.errors import GraphpruneError
+from graphprune.shape_defaults import DEFAULT_DYNAMIC_DIM
 from graphprune.cli.options import add_input_shape
 
 _MEMBERS_SHOWN = 6
@@ -16,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of groups")
     p.add_argument("--allow-inexact", action="store_true",
                    help="let groups through LayerNorm/Softmax over channels be pruned (not exact)")
-    add_input_shape(p, "so shapes that depend on it are known to the analysis")
+    add_input_shape(p, "so shapes that depend on it are known to the analysis",
+                    default="dynamic dims stay symbolic")
     p.set_defaults(func=analyze)
 
     p = sub.add_parser("prune", help="remove the lowest-ranked filters of every prunable group")
@@ -30,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--allow-inexact", action="store_true",
                    help="also prune channels pooled by LayerNorm/Softmax (reported as inexact)")
     p.add_argument("--seed", type=int, default=0, help="seed for --criterion random and --verify inputs")
-    add_input_shape(p, "for the analysis, counting and --verify")
+    add_input_shape(p, "for the analysis, the onnxruntime check, counting and --verify",
+                    default=f"the analysis keeps dynamic dims symbolic; the runs use batch 1, other "
+                            f"dynamic dims {DEFAULT_DYNAMIC_DIM}")
     p.set_defaults(func=prune)
 
 
