@@ -72,7 +72,7 @@ def feeds(model, shapes):
     return out
 
 
-def compile_x86(pruned, timeout: int) -> str:
+def compile_x86(pruned, timeout: int, shapes: dict | None = None) -> str:
     """'yes', or 'no: <last line of the error>' (graphprune compile in a subprocess)."""
     import onnx
 
@@ -81,7 +81,9 @@ def compile_x86(pruned, timeout: int) -> str:
         onnx.save(pruned, str(src))
         try:
             p = subprocess.run([sys.executable, "-m", "graphprune", "compile", str(src), "--target", "x86",
-                                "-o", str(Path(tmp) / "lib.so")], capture_output=True, text=True,
+                                "-o", str(Path(tmp) / "lib.so"),
+                                *[f"--input-shape={k}={','.join(map(str, v))}" for k, v in (shapes or {}).items()]],
+                               capture_output=True, text=True,
                                timeout=timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
             return f"no: timeout after {timeout}s"
@@ -91,19 +93,19 @@ def compile_x86(pruned, timeout: int) -> str:
         return f"no: {tail[-1][:160] if tail else f'exit {p.returncode}'}"
 
 
-def _stage_prune(rec, path, ratio):
+def _stage_prune(rec, name, path, ratio):
     import graphprune as gp
 
     rec["stage"] = "load"
     model = gp.load(path)
     rec["stage"] = "analyse"
-    an = gp.analyse(model)
+    an = gp.analyse(model, input_shapes=KNOWN_SHAPES.get(name))
     rec["groups"] = [sum(g.prunable for g in an.groups), len(an.groups)]
     rec["units"] = [sum(g.units - g.frozen_units for g in an.groups), sum(g.units for g in an.groups)]
     rec["stage"] = "choose"
     plan = gp.choose(an, ratio=ratio, criterion="l1")
     rec["stage"] = "prune"
-    pruned = gp.prune(model, plan)
+    pruned = gp.prune(model, plan, input_shapes=KNOWN_SHAPES.get(name))
     return model, plan, pruned
 
 
@@ -150,11 +152,11 @@ def one(path: str, name: str, ratio: float, compile_timeout: int | None) -> dict
     rec: dict = {}
     t0 = time.perf_counter()
     try:
-        model, plan, pruned = _stage_prune(rec, path, ratio)
+        model, plan, pruned = _stage_prune(rec, name, path, ratio)
         _stage_check(rec, name, model, plan, pruned)
         if compile_timeout and rec.get("ort") == "yes":
             rec["stage"] = "compile"
-            rec["tvm"] = compile_x86(pruned, compile_timeout)
+            rec["tvm"] = compile_x86(pruned, compile_timeout, KNOWN_SHAPES.get(name))
         rec["stage"] = "done"
     except GraphpruneError as exc:
         rec["refused"] = f"{rec.get('stage')}: {exc}"
