@@ -162,7 +162,13 @@ def check_run_memory(model: onnx.ModelProto, shapes: dict[str, list[int]], copie
     need = copies * run_memory_estimate(model, shapes)
     available = psutil.virtual_memory().available
     if need > MEMORY_FRACTION * available:
-        shown = " ".join(f"{k}={','.join(map(str, v))}" for k, v in shapes.items())
+        shown = input_shape_text(shapes)
         raise GraphpruneError(f"input shape {shown}: {what} needs about {need / 2**30:.1f} GiB, more than "
                               f"{MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; "
                               f"choose a smaller --input-shape")
+
+
+def input_shape_text(shapes: dict[str, list[int]]) -> str:
+    """{"x": [1, 3, 64, 64], "sr": []} -> 'x=1,3,64,64 sr=scalar': the --input-shape spelling,
+    for messages that tell the user which shape was used."""
+    return " ".join(f"{k}={','.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import onnx
 
 from graphprune.errors import GraphpruneError
-from graphprune.inputs import check_run_memory, concrete_shapes, random_feeds
+from graphprune.inputs import check_run_memory, concrete_shapes, input_shape_text, random_feeds
 from graphprune.runtime import session
 from graphprune.shapes import static_output_shapes
 
@@ -46,8 +46,7 @@ def original_output_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[
         _ORIGINALS.move_to_end(key)
         return _ORIGINALS[key][1]
     check_run_memory(model, shapes)
-    shown = " ".join(f"{k}={','.join(map(str, v))}" for k, v in shapes.items())
-    result = output_shapes(model, shapes, f"onnxruntime cannot run the input model at {shown} (before "
+    result = output_shapes(model, shapes, f"onnxruntime cannot run the input model at {input_shape_text(shapes)} (before "
                                           "pruning; give its real input shape with --input-shape), so "
                                           "its pruned form cannot be checked")
     _ORIGINALS[key] = (model, result)
