@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Which third-party ONNX models TVM imports, compiles for arm-a72, and runs like onnxruntime.
 
-For each model (default: every *.onnx under .cache/models/, fetched by tools/fetch_real_models.sh):
+For each model (default: every third-party *.onnx under .cache/models/, fetched by
+tools/fetch_real_models.sh; the torchvision zoo exported here is left out, as in
+tools/coverage_thirdparty.py, whose table this one completes):
 
 1. `graphprune bench MODEL --backend tvm --tune-trials 0` (subprocess, as a user runs it):
    imports and compiles for this host, then times; its one-line error when it cannot.
@@ -11,8 +13,10 @@ For each model (default: every *.onnx under .cache/models/, fetched by tools/fet
 3. `graphprune compile MODEL --target arm-a72 -o m.so` (cross-linked with aarch64-linux-gnu-gcc):
    the library must be an aarch64 ELF.
 
-Inputs with dynamic dims use graphprune's one rule (batch 1, other dims 64). The table goes
-into docs/latency.md (section tvm_import_coverage).
+Inputs with dynamic dims: the shapes the models are trained for (coverage_thirdparty.KNOWN_SHAPES,
+passed as --input-shape), else graphprune's one rule (batch 1, other dims 64); integer inputs
+take coverage_thirdparty.KNOWN_VALUES (silero's sample rate). The table goes into
+docs/latency.md (section tvm_import_coverage).
 
     .venv/bin/python tools/tvm_import_coverage.py [MODEL.onnx ...] [--no-docs]
 """
@@ -32,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402
+from coverage_thirdparty import KNOWN_SHAPES, KNOWN_VALUES, OURS  # noqa: E402
 
 PY = sys.executable
 EM_AARCH64 = 183
@@ -52,6 +57,10 @@ def _err(stderr: str) -> str:
     return (lines[-1] if lines else "").replace("graphprune: error: ", "").replace("|", "/")[:160]
 
 
+def _shape_args(model: Path) -> list[str]:
+    return [f"--input-shape={k}={','.join(map(str, v))}" for k, v in KNOWN_SHAPES.get(model.stem, {}).items()]
+
+
 def _max_diff(model_path: Path, lib: Path) -> tuple[float, bool]:
     """(max abs diff over outputs, all within tolerance) of the library vs onnxruntime."""
     import onnx
@@ -60,7 +69,10 @@ def _max_diff(model_path: Path, lib: Path) -> tuple[float, bool]:
     from tvm import relax
     from graphprune.targets.inputs import random_inputs
     m = onnx.load(str(model_path))
-    feeds = random_inputs(m, seed=1)
+    feeds = random_inputs(m, seed=1, input_shapes=KNOWN_SHAPES.get(model_path.stem))
+    for name, v in feeds.items():
+        if not np.issubdtype(v.dtype, np.floating) and name in KNOWN_VALUES:
+            feeds[name] = np.full(v.shape, KNOWN_VALUES[name], v.dtype)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
@@ -82,17 +94,19 @@ def _max_diff(model_path: Path, lib: Path) -> tuple[float, bool]:
 def check(model: Path, work: Path, env: dict, timeout: float) -> dict:
     row = {"model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model)}
     rc, out, err, secs = _cli(["bench", str(model), "--backend", "tvm", "--tune-trials", "0", "--repeats", "3",
-                               "--no-cache", "--json"], env, timeout)
+                               "--no-cache", "--json", *_shape_args(model)], env, timeout)
     row["bench_s"] = round(secs, 1)
     row["imports"] = rc == 0
     row["bench"] = json.loads(out)["median_ms"] if rc == 0 else None
     row["bench_error"] = "" if rc == 0 else f"exit {rc}: {_err(err)}"
     lib = work / (model.stem + "_x86.so")
-    rc, _, err, secs = _cli(["compile", str(model), "--target", "x86", "-o", str(lib)], env, timeout)
+    rc, _, err, secs = _cli(["compile", str(model), "--target", "x86", "-o", str(lib), *_shape_args(model)], env,
+                          timeout)
     row["diff"], row["matches"] = (_max_diff(model, lib) if rc == 0 else (None, False))
     row["compile_error"] = "" if rc == 0 else f"exit {rc}: {_err(err)}"
     arm = work / (model.stem + "_a72.so")
-    rc, _, err, secs = _cli(["compile", str(model), "--target", "arm-a72", "-o", str(arm)], env, timeout)
+    rc, _, err, secs = _cli(["compile", str(model), "--target", "arm-a72", "-o", str(arm), *_shape_args(model)],
+                             env, timeout)
     row["arm_s"] = round(secs, 1)
     row["arm"] = rc == 0 and int.from_bytes(arm.read_bytes()[18:20], "little") == EM_AARCH64
     row["arm_error"] = "" if rc == 0 else f"exit {rc}: {_err(err)}"
@@ -102,14 +116,17 @@ def check(model: Path, work: Path, env: dict, timeout: float) -> dict:
 def table(rows: list[dict], argv: list[str]) -> str:
     lines = [f"Produced by `.venv/bin/python tools/tvm_import_coverage.py {' '.join(argv)}` on "
              f"{time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs shared with other jobs: seconds are noisy). "
-             "Inputs: batch 1, other dynamic dims 64; random inputs; untuned TVM.", "",
-             "| model | imports (bench --backend tvm) | max abs diff vs ORT | within tolerance | compiles arm-a72 "
+             "Inputs: the shapes the models are trained for where their dims are dynamic (tools/"
+             "coverage_thirdparty.py KNOWN_SHAPES), else batch 1 and 64 for other dynamic dims; random inputs; "
+             "untuned TVM (bench: median of 3 runs, ms).", "",
+             "| model | imports (bench --backend tvm) | bench ms | max abs diff vs ORT | within tolerance | compiles arm-a72 "
              "| bench s | arm-a72 s | error |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "-" if r["diff"] is None else f"{r['diff']:.1e}"
         err = r["bench_error"] or r["compile_error"] or r["arm_error"]
-        lines.append(f"| {r['model']} | {'yes' if r['imports'] else 'no'} | {diff} | {'yes' if r['matches'] else 'no'} "
+        ms = "-" if r["bench"] is None else f"{r['bench']:.1f}"
+        lines.append(f"| {r['model']} | {'yes' if r['imports'] else 'no'} | {ms} | {diff} | {'yes' if r['matches'] else 'no'} "
                      f"| {'yes' if r['arm'] else 'no'} | {r['bench_s']} | {r['arm_s']} | {err} |")
     return "\n".join(lines)
 
@@ -121,7 +138,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/latency.md")
     args = ap.parse_args()
-    models = [m.resolve() for m in args.models] or sorted((ROOT / ".cache" / "models").glob("*/*.onnx"))
+    models = [m.resolve() for m in args.models] or sorted(
+        p for p in (ROOT / ".cache" / "models").glob("*/*.onnx") if p.parent.name not in OURS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tvm-cov-") as tmp:
         env = dict(os.environ, GRAPHPRUNE_CACHE=str(Path(tmp) / "cache"))
