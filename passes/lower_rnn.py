@@ -49,7 +49,8 @@ class LowerRNNPass(Pass):
         opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
         names = {name for n in _all_nodes(out.graph) for name in list(n.input) + list(n.output)}
         names |= {n.name for n in _all_nodes(out.graph)}
-        _lower_graph(out.graph, {}, opset, names)
+        static = all(d.HasField("dim_value") for i in out.graph.input for d in i.type.tensor_type.shape.dim)
+        _lower_graph(out.graph, {}, _Model(opset, names, static))
         return out
 
 
@@ -78,19 +79,27 @@ def _known(graph: onnx.GraphProto, outer: dict) -> dict:
     return info
 
 
-def _lower_graph(graph: onnx.GraphProto, outer: dict, opset: int, names: set) -> None:
+@dataclass
+class _Model:
+    """What every scope's lowering needs of the whole model."""
+    opset: int
+    names: set             # every tensor and node name in any scope: new names avoid them
+    static_inputs: bool    # all graph inputs static: an unknown length is not the user's to pin
+
+
+def _lower_graph(graph: onnx.GraphProto, outer: dict, model: _Model) -> None:
     info = _known(graph, outer)
     for n in graph.node:
         for a in n.attribute:
             for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                _lower_graph(g, info, opset, names)
+                _lower_graph(g, info, model)
     if not any(n.op_type in RECURRENT and n.domain in ("", "ai.onnx") for n in graph.node):
         return
     nodes = []
     for n in graph.node:
         if n.op_type in RECURRENT and n.domain in ("", "ai.onnx"):
-            e = _Emitter(n.name or f"{n.op_type}_{n.output[0]}", names, opset)
-            _lower_node(n, _config(n, info), e)
+            e = _Emitter(n.name or f"{n.op_type}_{n.output[0]}", model.names, model.opset)
+            _lower_node(n, _config(n, info, model.static_inputs), e)
             nodes.extend(e.nodes)
         else:
             nodes.append(n)
@@ -117,7 +126,7 @@ def _refuse(node: onnx.NodeProto, what: str) -> GraphpruneError:
                            "unrolls only plain LSTM/GRU/RNN)")
 
 
-def _config(node: onnx.NodeProto, info: dict) -> _Config:
+def _config(node: onnx.NodeProto, info: dict, static_inputs: bool) -> _Config:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     ins = list(node.input) + [""] * (8 - len(node.input))
     for bad in ("clip", "activation_alpha", "activation_beta"):
@@ -145,15 +154,23 @@ def _config(node: onnx.NodeProto, info: dict) -> _Config:
     x_type, x_dims = info.get(ins[0], (0, None))
     seq = x_dims[layout] if x_dims and len(x_dims) == 3 else None
     if not seq:
-        raise GraphpruneError(f"{node.op_type} node {node.name or node.output[0]!r} has a dynamic sequence "
-                              "length: TVM needs it unrolled at a static length; pin the input's dims with "
-                              "--input-shape")
+        raise _dynamic_seq(node, static_inputs)
     hidden = attrs.get("hidden_size") or ((info.get(ins[2], (0, None))[1] or [None] * 3)[2])
     if not hidden:
         raise _refuse(node, "an unknown hidden_size")
     dtype = x_type or info.get(ins[1], (onnx.TensorProto.FLOAT, None))[0]
     return _Config(node.op_type, node.name, int(hidden), int(seq), layout, dirs, acts,
                    bool(attrs.get("linear_before_reset", 0)), dtype)
+
+
+def _dynamic_seq(node: onnx.NodeProto, static_inputs: bool) -> GraphpruneError:
+    where = f"{node.op_type} node {node.name or node.output[0]!r}"
+    if static_inputs:  # already pinned: the length comes out of control flow inference cannot resolve
+        return GraphpruneError(f"{where} has a sequence length that shape inference cannot tell even at "
+                               "static input shapes (it flows through If/Loop outputs of unknown shape): "
+                               "TVM needs a static length to unroll it")
+    return GraphpruneError(f"{where} has a dynamic sequence length: TVM needs it unrolled at a static "
+                           "length; pin the input's dims with --input-shape")
 
 
 class _Emitter:
