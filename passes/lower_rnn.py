@@ -3,7 +3,7 @@
 Why: TVM 0.27's Relax ONNX frontend has no converter for LSTM, GRU or RNN, so a model with
 one (silero-vad, CRNN text recognisers) could not be compiled or benchmarked with TVM. Once
 the input shapes are pinned (targets/prepare.py) the sequence length is a constant, and a
-recurrent layer is exactly a fixed chain of MatMul/Add/Split/Sigmoid/Tanh/Mul per time step,
+recurrent layer is exactly a fixed chain of MatMul/Add/Slice/Sigmoid/Tanh/Mul per time step,
 which Relax imports and fuses. The pass runs in the TVM import path only: onnxruntime has
 fused kernels for these ops, so every onnxruntime path keeps the original nodes.
 
@@ -205,13 +205,17 @@ class _Emitter:
         return self._consts[key]
 
     def split(self, x: str, axis: int, sizes: list[int]) -> list[str]:
-        outs = [self.fresh("Split") for _ in sizes]
-        name = self.fresh("Split_node")
-        if self.opset >= 13:
-            split = self.const(np.array(sizes, np.int64))
-            self.nodes.append(helper.make_node("Split", [x, split], outs, name=name, axis=axis))
-        else:
-            self.nodes.append(helper.make_node("Split", [x], outs, name=name, axis=axis, split=sizes))
+        """Consecutive pieces of `x` along `axis`, one Slice each. Not Split: inside If bodies
+        TVM 0.27's frontend leaves a Split's outputs as tuple items, and its binary-op converter
+        then takes two of them for constants and fails ('TupleGetItem' object has no attribute 'value')."""
+        outs, start = [], 0
+        for size in sizes:
+            bounds = [start], [start + size], [axis]
+            if self.opset >= 10:
+                outs.append(self.op("Slice", [x, *(self.const(np.array(b, np.int64)) for b in bounds)]))
+            else:
+                outs.append(self.op("Slice", [x], starts=bounds[0], ends=bounds[1], axes=bounds[2]))
+            start += size
         return outs
 
     def pick(self, x: str, index: int) -> str:

@@ -125,9 +125,9 @@ def test_relu_rnn_and_explicit_default_activations():
     assert_lowered_matches(rnn_model("LSTM", "forward", activations=["Sigmoid", "Tanh", "Tanh"]))
 
 
-@pytest.mark.parametrize("opset", [11, 18])
-def test_old_and_new_split_signatures(opset):
-    """Split takes `split` as an attribute before opset 13 and needs sizes or num_outputs from 18."""
+@pytest.mark.parametrize("opset", [9, 11, 18])
+def test_old_and_new_opsets(opset):
+    """Slice takes its bounds as attributes before opset 10; LSTM layout exists from 14."""
     lowered = assert_lowered_matches(rnn_model("LSTM", "bidirectional", opset=opset))
     assert lowered.opset_import[0].version == opset
 
@@ -206,6 +206,24 @@ def test_sequence_lens_and_peepholes_are_refused():
 def test_dynamic_sequence_length_says_to_pin_it():
     with pytest.raises(GraphpruneError, match="dynamic sequence length.*--input-shape"):
         LowerRNNPass()(rnn_model("LSTM", dynamic_seq=True))
+
+
+def test_length_unknown_at_static_inputs_is_not_blamed_on_input_shape():
+    """silero_vad.onnx: the LSTM input comes out of an If whose branches differ in shape, so no
+    --input-shape can make its length static: the error says so instead of asking for one."""
+    m = rnn_model("RNN", seq=2, batch=1, inp=5)
+    vi = helper.make_tensor_value_info
+    two = helper.make_graph([helper.make_node("Identity", ["X"], ["a"])], "two", [], [vi("a", TensorProto.FLOAT, None)])
+    one = helper.make_graph([helper.make_node("Slice", ["X", "s0", "s1"], ["b"])], "one", [],
+                            [vi("b", TensorProto.FLOAT, None)])
+    m.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "s0"),
+                                numpy_helper.from_array(np.array([1], np.int64), "s1")])
+    m.graph.input.append(vi("flag", TensorProto.BOOL, []))
+    m.graph.node.insert(0, helper.make_node("If", ["flag"], ["Xsel"], then_branch=two, else_branch=one))
+    m.graph.node[1].input[0] = "Xsel"
+    with pytest.raises(GraphpruneError, match="shape inference cannot tell even at static input shapes") as err:
+        LowerRNNPass()(m)
+    assert "--input-shape" not in str(err.value)
 
 
 def test_torch_exported_lstm_gru_rnn():
