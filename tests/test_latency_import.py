@@ -131,6 +131,21 @@ def test_gru_inside_an_if_on_data_compiles_and_matches_ort_on_both_branches():
         np.testing.assert_allclose(run_tvm_local(c, feeds)[0], _ort(m, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_pruned_crnn_compiles_with_its_recurrent_layer_lowered(op):
+    """A CRNN (conv features -> bidirectional LSTM/GRU over the width) pruned at 0.3, the input
+    columns of W sliced with the conv's channels: the pruned model compiles and matches onnxruntime."""
+    import graphprune as gp
+    import onnx_builders as ob
+    model = ob.cnn_rnn(op, "bidirectional")
+    pruned = gp.prune(model, gp.choose(gp.analyse(model), ratio=0.3))
+    rnn = next(n for n in pruned.graph.node if n.op_type == op)
+    assert next(t for t in pruned.graph.initializer if t.name == rnn.input[1]).dims[-1] < 8
+    c = compile_model(pruned, "x86")
+    feeds = random_inputs(pruned, seed=9)
+    np.testing.assert_allclose(run_tvm_local(c, feeds)[0], _ort(pruned, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_silero_vad_sequence_lstm_compiles_and_the_library_matches_ort(tmp_path, capsys):
     """The real check of the LSTM lowering: silero-vad's streaming model (Conv encoder, one
     forward LSTM of 128 over a pinned sequence of 4 chunks) through `graphprune compile`."""
