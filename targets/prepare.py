@@ -11,6 +11,11 @@ shape math is constant; onnxruntime's own graph optimizer at ORT_ENABLE_BASIC fo
 elimination; only ONNX-domain ops, so Relax can read the result). onnxruntime is already a
 dependency and the reference every TVM output is checked against, so folding with it adds
 no package and no second interpretation of the graph (see docs/latency.md).
+
+Recurrent layers: Relax has no LSTM/GRU/RNN converter, so after the shapes are pinned and
+folded, import_relax unrolls them into primitive ops (passes/lower_rnn.py). That happens
+here only, in the TVM import path: onnxruntime runs (the reference, prune's check, verify)
+keep the original fused nodes.
 """
 from __future__ import annotations
 
@@ -100,7 +105,9 @@ def import_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | No
     """(Relax IRModule with weights bound as constants, pinned shapes), or a one-line
     GraphpruneError naming the operator TVM cannot import."""
     from tvm.relax.frontend.onnx import from_onnx
+    from graphprune.passes.lower_rnn import LowerRNNPass
     static, shapes = static_model(model, input_shapes)
+    static = LowerRNNPass()(static)  # TVM only: the sequence length is static now
     missing = _unsupported(static)
     if missing:
         raise GraphpruneError(f"TVM cannot import this model: its ONNX frontend has no converter for {missing}")

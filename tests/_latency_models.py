@@ -88,7 +88,7 @@ def yolo_like(channels: int = 8, seed: int = 0, dynamic: bool = True) -> onnx.Mo
 
 
 def lstm_model() -> onnx.ModelProto:
-    """Valid ONNX with an LSTM (silero-vad has one; TVM 0.27's Relax frontend has no converter)."""
+    """Valid ONNX with an LSTM (silero-vad has one; TVM 0.27's Relax frontend has no converter, prepare.py lowers it)."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((1, 16, 3)).astype(np.float32), "W")
     r = numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R")

@@ -77,8 +77,14 @@ def test_static_model_says_nothing_is_pinned(tmp_path, capsys):
     assert "input shape x=1x3x64x64" in out and "pinned" not in out
 
 
+def _clipped_lstm():
+    m = lstm_model()
+    m.graph.node[0].attribute.append(onnx.helper.make_attribute("clip", 3.0))
+    return m
+
+
 @pytest.mark.parametrize("make, message", [
-    (lstm_model, "no converter for operator LSTM (node 'lstm0')"),
+    (_clipped_lstm, "cannot lower LSTM node 'lstm0' for TVM: attribute clip is not supported"),
     (unsupported_model, "no converter for operator com.example.Frobnicate"),
     (data_dependent_pad_model, "TVM cannot import this model (operator Pad)"),
 ])
@@ -89,6 +95,79 @@ def test_what_tvm_cannot_import_is_one_line_naming_the_op(make, message, tmp_pat
     cap = capsys.readouterr()
     assert message in cap.err, cap.err
     assert cap.err.count("\n") == 1 and cap.out == ""   # the frontend's own print stays off stdout
+
+
+def test_lstm_is_lowered_for_tvm_and_matches_ort():
+    """Relax has no LSTM converter: import_relax unrolls it (passes/lower_rnn.py) at the pinned length."""
+    m = lstm_model()
+    c = compile_model(m, "x86")
+    feeds = random_inputs(m, seed=2)
+    np.testing.assert_allclose(run_tvm_local(c, feeds)[0], _ort(m, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gru_inside_an_if_on_data_compiles_and_matches_ort_on_both_branches():
+    """silero-vad's recurrent layers sit in If branches chosen by an input (its sample rate)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.uniform(-1, 1, (2, 12, 3)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.uniform(-1, 1, (2, 12, 4)).astype(np.float32), "R")
+    b = numpy_helper.from_array(rng.uniform(-1, 1, (2, 24)).astype(np.float32), "B")
+    gru = helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["", "hn"], hidden_size=4,
+                           direction="bidirectional", linear_before_reset=1)
+    vi = helper.make_tensor_value_info
+    then = helper.make_graph([gru], "then", [], [vi("hn", TensorProto.FLOAT, [2, 2, 4])])
+    other = helper.make_graph([helper.make_node("Neg", ["h0"], ["neg"])], "else", [],
+                              [vi("neg", TensorProto.FLOAT, [2, 2, 4])])
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)
+    graph = helper.make_graph([node], "g", [vi("x", TensorProto.FLOAT, [3, 2, 3]), vi("h0", TensorProto.FLOAT, [2, 2, 4]),
+                                            vi("flag", TensorProto.BOOL, [])],
+                              [vi("y", TensorProto.FLOAT, [2, 2, 4])], [w, r, b])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    c = compile_model(m, "x86")
+    feeds = random_inputs(m, seed=6)
+    for flag in (True, False):
+        feeds["flag"] = np.array(flag)
+        np.testing.assert_allclose(run_tvm_local(c, feeds)[0], _ort(m, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_pruned_crnn_compiles_with_its_recurrent_layer_lowered(op):
+    """A CRNN (conv features -> bidirectional LSTM/GRU over the width) pruned at 0.3, the input
+    columns of W sliced with the conv's channels: the pruned model compiles and matches onnxruntime."""
+    import graphprune as gp
+    import onnx_builders as ob
+    model = ob.cnn_rnn(op, "bidirectional")
+    pruned = gp.prune(model, gp.choose(gp.analyse(model), ratio=0.3))
+    rnn = next(n for n in pruned.graph.node if n.op_type == op)
+    assert next(t for t in pruned.graph.initializer if t.name == rnn.input[1]).dims[-1] < 8
+    c = compile_model(pruned, "x86")
+    feeds = random_inputs(pruned, seed=9)
+    np.testing.assert_allclose(run_tvm_local(c, feeds)[0], _ort(pruned, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_silero_vad_sequence_lstm_compiles_and_the_library_matches_ort(tmp_path, capsys):
+    """The real check of the LSTM lowering: silero-vad's streaming model (Conv encoder, one
+    forward LSTM of 128 over a pinned sequence of 4 chunks) through `graphprune compile`."""
+    path, lib = _real("silero-vad/silero_vad_16k_sequence.onnx"), tmp_path / "vad.so"
+    assert cli.main(["compile", str(path), "--input-shape", "input=4,576", "-o", str(lib)]) == 0
+    m = onnx.load(path)
+    feeds = random_inputs(m, seed=7, input_shapes={"input": [4, 576]})
+    want, got = _ort(m, feeds), _load_and_run(lib, feeds)
+    assert [g.shape for g in got] == [(4,), (1, 1, 128), (1, 1, 128)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_silero_vad_if_model_compiles_and_matches_ort():
+    """silero-vad's 16 kHz op15 export: the LSTM sits in an If whose condition folds at the pinned shapes."""
+    m = onnx.load(_real("silero-vad/silero_vad_16k_op15.onnx"))
+    shapes = {"input": [1, 512], "state": [2, 1, 128]}
+    c = compile_model(m, "x86", input_shapes=shapes)
+    feeds = random_inputs(m, seed=8, input_shapes=shapes)
+    feeds["sr"] = np.array(16000, np.int64)
+    for g, w in zip(run_tvm_local(c, feeds), _ort(m, feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_library_is_written_atomically_with_the_umask(tmp_path):
