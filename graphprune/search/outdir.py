@@ -4,7 +4,8 @@ Two `optimize --resume` on the same folder would both replay the journal and app
 same configurations (duplicate measurements, a journal no longer one line per
 configuration). So a run holds an exclusive, non-blocking flock on OUTDIR/LOCK_NAME for
 its whole life; the second one stops with one line naming the holder's pid. The kernel
-drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks.
+drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks;
+a run that ends (or is refused) removes the file, so OUTDIR holds only results.
 
 A run that fails before it measured anything removes the header-only journal it
 created: otherwise the corrected rerun would be refused ("journal exists: pass --resume").
@@ -50,11 +51,25 @@ class OutdirLock:
             os.close(self._fd)
             self._fd = None
             raise GraphpruneError(f"{out} is in use by another graphprune optimize (pid {holder})") from None
+        try:
+            same = os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder removed the file between our open and our flock: it was in use
+            os.close(self._fd)
+            self._fd = None
+            raise GraphpruneError(f"{out} is in use by another graphprune optimize (it just finished or started)")
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
+        """Remove the lock file, then drop the flock: nothing of ours is left in OUTDIR. A run
+        that opened the file just before it went locks a removed file, which __init__ detects."""
         if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             os.close(self._fd)   # closing the last descriptor drops the flock
             self._fd = None
 
