@@ -71,4 +71,5 @@ def score(metric: Metric, cand, ref, labels) -> float:
     return finite_score(metric.compare(cand, ref, labels), metric.name)
 
 
-__all__ = ["Metric", "METRICS", "NAMES_TEXT", "get_metric", "default_metric_name", "score", "evaluate", "reference_outputs"]
+__all__ = ["Metric", "METRICS", "NAMES_TEXT", "get_metric", "default_metric_name", "score", "evaluate",
+           "reference_outputs"]

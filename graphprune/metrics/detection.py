@@ -155,9 +155,9 @@ def detection_metric(num_classes: int | None = None) -> Metric:
     def check(outputs: Outputs, names: list, labels) -> None:
         o = np.asarray(outputs[0])
         if head_layout(o.shape, num_classes) is None:
+            classes = f" ({num_classes} classes)" if num_classes else ""
             raise GraphpruneError(f"--metric detection needs a YOLO-style head [B, 4+C, N] or [B, N, 5+C]; output "
-                                  f"{names[0]!r} is {shape_text(o)}" + (f" ({num_classes} classes)" if num_classes else "")
-                                  + " (try --metric fidelity)")
+                                  f"{names[0]!r} is {shape_text(o)}{classes} (try --metric fidelity)")
         refuse_nonfinite(outputs[:1], names[:1], "detection")
 
     def reduce(outputs: Outputs) -> Outputs:
