@@ -281,3 +281,13 @@ def test_segmentation_and_fidelity_on_u2netp():
     fid = get_metric("fidelity", m, has_labels=False)
     assert fid.compare(raw, raw, None) == 1.0 and len(raw) == 7
     assert fid.compare([r * 0.9 for r in raw], raw, None) == pytest.approx(0.9)
+
+
+def test_an_export_with_nms_inside_is_refused_for_detection():
+    m = yolo_head(2, "v8")
+    m.metadata_props.add(key="args", value="{'batch': 1, 'nms': True}")
+    m.metadata_props.add(key="names", value="{0: 'a', 1: 'b'}")
+    with pytest.raises(GraphpruneError, match="NMS inside the graph"):
+        reference_outputs(m, images(2), get_metric("detection", m, has_labels=False))
+    assert get_metric("detection", yolo_head(2, "v8"), has_labels=False).check(
+        [np.zeros((1, 6, 64), np.float32)], ["y"], None) is None

@@ -23,7 +23,7 @@ from __future__ import annotations
 from graphprune.errors import GraphpruneError
 from graphprune.metrics.base import Metric, finite_score
 from graphprune.metrics.classification import ACCURACY, AGREEMENT
-from graphprune.metrics.detection import classes_from_metadata, detection_metric
+from graphprune.metrics.detection import classes_from_metadata, detection_metric, nms_in_graph
 from graphprune.metrics.fidelity import FIDELITY
 from graphprune.metrics.segmentation import SEGMENTATION
 from graphprune.metrics.runner import evaluate, reference_outputs
@@ -34,7 +34,7 @@ METRICS = {
     "accuracy": lambda model: ACCURACY,
     "agreement": lambda model: AGREEMENT,
     "fidelity": lambda model: FIDELITY,
-    "detection": lambda model: detection_metric(classes_from_metadata(model)),
+    "detection": lambda model: detection_metric(classes_from_metadata(model), nms_in_graph(model)),
     "segmentation": lambda model: SEGMENTATION,
 }
 NAMES_TEXT = ", ".join(METRICS) + " or package.module:function"

@@ -149,11 +149,20 @@ def classes_from_metadata(model) -> int | None:
     return None
 
 
-def detection_metric(num_classes: int | None = None) -> Metric:
+def nms_in_graph(model) -> bool:
+    """An Ultralytics export with NMS inside the graph (args "'nms': True") gives final boxes, not a head."""
+    args = next((p.value for p in model.metadata_props if p.key == "args"), "") if model is not None else ""
+    return "'nms': True" in args
+
+
+def detection_metric(num_classes: int | None = None, nms_inside: bool = False) -> Metric:
     """The `detection` metric for a head with `num_classes` classes (None: all channels after the boxes)."""
 
     def check(outputs: Outputs, names: list, labels) -> None:
         o = np.asarray(outputs[0])
+        if nms_inside:
+            raise GraphpruneError("--metric detection decodes raw YOLO heads; this export has NMS inside the graph "
+                                  "(metadata args nms=True): use --metric fidelity or package.module:function")
         if head_layout(o.shape, num_classes) is None:
             classes = f" ({num_classes} classes)" if num_classes else ""
             raise GraphpruneError(f"--metric detection needs a YOLO-style head [B, 4+C, N] or [B, N, 5+C]; output "

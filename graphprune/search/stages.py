@@ -124,8 +124,9 @@ def open_outdir(st) -> None:
               "space": st.space.to_json(), "seed": o.seed, "optimizer": o.optimizer, "workers": o.workers,
               "sensitivity_ratios": list(o.sensitivity_ratios), "holdout": o.holdout,
               "uniform_ratios": list(o.uniform_ratios), "max_error_increase": o.max_error_increase,
-              "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack,
-              "metric": st.metric.name}
+              "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
+    if st.metric.name != "accuracy":   # journals from before --metric (all accuracy) stay resumable
+        header["metric"] = st.metric.name
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
     for note in st.journal.notes:
         st.log(f"note: {note}")
