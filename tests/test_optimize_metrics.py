@@ -192,3 +192,20 @@ def test_a_user_metric_drives_the_search(tmp_path, capsys, monkeypatch):
     assert pj["metric"]["name"] == "umetric_mod2:mean_abs" and pj["baseline"]["metric"] == 1.0
     assert pj["chosen"]["error"] <= 0.05 + 1e-12
     assert "original umetric_mod2:mean_abs 1.0000" in lines[1]
+
+
+def test_a_labelled_image_folder_defaults_to_accuracy_on_its_samples_subset(tmp_path, capsys):
+    """Class subfolders are labels (sorted names); a 1-channel 12x12 model input gives grayscale 12x12
+    images by default; --samples decodes only the subset."""
+    mp = _save(tiny_resnet(0), tmp_path / "clf.onnx")
+    data = _image_folder(tmp_path / "imgs", 20, hw=20, classes=4)
+    out = tmp_path / "o"
+    rc, lines, err = _cli(["optimize", mp, "--data", data, "-o", out, "--samples", "12"] + FAST, capsys)
+    assert rc == 0, err
+    pj = json.loads((out / "pareto.json").read_text())
+    assert pj["metric"]["name"] == "accuracy" and pj["metric"]["reference"] == "labels"
+    assert pj["data"]["samples"] == 12 and pj["data"]["labelled"] is True
+    from graphprune.data import ImageOptions, load_image_folder
+    d = load_image_folder(data, ImageOptions.parse(size=12, channels=1), samples=12, seed=0)
+    assert pj["baseline"]["accuracy"] == pytest.approx(1 - error_rate(tiny_resnet(0), d.x, d.y), abs=1e-12)
+    assert lines[0] == "metric: accuracy against labels (the default: the data has labels)"

@@ -36,7 +36,7 @@ def info(metric, has_labels: bool, chosen_by_default: bool) -> dict:
     return {"name": metric.name, "key": metric.name if ":" not in metric.name else "metric",
             "reference": reference, "description": metric.description, "percent": metric.percent,
             "default": chosen_by_default,
-            "why": _DEFAULT_WHY.get(metric.name, "") if chosen_by_default else "--metric"}
+            "why": _DEFAULT_WHY.get(metric.name, "") if chosen_by_default else "chosen with --metric"}
 
 
 def value_text(value: float, mi: dict) -> str:
