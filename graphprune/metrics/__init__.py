@@ -14,14 +14,16 @@ error objective is 1 - metric.
     segmentation    the original model     segmentation      segmenters: mIoU of masks vs the original's
     pkg.mod:func    the original (+labels) user              the user's own task measure
 
-Defaults (`default_metric`): accuracy when labels exist, agreement for a classifier
+Use: `m = get_metric(name, model, has_labels)`, `ref = reference_outputs(model, x, m, y)` once,
+then `evaluate(candidate, x, m, ref, y)` per candidate (graphprune.metrics.runner).
+Defaults (`default_metric_name`): accuracy when labels exist, agreement for a classifier
 output (N, classes) without labels, fidelity otherwise. See docs/metrics.md.
 """
 from __future__ import annotations
 
 
 from graphprune.errors import GraphpruneError
-from graphprune.metrics.base import Metric, finite_score
+from graphprune.metrics.base import Metric
 from graphprune.metrics.classification import ACCURACY, AGREEMENT
 from graphprune.metrics.detection import classes_from_metadata, detection_metric, nms_in_graph
 from graphprune.metrics.fidelity import FIDELITY
@@ -66,10 +68,5 @@ def default_metric_name(has_labels: bool, first_output_shape) -> str:
     return "fidelity"
 
 
-def score(metric: Metric, cand, ref, labels) -> float:
-    """metric.compare as a finite float (a one-line error otherwise)."""
-    return finite_score(metric.compare(cand, ref, labels), metric.name)
-
-
-__all__ = ["Metric", "METRICS", "NAMES_TEXT", "get_metric", "default_metric_name", "score", "evaluate",
+__all__ = ["Metric", "METRICS", "NAMES_TEXT", "get_metric", "default_metric_name", "evaluate",
            "reference_outputs"]
