@@ -291,3 +291,34 @@ def test_an_export_with_nms_inside_is_refused_for_detection():
         reference_outputs(m, images(2), get_metric("detection", m, has_labels=False))
     assert get_metric("detection", yolo_head(2, "v8"), has_labels=False).check(
         [np.zeros((1, 6, 64), np.float32)], ["y"], None) is None
+
+
+def _fixed_batch_model(batch: int, squeeze: bool):
+    """x [batch, 3, 4, 4] -> y = x * 2 (squeezed to [3, 4, 4] for batch 1 when `squeeze`)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Mul", ["x", "two"], ["m"])]
+    out_shape = [batch, 3, 4, 4]
+    if squeeze:
+        nodes.append(helper.make_node("Squeeze", ["m", "ax"], ["y"]))
+        out_shape = [3, 4, 4]
+    else:
+        nodes.append(helper.make_node("Identity", ["m"], ["y"]))
+    g = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(np.float32(2.0), "two"),
+                           numpy_helper.from_array(np.asarray([0], np.int64), "ax")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("batch,squeeze", [(1, True), (2, False)])
+def test_fixed_batch_exports_are_padded_trimmed_and_given_a_batch_axis(batch, squeeze):
+    from graphprune.metrics.base import Metric
+    from graphprune.metrics.runner import run_reduced
+    x = np.arange(5 * 48, dtype=np.float32).reshape(5, 3, 4, 4)
+    raw = Metric("raw", needs_labels=False, compare=lambda c, r, y: 0.0)
+    out = run_reduced(_fixed_batch_model(batch, squeeze), x, raw)
+    assert out[0].shape == (5, 3, 4, 4) and np.array_equal(out[0], 2 * x)   # 5 samples in batches of 1 or 2 (padded)
