@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp  # noqa: E402
-from graphprune.data import load_npz  # noqa: E402
+from graphprune.data import load_for_model  # noqa: E402
 from graphprune.search import objectives as obj  # noqa: E402
 from graphprune.search.finetune import recover  # noqa: E402
 from graphprune.search.optimize import OptimizeOptions, recover_first_within, run_optimize  # noqa: E402
@@ -228,7 +228,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     model = gp.load(args.model)
     an = gp.analyse(model)
-    val, train = load_npz(args.val), load_npz(args.train)
+    # the loader importance and optimize use (a .npz or a labelled image folder, options from the model)
+    val, train = (load_for_model(p, model, require_labels=True, option=o) for p, o in ((args.val, "--val"),
+                                                                                      (args.train, "--train")))
     base_err = obj.error_rate(model, val.x, val.y)
     log(f"original accuracy {100 * (1 - base_err):.2f} % on {len(val)} validation samples")
     runs = _searches(_scored_model(model, train, args, out), args, out)

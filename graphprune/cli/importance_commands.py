@@ -76,23 +76,11 @@ def run_importance(args) -> int:
 
 
 def _load(args, model):
-    """The --data set, with the image options checked against the model input."""
-    from pathlib import Path
-
-    from graphprune.data import load_data
-    name, dims = _single_input(model)
-    given = [o for o in _IMAGE_OPTIONS if getattr(args, o) is not None]
-    if given and not Path(args.data).is_dir():
-        raise GraphpruneError(f"--{given[0].replace('_', '-')} applies to image folders only; {args.data} is not one")
-    layout = args.layout or "nchw"
-    c_axis, hw_axes = (1, (2, 3)) if layout == "nchw" else (3, (1, 2))
-    static = lambda i: dims[i] if i < len(dims) and dims[i] else None  # noqa: E731
-    size = args.size or ([static(i) for i in hw_axes] if len(dims) == 4 and all(static(i) for i in hw_axes)
-                         else None)
-    return load_data(args.data, size=size, mean=args.mean, std=args.std, channels=static(c_axis) or 3,
-                     require_labels=False, samples=args.samples, seed=args.seed, input_names=[name],
-                     channel_order=args.channel_order or "rgb", layout=layout,
-                     scale=args.scale if args.scale is not None else 1 / 255)
+    """The --data set, with the image options defaulted from (and checked against) the model input."""
+    from graphprune.data import load_for_model
+    _single_input(model)
+    return load_for_model(args.data, model, **{o: getattr(args, o) for o in _IMAGE_OPTIONS}, samples=args.samples,
+                          seed=args.seed, require_labels=False)
 
 
 def _single_input(model) -> tuple[str, list[int | None]]:

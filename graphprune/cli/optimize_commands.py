@@ -1,4 +1,4 @@
-"""`graphprune optimize`: the Pareto front of pruned models, latency on a target vs accuracy."""
+"""`graphprune optimize`: the Pareto front of pruned models, latency on a target vs a quality metric."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +8,25 @@ from graphprune.cli.options import add_no_progress
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "optimize", help="search kept channels per group for the latency/accuracy Pareto front on a target",
+        "optimize", help="search kept channels per group for the latency/quality Pareto front on a target",
         description="Multi-objective search (nevergrad) over kept units per channel group, measuring latency on "
-                    "the target and error on --data; writes best.onnx, pareto.json, pareto.png, report.md and a "
-                    "journal that --resume continues. See docs/optimize.md.")
-    p.add_argument("model", help="ONNX classifier")
-    p.add_argument("--data", required=True, help="labelled data (.npz with x, y) for accuracy")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+                    "the target and error (1 - --metric) on --data; writes best.onnx, pareto.json, pareto.png, "
+                    "report.md and a journal that --resume continues. See docs/optimize.md and docs/metrics.md.")
+    p.add_argument("model", help="ONNX model (classifier, detector, segmenter, ...)")
+    p.add_argument("--data", required=True,
+                   help=".npz with x (and y labels, optional) or one array per model input named like the inputs; "
+                        "or an image folder (one subfolder per class, or images without labels)")
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: <model stem>_optimized)")
+    p.add_argument("--metric", help="quality metric: accuracy (labels), agreement, fidelity, detection, "
+                                    "segmentation or package.module:function (default: accuracy with labels, "
+                                    "agreement for a classifier without, fidelity otherwise; docs/metrics.md)")
+    g = p.add_argument_group("image folders (--data, --train-data)")
+    g.add_argument("--size", type=int, nargs="+", help="resize to H [W] (default: the model's static input size)")
+    g.add_argument("--mean", help="per-channel mean after --scale, e.g. '0.485,0.456,0.406'")
+    g.add_argument("--std", help="per-channel std after --scale")
+    g.add_argument("--scale", help="pixel scale applied first (default 1/255)")
+    g.add_argument("--channel-order", choices=("rgb", "bgr"), help="channel order (default rgb)")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout (default nchw)")
     g = p.add_argument_group("latency (as `graphprune bench`)")
     g.add_argument("--target", default="x86")
     g.add_argument("--backend", choices=["ort", "tvm"], default="ort")
@@ -48,7 +60,7 @@ def register(sub) -> None:
     g.add_argument("--group-bounds", metavar="G:MIN:MAX,...", help="per-group kept-fraction bounds")
     g.add_argument("--sensitivity-ratios", default="0.25,0.5,0.75", help="removed fractions swept per group")
     g.add_argument("--holdout", type=int, default=6, help="random configurations measured to test the surrogate")
-    g.add_argument("--samples", type=int, help="evaluate accuracy on a fixed-seed subset of --data")
+    g.add_argument("--samples", type=int, help="evaluate the metric on a fixed-seed subset of --data")
     g.add_argument("--resume", action="store_true", help="continue the search in OUTDIR from its journal")
     add_no_progress(g)
     g = p.add_argument_group("recovery by fine-tuning")
@@ -86,13 +98,15 @@ def optimize(args: argparse.Namespace) -> int:
         group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
         epochs=args.epochs, recovery_slack=args.recovery_slack,
         recovery_tries=args.recovery_tries, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
-        batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress)
+        batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,
+        size=args.size, mean=args.mean, std=args.std, scale=args.scale, channel_order=args.channel_order,
+        layout=args.layout)
     s = run_optimize(o)
     s.pop("_measured", None)
     if args.json:
         print(dumps(s))
         return 0
-    for line in summary_lines(s, args.output):
+    for line in summary_lines(s, o.outdir):
         print(line)
     return 0
 
@@ -100,10 +114,14 @@ def optimize(args: argparse.Namespace) -> int:
 def summary_lines(s: dict, outdir: str) -> list[str]:
     """What a user reads on stdout. The speed-up is the final side-by-side measurement's, never the
     search's (possibly cached) latencies."""
+    from graphprune.search.quality import value_text
     ch, b, d = s["chosen"], s["baseline"], s["delivered"]
-    lines = [f"front: {len(s['front'])} configurations; original {100 * (1 - b['error']):.2f} % / "
+    m = s.get("metric") or {"name": "accuracy", "key": "accuracy", "reference": "labels", "percent": True}
+    q = lambda err: value_text(1 - err, m)  # noqa: E731
+    lines = [f"metric: {m['name']} against {m['reference']}" + (f" ({m['why']})" if m.get("why") else ""),
+             f"front: {len(s['front'])} configurations; original {q(b['error'])} / "
              f"{b['latency_ms']:.3f} ms in the search ({s['latency_label']})",
-             f"chosen {ch['key']}: {100 * (1 - ch['error']):.2f} % / {ch['latency_ms']:.3f} ms in the search -- "
+             f"chosen {ch['key']}: {q(ch['error'])} / {ch['latency_ms']:.3f} ms in the search -- "
              f"{s['choice_reason']}"]
     if s.get("recovery"):
         r = s["recovery"]
@@ -111,7 +129,7 @@ def summary_lines(s: dict, outdir: str) -> list[str]:
     if s.get("recovery_rejected"):
         r = s["recovery_rejected"]
         lines.append(f"recovery REJECTED: {r['reason']}; delivered the pruned model before recovery, "
-                     f"{100 * d['accuracy']:.2f} %")
+                     f"{q(1 - d[m.get('key', 'accuracy')])}")
     if s.get("final"):
         lines.append(f"speed-up: {s['final']['text']}")
     lines.append(f"wrote {outdir}/best.onnx, pareto.json, pareto.png, report.md")

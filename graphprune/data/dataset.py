@@ -19,26 +19,34 @@ MEMORY_FRACTION = 0.5          # of the available memory that loaded samples may
 
 @dataclass
 class Dataset:
-    """Samples ``x`` (N, ...) float32 with integer labels ``y`` (N,), or ``y`` None (unlabelled)."""
-    x: np.ndarray
+    """Samples ``x`` (N, ...) float32 with integer labels ``y`` (N,), or ``y`` None (unlabelled).
+
+    For a model with several inputs ``x`` is a dict {input name: (N, ...) array}, all with the
+    same N (`optimize` feeds them by name; `importance` scores single-input models only)."""
+    x: np.ndarray | dict
     y: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        x = next(iter(self.x.values())) if isinstance(self.x, dict) else self.x
+        return int(x.shape[0])
+
+    def take(self, idx) -> "Dataset":
+        """The samples at `idx` (an index array or a slice), every input and the labels alike."""
+        x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+        return Dataset(x, None if self.y is None else self.y[idx])
 
     def subsample(self, n: int | None, seed: int = 0) -> "Dataset":
         """A fixed-seed random subset of `n` samples (all of them when n is None or >= N)."""
         idx = subset_indices(len(self), n, seed)
-        if idx is None:
-            return self
-        return Dataset(self.x[idx], None if self.y is None else self.y[idx])
+        return self if idx is None else self.take(idx)
 
     def batches(self, batch_size: int):
         """Yield (x, y) numpy batches in order (y None when unlabelled)."""
         if batch_size <= 0:
             raise GraphpruneError(f"--batch-size must be positive, got {batch_size}")
         for i in range(0, len(self), batch_size):
-            yield self.x[i:i + batch_size], None if self.y is None else self.y[i:i + batch_size]
+            b = self.take(slice(i, i + batch_size))
+            yield b.x, b.y
 
 
 def subset_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray | None:
@@ -95,13 +103,22 @@ def _check_y(y, n: int, source: str) -> np.ndarray:
 
 
 def check_dataset(x, y, source: str, require_labels: bool = False) -> Dataset:
-    """A validated Dataset (float32 x, int64 y or None); one-line errors naming `source`."""
-    x = _check_x(x, source)
+    """A validated Dataset (float32 x, int64 y or None); one-line errors naming `source`.
+    `x` may be a dict of arrays named like the model's inputs (same number of samples each)."""
+    if isinstance(x, dict):
+        x = {k: _check_x(v, f"{source} [{k}]") for k, v in x.items()}
+        sizes = {k: v.shape[0] for k, v in x.items()}
+        if len(set(sizes.values())) > 1:
+            raise GraphpruneError(f"{source}: the input arrays differ in sample count ({sizes})")
+        n = next(iter(sizes.values()))
+    else:
+        x = _check_x(x, source)
+        n = x.shape[0]
     if y is None:
         if require_labels:
             raise GraphpruneError(f"{source}: labels y are needed")
         return Dataset(x, None)
-    return Dataset(x, _check_y(y, x.shape[0], source))
+    return Dataset(x, _check_y(y, n, source))
 
 
 def as_dataset(data, require_labels: bool = False) -> Dataset:

@@ -3,7 +3,8 @@
 Data flows load -> analyse -> score -> search -> rewrite -> compile -> measure:
 
     space        which kept counts each prunable group may take (target channel step, bounds)
-    objectives   measure one configuration: error (onnxruntime on the user's data), latency
+    quality      which metric judges candidates (graphprune.metrics), the original's outputs once
+    objectives   measure one configuration: error (1 - metric, onnxruntime on the user's data), latency
                  (graphprune.targets), MACs, parameter bytes, energy estimate
     executor     concurrent.futures-like executors the builds/evaluations run on
     journal      append-only fsync'd JSONL: every measurement, so --resume re-measures nothing

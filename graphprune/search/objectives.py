@@ -1,6 +1,8 @@
 """Measuring one configuration: every objective the search can trade.
 
-error       top-1 error on the user's data, model run in onnxruntime
+error       1 - the quality metric (graphprune.metrics: accuracy, agreement, fidelity, detection,
+            segmentation or the user's) on the user's data, model run in onnxruntime; the
+            original's outputs it compares with are computed once per worker
 latency_ms  median latency on the target (graphprune.targets.measure_latency)
 macs        multiply-accumulates at batch 1 (graphprune.count)
 param_bytes bytes of the float initializers
@@ -37,32 +39,29 @@ def parse_objectives(text: str) -> list[str]:
     return out
 
 
-def _first_input(model: onnx.ModelProto):
-    inits = {t.name for t in model.graph.initializer}
-    ins = [i for i in model.graph.input if i.name not in inits]
-    if len(ins) != 1:
-        raise GraphpruneError(f"optimize needs a model with one input, this one has {len(ins)}")
-    return ins[0]
-
-
-def check_data_fits(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> None:
-    """One-line errors for data that cannot be the model's: shape, classes."""
-    inp = _first_input(model)
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inp.type.tensor_type.shape.dim]
-    if len(dims) != x.ndim:
-        raise GraphpruneError(f"data x has shape {tuple(x.shape)} but model input {inp.name!r} has rank {len(dims)}")
-    for i, (d, s) in enumerate(zip(dims, x.shape)):
-        if i > 0 and d is not None and d != s:
-            raise GraphpruneError(f"data x has shape {tuple(x.shape)}, model input {inp.name!r} expects "
-                                  f"{['N' if v is None else v for v in dims]} (axis {i}: {s} vs {d})")
-    out = model.graph.output[0].type.tensor_type.shape.dim
-    if len(out) == 2 and out[1].HasField("dim_value") and out[1].dim_value > 0:
-        if int(y.max()) >= out[1].dim_value:
-            raise GraphpruneError(f"data labels go up to {int(y.max())} but the model has {out[1].dim_value} outputs")
-    elif len(out) != 2:
-        raise GraphpruneError(f"optimize needs a classifier with (N, classes) output; output "
-                              f"{model.graph.output[0].name!r} has rank {len(out)}")
+def check_data_fits(model: onnx.ModelProto, x) -> None:
+    """One-line errors for data that cannot be the model's inputs: missing inputs, rank, static dims.
+    (Labels against the classes, and the outputs against the metric, are the metric's checks.)"""
+    from graphprune.data.model_data import model_inputs
+    inputs = model_inputs(model)
+    if isinstance(x, dict):
+        arrays = [(n, x.get(n)) for n, _ in inputs]
+        missing = [n for n, a in arrays if a is None]
+        if missing:
+            raise GraphpruneError(f"the data has no array for model input(s) {', '.join(map(repr, missing))}")
+    elif len(inputs) != 1:
+        raise GraphpruneError(f"the model has {len(inputs)} inputs ({', '.join(n for n, _ in inputs)}): give a .npz "
+                              "with one array per input, named like the inputs")
+    else:
+        arrays = [(inputs[0][0], x)]
+    for (name, dims), (_, a) in zip(inputs, arrays):
+        what = "data x" if not isinstance(x, dict) else f"data [{name}]"
+        if len(dims) != a.ndim:
+            raise GraphpruneError(f"{what} has shape {tuple(a.shape)} but model input {name!r} has rank {len(dims)}")
+        for i, (d, s) in enumerate(zip(dims, a.shape)):
+            if i > 0 and d is not None and d != s:
+                raise GraphpruneError(f"{what} has shape {tuple(a.shape)}, model input {name!r} expects "
+                                      f"{['N' if v is None else v for v in dims]} (axis {i}: {s} vs {d})")
 
 
 def error_rate(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 256, threads: int = 0) -> float:
@@ -99,16 +98,22 @@ _STATE: dict = {}
 
 
 def init_worker(model_bytes: bytes, data_path: str | None, x=None, y=None, criterion: str = "l1",
-                eval_threads: int = 0) -> None:
-    """Load the model, its analysis and the data once in this (worker) process."""
+                eval_threads: int = 0, metric: str = "accuracy", ref=None) -> None:
+    """Load the model, its analysis, the data, the metric and the original's reduced outputs once in
+    this (worker) process (`ref` None: computed here)."""
     import graphprune as gp
+    from graphprune.metrics import get_metric, reference_outputs
     model = gp.load(onnx.load_from_string(model_bytes))
     _STATE.clear()
     _STATE.update(model=model, analysis=gp.analyse(model), criterion=criterion, threads=eval_threads)
     if data_path is not None:
         with np.load(data_path) as f:
             x, y = f["x"], f["y"]
-    _STATE["x"], _STATE["y"] = np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
+    _STATE["x"] = ({k: np.ascontiguousarray(v, np.float32) for k, v in x.items()} if isinstance(x, dict)
+                   else np.ascontiguousarray(x, np.float32))
+    _STATE["y"] = None if y is None else np.asarray(y, np.int64)
+    _STATE["metric"] = m = get_metric(metric, model, _STATE["y"] is not None)
+    _STATE["ref"] = ref if ref is not None else reference_outputs(model, _STATE["x"], m, _STATE["y"], eval_threads)
 
 
 def build(config: dict[int, int]) -> onnx.ModelProto:
@@ -121,11 +126,12 @@ def build(config: dict[int, int]) -> onnx.ModelProto:
 
 
 def evaluate_job(config: dict[int, int]) -> dict:
-    """Rewrite + error + counts of one configuration (no latency)."""
+    """Rewrite + error (1 - metric) + counts of one configuration (no latency)."""
     import graphprune as gp
     pruned = build(config)
     c = gp.count(pruned)
-    err = error_rate(pruned, _STATE["x"], _STATE["y"], threads=_STATE["threads"])
+    from graphprune.metrics import evaluate
+    err = 1.0 - evaluate(pruned, _STATE["x"], _STATE["metric"], _STATE["ref"], _STATE["y"], _STATE["threads"])
     return {"error": err, "macs": c.macs, "params": c.params, "param_bytes": c.param_bytes,
             "model": pruned.SerializeToString()}
 

@@ -22,7 +22,7 @@ THREADS_PER_CORE_MAX = 4   # --threads above this many per available core only o
 class OptimizeOptions:
     model: str
     data: str
-    outdir: str
+    outdir: str | None                  # None: `<model stem>_optimized` (stages.default_outdir)
     target: str = "x86"
     backend: str = "ort"
     rpc_tracker: str | None = None
@@ -57,6 +57,14 @@ class OptimizeOptions:
     batch_size: int = 64
     resume: bool = False
     progress: bool = True
+    metric: str | None = None           # graphprune.metrics name or package.module:function; None: the default
+    # image folders as --data/--train-data (graphprune.data.images); None: the model's / the loader's default
+    size: tuple | None = None
+    mean: str | None = None
+    std: str | None = None
+    scale: str | None = None
+    channel_order: str | None = None
+    layout: str | None = None
 
 
 def parse_duration_ms(text: str | None) -> float | None:
@@ -158,7 +166,17 @@ def validate(o: OptimizeOptions) -> list[str]:
         if name not in objectives:
             raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
     check_optimizer(o.optimizer)
+    _validate_metric_name(o.metric)
     return objectives
+
+
+def _validate_metric_name(name: str | None) -> None:
+    """A name that is neither a built-in metric nor package.module:function fails before any file is read."""
+    if name is None:
+        return
+    from graphprune.metrics import METRICS, NAMES_TEXT
+    if ":" not in name and name not in METRICS:
+        raise GraphpruneError(f"unknown --metric {name!r}; choose from {NAMES_TEXT}")
 
 
 def _validate_recovery(o: OptimizeOptions) -> None:

@@ -20,13 +20,17 @@ SURROGATE_TEXT = ("latency: Ridge on log-latency over the exact MAC count (relat
 
 
 def summary(st) -> dict:
+    from graphprune.metrics.runner import n_samples
     o, spec, d, search = st.o, st.spec, st.delivery, st.search
+    mk = st.metric_info["key"]
+    sl = lambda r: slim(r, mk)  # noqa: E731
     return {
         "model": str(o.model), "latency": spec.to_json(), "latency_label": st.label,
         "threads": spec.threads if spec.backend == "ort" else None, "threads_text": threads_text(spec),
         "energy_note": f"estimate = latency x {spec.power_w} W (stated power of {spec.measured_target}), not measured"
         if spec.power_w else None,
-        "data": {"description": st.data_desc, "samples": int(len(st.y))},
+        "data": {"description": st.data_desc, "samples": int(n_samples(st.x)), "labelled": st.y is not None},
+        "metric": st.metric_info,
         "objectives": st.objectives, "constraints_text": cons_text(o, st.cons),
         "weights": st.weights, "weights_text": ", ".join(f"{k}={v:g}" for k, v in st.weights.items()),
         "optimizer": o.optimizer, "budget": o.budget, "workers": o.workers, "seed": o.seed,
@@ -34,11 +38,11 @@ def summary(st) -> dict:
         "counts": {"asked": search.stats.asked, "measured_total": len(st.journal.of_type("measured")),
                    "measured_this_run": st.ev.n_measured, "from_journal": st.ev.n_reused,
                    "screened": search.stats.screened, "duplicates": search.stats.duplicates},
-        "baseline": slim(st.base), "uniform": [slim(r) for r in st.u_recs],
-        "front": [slim(r) for r in st.fr], "chosen": slim(st.chosen), "choice_reason": st.choice_reason,
+        "baseline": sl(st.base), "uniform": [sl(r) for r in st.u_recs],
+        "front": [sl(r) for r in st.fr], "chosen": sl(st.chosen), "choice_reason": st.choice_reason,
         "recovery": d.recovery if d else None,
         "recovery_rejected": d.rejected if d else None,
-        "delivered": {"key": d.record["key"], "accuracy": 1 - d.error, "recovered": d.recovery is not None}
+        "delivered": {"key": d.record["key"], mk: 1 - d.error, "recovered": d.recovery is not None}
         if d else None,
         "final": st.final,
         "sensitivity": {"ratios": list(o.sensitivity_ratios), "bounds": {str(k): v for k, v in st.bounds.items()},
@@ -58,7 +62,8 @@ def write_outputs(st) -> None:
     s = summary(st)
     if d is not None:
         meta = {"configuration": st.chosen["config"], "key": st.chosen["key"], "target": st.spec.target,
-                "latency_label": st.label, "original": slim(st.base), "chosen_measured": slim(st.chosen),
+                "latency_label": st.label, "metric": st.metric_info, "original": slim(st.base, st.metric_info["key"]),
+                "chosen_measured": slim(st.chosen, st.metric_info["key"]),
                 "recovery": {k: v for k, v in (d.recovery or {}).items() if k != "text"} or None,
                 "recovery_rejected": d.rejected and {"reason": d.rejected["reason"]},
                 "final": st.final, "energy_note": s["energy_note"], "choice_reason": st.choice_reason}
@@ -76,7 +81,9 @@ def write_outputs(st) -> None:
     rep.plot(out / "pareto.png", st.measured, st.fr, st.base, st.u_recs, st.chosen,
              ({"latency_ms": rcv["latency_ms"], "error": 1 - rcv["accuracy_after"]} if rcv else None),
              st.label, f"{Path(o.model).name} on {st.spec.target}"
-             + (f" (STAND-IN {st.spec.stand_in})" if st.spec.stand_in else ""), criterion=o.criterion)
+             + (f" (STAND-IN {st.spec.stand_in})" if st.spec.stand_in else ""), criterion=o.criterion,
+             ylabel=f"{st.metric_info['name']} {'[%]' if st.metric_info['percent'] else 'x 100'} vs "
+                    f"{st.metric_info['reference']}")
     rep.atomic_write_text(out / "report.md", rep.markdown(s))
     s["_measured"] = st.measured
     st.summary = s

@@ -46,6 +46,9 @@ class RunState:
     y: Any = None
     train: Any = None
     data_desc: str = None
+    metric: Any = None          # graphprune.metrics.Metric judging every candidate
+    metric_info: dict = None    # its name, reference, description: stated in every output
+    ref: Any = None             # the original model's reduced outputs on x (computed once)
     space: Any = None
     user_space: Any = None
     # OUTDIR

@@ -11,13 +11,28 @@ _KEYS = ("key", "phase", "config", "error", "latency_ms", "latency_spread_ms", "
          "energy_mj", "group", "ratio", "predicted")
 
 
-def slim(r: dict | None) -> dict | None:
+def slim(r: dict | None, metric_key: str = "accuracy") -> dict | None:
+    """The record's reported fields, with the metric's value (1 - error) under the metric's name."""
     if r is None:
         return None
     out = {k: r[k] for k in _KEYS if k in r}
     if "error" in out:
-        out["accuracy"] = 1.0 - out["error"]
+        out[metric_key] = 1.0 - out["error"]
     return out
+
+
+def _q(error: float, s: dict) -> str:
+    """A table cell of the metric: percent (2 decimals) for the built-ins, 4 decimals otherwise."""
+    return f"{100 * (1 - error):.2f}" if _metric(s).get("percent", True) else f"{1 - error:.4f}"
+
+
+def _metric(s: dict) -> dict:
+    return s.get("metric") or {"name": "accuracy", "reference": "labels", "percent": True}
+
+
+def _qtext(error: float, s: dict) -> str:
+    m = _metric(s)
+    return f"{m['name']} {_q(error, s)}" + (" %" if m.get("percent", True) else "")
 
 
 def _umask() -> int:
@@ -53,7 +68,8 @@ def write_json(path: Path, data: dict) -> list[str]:
 
 def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, uniform: list[dict],
          chosen: dict | None, recovered: dict | None, latency_label: str, title: str, criterion: str = "l1",
-         extra_series: dict[str, list[tuple[float, float]]] | None = None) -> None:
+         extra_series: dict[str, list[tuple[float, float]]] | None = None,
+         ylabel: str = "accuracy [%] on held-out data") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,7 +100,7 @@ def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, un
         ax.scatter([recovered["latency_ms"]], [100 * (1 - recovered["error"])], marker="P", s=120, c="tab:green",
                    zorder=7, label="chosen after fine-tuning")
     ax.set_xlabel(f"latency [ms] ({latency_label})")
-    ax.set_ylabel("accuracy [%] on held-out data")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -97,10 +113,10 @@ def plot(path: Path, measured: list[dict], front: list[dict], baseline: dict, un
     os.replace(tmp, path)
 
 
-def _row(r: dict, base: dict, energy: bool) -> str:
+def _row(r: dict, base: dict, energy: bool, s: dict) -> str:
     lat = r.get("latency_ms")
     sp = f"{base['latency_ms'] / lat:.2f}x" if lat and base.get("latency_ms") else "-"
-    cells = [r["key"], f"{100 * (1 - r['error']):.2f}", f"{lat:.3f}" if lat is not None else "-", sp,
+    cells = [r["key"], _q(r["error"], s), f"{lat:.3f}" if lat is not None else "-", sp,
              f"{r['macs'] / 1e6:.2f}", f"{r['param_bytes'] / 1024:.1f}"]
     if energy:
         cells.append(f"{r['energy_mj']:.3f}" if r.get("energy_mj") is not None else "-")
@@ -111,6 +127,7 @@ def markdown(s: dict) -> str:
     """The human report from the summary dict that pareto.json also holds."""
     base = s["baseline"]
     energy = s["latency"].get("power_w") is not None
+    m = _metric(s)
     L = [f"# graphprune optimize: {s['model']}", ""]
     if s["latency"].get("stand_in"):
         L += [f"> **STAND-IN TIMINGS**: {s['latency_label']}. No latency below is from "
@@ -118,6 +135,9 @@ def markdown(s: dict) -> str:
     L += [f"- target: `{s['latency']['target']}`; latency: {s['latency_label']}",
           f"- threads: {s.get('threads_text', '-')}",
           f"- data: {s['data']['description']}",
+          f"- quality metric: **{m['name']}** against {m['reference']}"
+          + (f" ({m['why']})" if m.get("why") else "") + (f": {m['description']}" if m.get("description") else "")
+          + "; error = 1 - metric",
           f"- objectives: {', '.join(s['objectives'])}; constraints: {s['constraints_text']}; "
           f"preferences: {s['weights_text']}",
           f"- search space: {len(s['space']['groups'])} groups, channel step {s['space']['step']}, "
@@ -130,7 +150,7 @@ def markdown(s: dict) -> str:
     if energy:
         L += [f"Energy is an ESTIMATE: latency x stated power {s['latency']['power_w']} W of the "
               f"{'stand-in ' if s['latency'].get('stand_in') else ''}target; it is not measured.", ""]
-    L += ["## Original", "", f"accuracy {100 * (1 - base['error']):.2f} %, latency {base['latency_ms']:.3f} ms, "
+    L += ["## Original", "", f"{_qtext(base['error'], s)}, latency {base['latency_ms']:.3f} ms, "
           f"{base['macs'] / 1e6:.2f} M MACs, {base['param_bytes'] / 1024:.1f} KiB parameters", ""]
     ch = s.get("chosen")
     L += ["## Choice", ""]
@@ -144,8 +164,8 @@ def markdown(s: dict) -> str:
         bad = s.get("recovery_rejected")
         if bad:
             L += ["### Recovery rejected", "", f"The fine-tuned `{bad['key']}` was **not delivered**: {bad['reason']}. "
-                  f"Delivered instead: `{s['delivered']['key']}` as pruned, without recovery, accuracy "
-                  f"{100 * s['delivered']['accuracy']:.2f} %.", ""]
+                  f"Delivered instead: `{s['delivered']['key']}` as pruned, without recovery, "
+                  f"{_qtext(1 - s['delivered'][m.get('key', 'accuracy')], s)}.", ""]
         fin = s.get("final")
         if fin:
             L += ["### Delivered model vs original, measured side by side", "", fin["text"] + ".",
@@ -153,13 +173,13 @@ def markdown(s: dict) -> str:
                   "cache, measured in other runs); this comparison is the one to quote.", ""]
     L += ["## Pareto front", "", "kept units per group in the order " +
           ", ".join(f"{g['id']} ({g['units']})" for g in s["space"]["groups"]), "",
-          "| configuration | accuracy % | latency ms (search) | speed-up (search) | M MACs | param KiB |" + (" energy mJ (est.) |" if energy else ""),
+          f"| configuration | {m['name']}{' %' if m.get('percent', True) else ''} | latency ms (search) | speed-up (search) | M MACs | param KiB |" + (" energy mJ (est.) |" if energy else ""),
           "|---|---|---|---|---|---|" + ("---|" if energy else "")]
-    L += [_row(r, base, energy) for r in s["front"]]
+    L += [_row(r, base, energy, s) for r in s["front"]]
     L += ["", "## Sensitivity (each group pruned alone)", ""]
     for gid, rows in s["sensitivity"]["curves"].items():
-        cells = ", ".join(f"{r['kept']}: {100 * (1 - r['error']):.1f}% / {r['latency_ms']:.3f} ms"
-                          if r.get("latency_ms") is not None else f"{r['kept']}: {100 * (1 - r['error']):.1f}%"
+        cells = ", ".join(f"{r['kept']}: {_q(r['error'], s)} / {r['latency_ms']:.3f} ms"
+                          if r.get("latency_ms") is not None else f"{r['kept']}: {_q(r['error'], s)}"
                           for r in rows)
         L.append(f"- group {gid}: {cells}")
     b = s["sensitivity"]["bounds"]

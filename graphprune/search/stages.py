@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from graphprune.search.latency import resolve_latency
 from graphprune.search.options import validate
 from graphprune.search.outdir import JOURNAL_NAME, OutdirLock, check_outdir
 from graphprune.search.pareto import Constraints, choose_best, front
+from graphprune.search.quality import info_text, value_text
 from graphprune.search.space import build_space, parse_bounds
 from graphprune.search.surrogate import Surrogate, prediction_error
 
@@ -30,6 +32,8 @@ CONSTRAINED_WEIGHT = 0.1   # default preference weight of an objective that a co
 def validate_options(st) -> None:
     o = st.o
     st.objectives = validate(o)
+    if o.outdir is None:   # the command a user types first: `graphprune optimize model.onnx --data images/`
+        o.outdir = str(default_outdir(o.model))
     st.need_latency = ("latency_ms" in st.objectives or "energy_mj" in st.objectives
                        or o.latency_budget_ms is not None)
     st.out = check_outdir(o.outdir, o.model, o.resume)
@@ -40,32 +44,52 @@ def validate_options(st) -> None:
         st.log(f"note: --train-data {o.train_data} is not used without --epochs > 0")
 
 
+def default_outdir(model) -> Path:
+    """-o's default: `<model stem>_optimized` in the current folder."""
+    return Path(f"{Path(model).stem}_optimized")
+
+
 def load_inputs(st) -> None:
-    """Model, analysis, data (and training data when recovery will need it), search space."""
+    """Model, analysis, data (and training data when recovery will need it), the quality metric with
+    the original's outputs, search space."""
     import graphprune as gp
+    from graphprune.search.quality import resolve_metric
     o = st.o
     st.model = gp.load(o.model)
     st.an = gp.analyse(st.model)
-    st.x, st.y, st.train, st.data_desc = load_data(o)
-    obj.check_data_fits(st.model, st.x, st.y)
+    st.x, st.y, st.train, st.data_desc = load_data(o, st.model)
+    obj.check_data_fits(st.model, st.x)
     if st.train is not None:
         try:
-            obj.check_data_fits(st.model, st.train.x, st.train.y)
+            obj.check_data_fits(st.model, st.train.x)
         except GraphpruneError as exc:
             raise GraphpruneError(f"--train-data: {exc}") from None
+    resolve_metric(st)
     st.space = build_space(st.an, st.step, o.min_keep, parse_bounds(o.group_bounds))
     st.user_space = st.space   # the user's bounds; the sensitivity bounds only steer the search
 
 
-def load_data(o):
-    """(x_eval, y_eval, train or None, description)."""
-    from graphprune.data import load_data as load
-    d = load(o.data)
-    desc = f"{o.data} ({len(d)} samples)"
+def _load(o, model, path: str, option: str, samples=None):
+    from graphprune.data import load_for_model
+    return load_for_model(path, model, size=o.size, mean=o.mean, std=o.std, scale=o.scale,
+                          channel_order=o.channel_order, layout=o.layout, samples=samples, seed=o.seed,
+                          require_labels=False, option=option)
+
+
+def load_data(o, model):
+    """(x_eval, y_eval or None, train or None, description). An image folder decodes only the
+    --samples subset (and all of it when recovery holds part out for training)."""
+    d = _load(o, model, o.data, "--data", o.samples if o.epochs <= 0 else None)
+    desc = f"{o.data} ({len(d)} samples, {'labelled' if d.y is not None else 'no labels'})"
     train = None
     if o.epochs > 0:
+        if d.y is None:
+            raise GraphpruneError(f"--epochs: recovery by fine-tuning needs labels and --data {o.data} has none "
+                                  "(use --epochs 0)")
         if o.train_data:
-            train = load(o.train_data)
+            train = _load(o, model, o.train_data, "--train-data")
+            if train.y is None:
+                raise GraphpruneError(f"--train-data {o.train_data}: recovery by fine-tuning needs labels")
             desc += f"; fine-tuning on {o.train_data} ({len(train)} samples)"
         else:   # hold out: fine-tuning never sees the evaluation part
             n = len(d)
@@ -75,11 +99,10 @@ def load_data(o):
             idx = np.random.default_rng(o.seed).permutation(n)
             n_eval = max(10, n // 2)
             ev, tr = np.sort(idx[:n_eval]), np.sort(idx[n_eval:])
-            train = type(d)(d.x[tr], d.y[tr])
-            d = type(d)(d.x[ev], d.y[ev])
+            train, d = d.take(tr), d.take(ev)
             desc += (f"; no --train-data, so it was split with seed {o.seed}: {len(tr)} samples for fine-tuning, "
-                     f"{len(ev)} held out for the search and every reported accuracy")
-    if o.samples is not None:
+                     f"{len(ev)} held out for the search and every reported value")
+    if o.samples is not None:   # an image folder was decoded as this subset already (the same indices)
         d = d.subsample(o.samples, o.seed)
         desc += f"; evaluated on a fixed-seed subset of {len(d)}"
     return d.x, d.y, train, desc
@@ -91,14 +114,19 @@ def open_outdir(st) -> None:
     o = st.o
     st.lock = OutdirLock(st.out)
     h = hashlib.sha1()
-    h.update(np.ascontiguousarray(st.x).tobytes())
-    h.update(np.ascontiguousarray(st.y).tobytes())
+    for k, a in (sorted(st.x.items()) if isinstance(st.x, dict) else [(None, st.x)]):
+        h.update((k or "").encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    if st.y is not None:
+        h.update(np.ascontiguousarray(st.y).tobytes())
     header = {"version": 1, "model_sha": graph_hash(st.model)[:16], "data": h.hexdigest()[:16],
               "objectives": st.objectives, "latency": st.spec.to_json(), "criterion": o.criterion,
               "space": st.space.to_json(), "seed": o.seed, "optimizer": o.optimizer, "workers": o.workers,
               "sensitivity_ratios": list(o.sensitivity_ratios), "holdout": o.holdout,
               "uniform_ratios": list(o.uniform_ratios), "max_error_increase": o.max_error_increase,
               "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
+    if st.metric.name != "accuracy":   # journals from before --metric (all accuracy) stay resumable
+        header["metric"] = st.metric.name
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
     for note in st.journal.notes:
         st.log(f"note: {note}")
@@ -110,11 +138,13 @@ def open_outdir(st) -> None:
 def start_executor(st) -> None:
     o = st.o
     model_bytes = st.model.SerializeToString()
-    obj.init_worker(model_bytes, None, st.x, st.y, o.criterion)   # this process: exact counts, final builds
+    # this process: exact counts, final builds
+    obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref)
     if st.executor is None:
         st.own_executor = True
         st.executor = make_executor(o.workers, obj.init_worker,
-                                    (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0))
+                                    (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0,
+                                     st.metric.name, st.ref))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
 
 
@@ -124,7 +154,9 @@ def baseline(st) -> None:
     if base.get("latency_ms") is None:
         base = st.ev.add_latency(base, st.model)
     st.base = base
-    st.log(f"original: accuracy {100 * (1 - base['error']):.2f} %, latency {base['latency_ms']:.3f} ms ({st.label})")
+    st.log(f"quality metric: {info_text(st.metric_info)}")
+    st.log(f"original: {value_text(1 - base['error'], st.metric_info)} (against {st.metric_info['reference']}), "
+           f"latency {base['latency_ms']:.3f} ms ({st.label})")
     # the search's error bound; with --recovery-slack it is looser than the user's, which the
     # delivered model must then meet after recovery (see recovery.choose_delivery)
     st.search_inc = None if o.max_error_increase is None else o.max_error_increase + o.recovery_slack
@@ -219,7 +251,8 @@ def search(st) -> None:
         bar.set_postfix_str(f"measured {search.stats.measured}+{search.stats.reused} reused, "
                             f"screened {search.stats.screened}, "
                             + ("fastest feasible " if constrained else "fastest ")
-                            + (f"{best['latency_ms']:.3f} ms @ {100 * (1 - best['error']):.1f} %" if best else "-"))
+                            + (f"{best['latency_ms']:.3f} ms @ {value_text(1 - best['error'], st.metric_info)}"
+                               if best else "-"))
         bar.refresh()
 
     counts_cache: dict[str, dict] = {}
