@@ -16,7 +16,7 @@ import onnx
 
 from graphprune.errors import GraphpruneError
 
-DEFAULT_TOLERANCE = 0.1  # of the fp32 output range: int8 logits typically land at 1-5 %
+DEFAULT_TOLERANCE = 0.15  # of the fp32 output range: the int8 examples land at 8-9 % (see docs/quantization.md)
 
 
 @dataclass
