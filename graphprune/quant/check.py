@@ -75,16 +75,18 @@ def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[
     got = run_batched(candidate, feeds, batch_size)
     names = [o.name for o in reference.graph.output]
     report = QuantCheck(samples=len(ref[0]) if ref and ref[0].ndim else 1, tolerance=tolerance)
-    for name, r, g in zip(names, ref, got):
-        r64, g64 = r.astype(np.float64), g.astype(np.float64)
-        if r64.shape != g64.shape:
-            raise GraphpruneError(f"output {name!r}: shape {list(g.shape)} differs from the fp32 model's "
-                                  f"{list(r.shape)}")
-        diff = float(np.max(np.abs(r64 - g64))) if r64.size else 0.0
-        scale = float(np.max(np.abs(r64))) if r64.size else 0.0
-        top1 = None
-        if r64.ndim == 2 and r64.shape[1] > 1:
-            top1 = float(np.mean(r64.argmax(1) == g64.argmax(1)))
-        report.outputs.append(OutputError(name, diff, diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf),
-                                          top1))
+    report.outputs = [output_error(name, r, g) for name, r, g in zip(names, ref, got)]
     return report
+
+
+def output_error(name: str, reference: np.ndarray, got: np.ndarray) -> OutputError:
+    """Max abs error, relative error (to the largest |reference| value) and, for (N, classes)
+    outputs, top-1 agreement of `got` against `reference`."""
+    r64, g64 = reference.astype(np.float64), got.astype(np.float64)
+    if r64.shape != g64.shape:
+        raise GraphpruneError(f"output {name!r}: shape {list(got.shape)} differs from the fp32 model's "
+                              f"{list(reference.shape)}")
+    diff = float(np.max(np.abs(r64 - g64))) if r64.size else 0.0
+    scale = float(np.max(np.abs(r64))) if r64.size else 0.0
+    top1 = float(np.mean(r64.argmax(1) == g64.argmax(1))) if r64.ndim == 2 and r64.shape[1] > 1 else None
+    return OutputError(name, diff, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")), top1)
