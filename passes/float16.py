@@ -21,7 +21,8 @@ import onnx
 
 from graphprune.errors import GraphpruneError
 from graphprune.passes.base import Pass
-from graphprune.quant.precision import canonical, check_node, graph_precision, record_precision
+from graphprune.quant.precision import (canonical, check_float_model, check_node, graph_precision,
+                                        record_precision)
 
 
 class Float16Pass(Pass):
@@ -34,6 +35,7 @@ class Float16Pass(Pass):
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
+        check_float_model(model)
         blocked = self._blocked(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # the converter edits the proto it is given

@@ -15,6 +15,8 @@ touched):
    before quantizing quantizes the weights the kernel really uses (one rounding instead of
    an int8 conv followed by a float BN), which is both more accurate and faster.
    Node names survive it (fused BatchNormalization nodes disappear into their Conv).
+   Its symbolic shape inference is skipped when ONNX's own inference already gives every
+   tensor a shape (CNNs): it imports onnxruntime.tools, which imports torch (seconds).
 2. `quantize_static` in QDQ format with MinMax calibration on the given data: weights
    int8 (per output channel with `per_channel`, symmetric unless `symmetric_weights` is
    False), activations uint8 asymmetric, or int8 symmetric with `symmetric_activations`
@@ -36,7 +38,8 @@ import onnx
 
 from graphprune.errors import GraphpruneError
 from graphprune.passes.base import Pass
-from graphprune.quant.precision import graph_precision, record_precision, resolve_exclusions
+from graphprune.quant.precision import (check_float_model, graph_precision, record_precision,
+                                        resolve_exclusions)
 
 _EXTERNAL = 1_800_000_000   # protobuf's 2 GiB limit, with margin: above it files keep weights aside
 
@@ -63,12 +66,13 @@ class QuantizeInt8Pass(Pass):
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         from graphprune.quant.calibration import ArrayReader, calibration_feeds
 
+        check_float_model(model)
         excluded = resolve_exclusions(model, self.precision, self.exclude)
         feeds = calibration_feeds(model, self.data)
         with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
             src = _save(model, Path(tmp) / "float.onnx")
             if self.preprocess:
-                src = self._preprocess(src, Path(tmp) / "pre.onnx", excluded)
+                src = self._preprocess(src, Path(tmp) / "pre.onnx", excluded, _all_shapes_known(model))
             out = Path(tmp) / "int8.onnx"
             self._quantize(src, out, ArrayReader(model, feeds, self.batch_size), excluded, model)
             q = onnx.load(str(out), load_external_data=True)
@@ -78,12 +82,13 @@ class QuantizeInt8Pass(Pass):
                          symmetric_activations=self.symmetric_activations, excluded=excluded)
         return q
 
-    def _preprocess(self, src: Path, dst: Path, excluded: list[str]) -> Path:
+    def _preprocess(self, src: Path, dst: Path, excluded: list[str], shapes_known: bool) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         try:
             with _quiet():
-                quant_pre_process(str(src), str(dst), save_as_external_data=src.stat().st_size > _EXTERNAL)
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=shapes_known,
+                                  save_as_external_data=src.stat().st_size > _EXTERNAL)
         except Exception as exc:
             raise GraphpruneError(f"onnxruntime's quantization pre-processing failed: {_first(exc)}") from None
         kept = {n.name for n in onnx.load(str(dst), load_external_data=False).graph.node}
@@ -109,6 +114,16 @@ class QuantizeInt8Pass(Pass):
             raise
         except Exception as exc:
             raise GraphpruneError(f"onnxruntime could not quantize the model: {_first(exc)}") from None
+
+
+def _all_shapes_known(model: onnx.ModelProto) -> bool:
+    """Whether ONNX shape inference gives every node output a shape (symbolic dims allowed)."""
+    from graphprune.shapes import infer_shapes
+
+    inferred = infer_shapes(model)
+    known = {vi.name for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+             if vi.type.tensor_type.HasField("shape")}
+    return all(o in known for n in model.graph.node for o in n.output if o)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

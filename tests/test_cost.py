@@ -69,7 +69,8 @@ def test_int8_and_mixed_energy_charge_each_layer_at_its_precision():
 
 def test_a_shared_weight_is_fetched_once():
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"), helper.make_node("Conv", ["a", "w"], ["y"], name="c2")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+             helper.make_node("Conv", ["a", "w"], ["y"], name="c2")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     costs = layer_costs(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))

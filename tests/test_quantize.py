@@ -152,6 +152,13 @@ def test_bad_calibration_data_is_refused(calib, match):
         QuantizeInt8Pass(calib).run(small_cnn())
 
 
+def test_an_already_quantized_model_is_refused():
+    q = QuantizeInt8Pass(data()).run(small_cnn())
+    for p in (QuantizeInt8Pass(data()), Float16Pass()):
+        with pytest.raises(GraphpruneError, match=r"already quantized \(it has (Dequantize|Quantize)Linear\)"):
+            p.run(q)
+
+
 def test_float16_pass_keeps_float32_io_and_honours_exclusions():
     m = small_cnn()
     before = m.SerializeToString()

@@ -61,10 +61,12 @@ def test_outside_the_tolerance_nothing_is_written(files, capsys):
     (["--data", "{d}", "--tolerance", "-1"], "--tolerance must be a non-negative number"),
     (["--data", "{d}", "--samples", "0"], "--samples must be positive"),
     (["--data", "{d}", "-o", "{model}"], "output path is the input model"),
+    (["--data", "{labels}"], "label 7 is out of range for a model with 5 outputs"),
 ])
 def test_bad_input_one_line_exit_2(files, extra, message, capsys):
     np.savez(files / "bad.npz", x=np.zeros((4, 3, 5, 5), np.float32))
-    subst = {"d": files / "d.npz", "bad": files / "bad.npz", "model": files / "m.onnx"}
+    np.savez(files / "labels.npz", x=data(8), y=np.arange(8))
+    subst = {"d": files / "d.npz", "bad": files / "bad.npz", "model": files / "m.onnx", "labels": files / "labels.npz"}
     args = [a.format(**subst) for a in extra]
     if "-o" not in args:
         args += ["-o", str(files / "out.onnx")]

@@ -146,7 +146,11 @@ def _accuracy(model, out, feeds, y, precision: str) -> None:
     import numpy as np
 
     from graphprune.quant.check import run_batched
-    accs = [float(np.mean(run_batched(m, feeds)[0].argmax(1) == y)) for m in (model, out)]
+    logits = [run_batched(m, feeds)[0] for m in (model, out)]
+    k = logits[0].shape[1]
+    if y.size and y.max() >= k:
+        raise GraphpruneError(f"label {int(y.max())} is out of range for a model with {k} outputs; nothing written")
+    accs = [float(np.mean(z.argmax(1) == y)) for z in logits]
     print(f"accuracy on the labelled check samples: fp32 {accs[0]:.2%}, {precision} {accs[1]:.2%}")
 
 

@@ -69,6 +69,18 @@ def graph_precision(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                  "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd")
+
+
+def check_float_model(model: onnx.ModelProto) -> None:
+    """Quantizing a model that is already quantized would stack a second rounding on the first
+    (or, for QLinear ops, fail inside onnxruntime): refuse it, naming the op."""
+    op = next((n.op_type for n in model.graph.node if n.op_type in _QUANTIZED_OPS), None)
+    if op is not None:
+        raise GraphpruneError(f"the model is already quantized (it has {op}); quantize the float model")
+
+
 def resolve_exclusions(model: onnx.ModelProto, precision: dict[str, str] | None = None,
                        exclude=None) -> list[str]:
     """The node names to keep in fp32: those `precision` maps to fp32 plus `exclude`.
