@@ -116,3 +116,26 @@ def test_this_machine_either_reads_rapl_or_says_why():
     reason = rapl_unavailable()
     assert (reason is None) == bool(rapl_zones())
     assert math.isfinite(estimate_energy(onnx.load("examples/fashion_mnist_vgg.onnx")).total_uj)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_projected_int8_costs_equal_what_the_quantizer_writes(per_channel):
+    from graphprune.cost import projected_costs, projected_size
+
+    m = small_cnn()
+    mixed = {"conv1": "int8", "conv2": "fp32", "fc": "int8"}
+    q = QuantizeInt8Pass(data(), per_channel=per_channel, precision=mixed).run(m)
+    real = [(lc.node, lc.precision, lc.weight_bytes, lc.activation_bytes) for lc in layer_costs(q)]
+    projected = [(lc.node, lc.precision, lc.weight_bytes, lc.activation_bytes)
+                 for lc in projected_costs(m, mixed, per_channel=per_channel)]
+    assert projected == real
+    assert estimate_energy(m, precision=mixed, per_channel=per_channel).total_uj == \
+        pytest.approx(estimate_energy(q).total_uj, rel=1e-12)
+    q_weights = sum(lc.weight_bytes for lc in layer_costs(q))
+    # the QDQ model also stores activation scales/zero points, which the projection leaves out
+    assert projected_size(m, mixed, per_channel) == q_weights
+    assert model_size(q).bytes - q_weights == 5 * 5      # x, ar, br, g2, y: fp32 scale + uint8 zero point
+    h = Float16Pass().run(m)
+    assert projected_size(m, {n: "fp16" for n in MACS}) == model_size(h).bytes
+    with pytest.raises(Exception, match="no MAC layer named 'relu1'"):
+        projected_costs(m, {"relu1": "int8"})

@@ -89,11 +89,19 @@ class EnergyEstimate:
 
 
 def estimate_energy(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
-                    table: EnergyTable = HOROWITZ_45NM) -> EnergyEstimate:
+                    table: EnergyTable = HOROWITZ_45NM, precision: dict[str, str] | None = None,
+                    per_channel: bool = True) -> EnergyEstimate:
     """The energy model above applied to `model` at `input_shapes` (default: batch 1, other
-    dynamic dims as every command resolves them)."""
+    dynamic dims as every command resolves them). With `precision` ({layer: "int8"|"fp16"}),
+    the fp32 model is costed as if those layers were quantized (graphprune.cost.projection),
+    which a search can afford per candidate."""
+    if precision:
+        from graphprune.cost.projection import projected_costs
+        costs = projected_costs(model, precision, input_shapes, per_channel)
+    else:
+        costs = layer_costs(model, input_shapes)
     est = EnergyEstimate(0.0, 0.0, 0.0, table=table.name)
-    for lc in layer_costs(model, input_shapes):
+    for lc in costs:
         est.compute_uj += lc.macs * (table.mult[lc.precision] + table.add[lc.precision]) * 1e-6
         est.weights_uj += lc.weight_bytes / 4 * table.dram_word * 1e-6
         est.activations_uj += lc.activation_bytes / 4 * table.sram_word * 1e-6
