@@ -60,6 +60,7 @@ def test_outside_the_tolerance_nothing_is_written(files, capsys):
     (["--data", "{bad}"], "the model expects ['N', 3, 8, 8]"),
     (["--data", "{d}", "--tolerance", "-1"], "--tolerance must be a non-negative number"),
     (["--data", "{d}", "--samples", "0"], "--samples must be positive"),
+    (["--data", "{d}", "--seed", "-1"], "--seed must be in 0 .. 2^32-2"),
     (["--data", "{d}", "-o", "{model}"], "output path is the input model"),
     (["--data", "{labels}"], "label 7 is out of range for a model with 5 outputs"),
 ])

@@ -160,6 +160,7 @@ def _option_cases() -> list[Case]:
         ("per_channel_fp16", "quantize", quant + ["--data", "data.npz", "--precision", "fp16", "--per-channel"]),
         ("tolerance_nan", "quantize", quant + ["--data", "data.npz", "--tolerance", "nan"]),
         ("samples_0", "quantize", quant + ["--data", "data.npz", "--samples", "0"]),
+        ("seed_-1", "quantize", quant + ["--data", "data.npz", "--seed", "-1"]),
         ("data_wrong_shape", "quantize", quant + ["--data", "wrong_shape.npz"]),
     ]
     out += [Case(f"{name}/{cmd}", argv) for name, cmd, argv in options]

@@ -60,6 +60,8 @@ def _options(args) -> tuple[str, list[str], float]:
     for opt in ("samples", "check_samples"):
         if getattr(args, opt) <= 0:
             raise GraphpruneError(f"--{opt.replace('_', '-')} must be positive, got {getattr(args, opt)}")
+    if not 0 <= args.seed < 2 ** 32 - 1:   # the check subset uses seed + 1
+        raise GraphpruneError(f"--seed must be in 0 .. 2^32-2, got {args.seed}")
     if not args.data:
         raise GraphpruneError("quantize needs --data: int8 calibration measures activation ranges on it, and "
                               "the quantized model is checked against the fp32 one on it")
