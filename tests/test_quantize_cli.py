@@ -86,3 +86,18 @@ def test_bad_input_from_the_shell_is_one_line(files):
     assert p.returncode == 2 and p.stderr.strip() == ("graphprune: error: no node named 'relu9' in the model "
                                                       "(did you mean 'relu2', 'relu1'?)")
     assert not (files / "out.onnx").exists()
+
+
+def test_image_folder_data_is_resized_to_the_model_input(files, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (files / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(files / "imgs" / cls / f"{i}.png")
+    out = files / "q.onnx"
+    assert main(["quantize", str(files / "m.onnx"), "-o", str(out), "--data", str(files / "imgs")]) == 0
+    text = capsys.readouterr().out
+    assert "8 samples, within tolerance" in text and "accuracy on the labelled check samples" in text
+    assert out.exists()
