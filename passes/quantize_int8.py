@@ -69,12 +69,13 @@ class QuantizeInt8Pass(Pass):
         check_float_model(model)
         excluded = resolve_exclusions(model, self.precision, self.exclude)
         feeds = calibration_feeds(model, self.data)
+        big = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL
         with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
-            src = _save(model, Path(tmp) / "float.onnx")
+            src = _save(model, Path(tmp) / "float.onnx", big)
             if self.preprocess:
-                src = self._preprocess(src, Path(tmp) / "pre.onnx", excluded, _all_shapes_known(model))
+                src = self._preprocess(src, Path(tmp) / "pre.onnx", excluded, _all_shapes_known(model), big)
             out = Path(tmp) / "int8.onnx"
-            self._quantize(src, out, ArrayReader(model, feeds, self.batch_size), excluded, model)
+            self._quantize(src, out, ArrayReader(model, feeds, self.batch_size), excluded, big)
             q = onnx.load(str(out), load_external_data=True)
         _drop_unused_domains(q)
         record_precision(q, graph_precision(q), tool="onnxruntime.quantization.quantize_static", format="QDQ",
@@ -82,13 +83,13 @@ class QuantizeInt8Pass(Pass):
                          symmetric_activations=self.symmetric_activations, excluded=excluded)
         return q
 
-    def _preprocess(self, src: Path, dst: Path, excluded: list[str], shapes_known: bool) -> Path:
+    def _preprocess(self, src: Path, dst: Path, excluded: list[str], shapes_known: bool, big: bool) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         try:
             with _quiet():
                 quant_pre_process(str(src), str(dst), skip_symbolic_shape=shapes_known,
-                                  save_as_external_data=src.stat().st_size > _EXTERNAL)
+                                  save_as_external_data=big)
         except Exception as exc:
             raise GraphpruneError(f"onnxruntime's quantization pre-processing failed: {_first(exc)}") from None
         kept = {n.name for n in onnx.load(str(dst), load_external_data=False).graph.node}
@@ -98,7 +99,7 @@ class QuantizeInt8Pass(Pass):
                                   "(e.g. BatchNormalization into its Conv); keep the node it is fused into in fp32")
         return dst
 
-    def _quantize(self, src: Path, out: Path, reader, excluded: list[str], model: onnx.ModelProto) -> None:
+    def _quantize(self, src: Path, out: Path, reader, excluded: list[str], big: bool) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         try:
@@ -107,7 +108,7 @@ class QuantizeInt8Pass(Pass):
                                 activation_type=QuantType.QInt8 if self.symmetric_activations else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                                 calibrate_method=CalibrationMethod.MinMax,
-                                use_external_data_format=src.stat().st_size > _EXTERNAL,
+                                use_external_data_format=big,
                                 extra_options={"WeightSymmetric": self.symmetric_weights,
                                                "ActivationSymmetric": self.symmetric_activations})
         except GraphpruneError:
@@ -126,8 +127,8 @@ def _all_shapes_known(model: onnx.ModelProto) -> bool:
     return all(o in known for n in model.graph.node for o in n.output if o)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
-    if sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL:
+def _save(model: onnx.ModelProto, path: Path, big: bool) -> Path:
+    if big:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)   # save_model moves the weights out of the proto it is given
         onnx.save_model(copy, str(path), save_as_external_data=True, location=path.name + ".data")

@@ -146,6 +146,7 @@ def test_bad_precision_maps_are_one_line_errors(kwargs, match):
     (np.zeros((4, 3, 9, 9), np.float32), r"has shape \[4, 3, 9, 9\]; the model expects \['N', 3, 8, 8\]"),
     ({"z": data(4)}, r"calibration data names \['z'\], the model's inputs are \['x'\]"),
     (np.zeros((0, 3, 8, 8), np.float32), "is empty"),
+    (np.full((2, 3, 8, 8), np.nan, np.float32), "contains NaN or infinity"),
 ])
 def test_bad_calibration_data_is_refused(calib, match):
     with pytest.raises(GraphpruneError, match=match):

@@ -52,6 +52,8 @@ def _checked_array(inp: onnx.ValueInfoProto, value) -> np.ndarray:
         raise GraphpruneError(f"calibration data for {inp.name!r} must be numeric, got {a.dtype}")
     if a.ndim == 0 or a.shape[0] == 0:
         raise GraphpruneError(f"calibration data for {inp.name!r} is empty")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():   # a NaN would become every scale
+        raise GraphpruneError(f"calibration data for {inp.name!r} contains NaN or infinity")
     dims = inp.type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
     if len(static) != a.ndim or any(s is not None and s != v for s, v in zip(static[1:], a.shape[1:])):
