@@ -159,15 +159,20 @@ def _all_nodes(graph: onnx.GraphProto):
 
 @contextlib.contextmanager
 def _quiet():
-    """onnxruntime's quantizer prints and logs progress; commands print their own report."""
+    """onnxruntime's quantizer prints and logs progress, and the sessions it opens warn about
+    what its optimiser removes; commands print their own report."""
+    import onnxruntime as ort
+
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
+    ort.set_default_logger_severity(3)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         logger.setLevel(level)
+        ort.set_default_logger_severity(2)
 
 
 def _first(exc: BaseException) -> str:

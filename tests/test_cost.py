@@ -139,3 +139,18 @@ def test_projected_int8_costs_equal_what_the_quantizer_writes(per_channel):
     assert projected_size(m, {n: "fp16" for n in MACS}) == model_size(h).bytes
     with pytest.raises(Exception, match="no MAC layer named 'relu1'"):
         projected_costs(m, {"relu1": "int8"})
+
+
+def test_projection_folds_batchnorm_as_preprocessing_does():
+    from graphprune.cost import projected_costs, projected_size
+
+    m = small_cnn(bn=True)                                   # conv2 (with bias) -> BN
+    del m.graph.node[2].input[2]                              # now a bias-less conv2 -> BN
+    del m.graph.initializer[[t.name for t in m.graph.initializer].index("b2")]
+    prec = {"conv1": "int8", "conv2": "int8", "fc": "fp32"}
+    q = QuantizeInt8Pass(data(), precision=prec).run(m)
+    assert "BatchNormalization" not in {n.op_type for n in q.graph.node}
+    cost = lambda cs: [(lc.node, lc.precision, lc.weight_bytes, lc.activation_bytes) for lc in cs]  # noqa: E731
+    assert cost(projected_costs(m, prec)) == cost(layer_costs(q))
+    activation_qparams = 5 * model_size(q).by_dtype["uint8"]    # fp32 scale + uint8 zero point each
+    assert projected_size(m, prec) == model_size(q).bytes - activation_qparams
