@@ -14,7 +14,7 @@ seconds per candidate. The bytes onnxruntime's QDQ quantizer writes are known ex
 and activations are charged at the layer's width (graphprune.cost.energy). With any int8
 layer, the quantizer's pre-processing folds each Conv's BatchNormalization into it (a
 bias-less conv gains a bias, the BN parameters go), and so does the projection. Projected
-and real per-layer costs agree exactly (tests/test_cost.py; the pruned examples too); the
+and real per-layer costs agree exactly (tests/test_cost.py; the pruned examples by hand); the
 projected size leaves out the activations' scales and zero points (5 bytes each) and
 other small constants pre-processing removes (tens to hundreds of bytes).
 """
