@@ -53,6 +53,7 @@ MODEL_COMMANDS = {  # how each subcommand that reads a model is called on MODEL
     "compile": ["compile", "{model}", "-o", "out.so"],
     "bench": ["bench", "{model}", "--repeats", "2"],
     "optimize": ["optimize", "{model}", "--data", "data.npz", "-o", "outdir", *OPT],
+    "quantize": ["quantize", "{model}", "-o", "out.onnx", "--data", "data.npz"],
 }
 SAME_OUTPUT = {  # spellings of "the output is the input"
     "same": "model.onnx", "absolute": "{dir}/model.onnx", "dotdot": "nowhere/../model.onnx",
@@ -77,7 +78,7 @@ def cases() -> list[Case]:
         for bad in BAD_FILES:
             out.append(Case(f"{bad.split('.')[0]}_model/{cmd}", _sub(argv, bad)))
         for bad in ("noconv.onnx", "qlinearconv.onnx"):
-            if cmd not in ("compile", "bench"):
+            if cmd not in ("compile", "bench") and (cmd, bad) != ("quantize", "noconv.onnx"):  # quantizable
                 out.append(Case(f"{bad.split('.')[0]}_model/{cmd}", _sub(argv, bad)))
     out.append(Case("control/targets", ["targets"], expect=0, note="valid input: must succeed"))
     out.append(Case("duplicate_node_names/importance", _sub(MODEL_COMMANDS["importance"], "dupnames.onnx")))
@@ -96,7 +97,8 @@ def _output_cases() -> list[Case]:
     out = []
     writers = {"prune": ["prune", "model.onnx", "--ratio", "0.3", "-o"],
                "importance": ["importance", "model.onnx", "--method", "l1", "--quiet", "-o"],
-               "compile": ["compile", "model.onnx", "-o"]}
+               "compile": ["compile", "model.onnx", "-o"],
+               "quantize": ["quantize", "model.onnx", "--data", "data.npz", "-o"]}
     for cmd, argv in writers.items():
         for spelling, path in SAME_OUTPUT.items():
             out.append(Case(f"same_output_{spelling}/{cmd}", argv + [path]))
@@ -116,10 +118,12 @@ def _option_cases() -> list[Case]:
     imp = ["importance", "model.onnx", "-o", "out.onnx", "--quiet", "--samples", "8"]
     opt = ["optimize", "model.onnx", "-o", "outdir", *OPT]
     prune = ["prune", "model.onnx", "-o", "out.onnx"]
+    quant = ["quantize", "model.onnx", "-o", "out.onnx"]
     out = []
     for data in ("x_strings", "x_complex", "y_strings", "y_complex", "labels_1e20", "labels_out_of_range"):
         out.append(Case(f"npz_{data}/importance", imp + ["--method", "lrp", "--data", f"{data}.npz"]))
         out.append(Case(f"npz_{data}/optimize", opt + ["--data", f"{data}.npz"]))
+        out.append(Case(f"npz_{data}/quantize", quant + ["--data", f"{data}.npz"]))
     options = [
         ("mean_abc", "importance", imp + ["--method", "lrp", "--data", "images", "--mean", "abc"]),
         ("size_100000", "importance", imp + ["--method", "lrp", "--data", "images", "--size", "100000"]),
@@ -150,6 +154,14 @@ def _option_cases() -> list[Case]:
         ("train_data_wrong_shape", "optimize", opt + ["--data", "data.npz", "--epochs", "1",
                                                       "--train-data", "wrong_shape.npz"]),
         ("repeats_0", "bench", ["bench", "model.onnx", "--repeats", "0"]),
+        ("no_data", "quantize", quant),
+        ("unknown_precision", "quantize", quant + ["--data", "data.npz", "--precision", "int4"]),
+        ("missing_excluded_node", "quantize", quant + ["--data", "data.npz", "--exclude", "conv9"]),
+        ("per_channel_fp16", "quantize", quant + ["--data", "data.npz", "--precision", "fp16", "--per-channel"]),
+        ("tolerance_nan", "quantize", quant + ["--data", "data.npz", "--tolerance", "nan"]),
+        ("samples_0", "quantize", quant + ["--data", "data.npz", "--samples", "0"]),
+        ("seed_-1", "quantize", quant + ["--data", "data.npz", "--seed", "-1"]),
+        ("data_wrong_shape", "quantize", quant + ["--data", "wrong_shape.npz"]),
     ]
     out += [Case(f"{name}/{cmd}", argv) for name, cmd, argv in options]
     return out

@@ -20,6 +20,7 @@ COMMANDS = [
     "graphprune.cli.latency_commands",
     "graphprune.cli.optimize_commands",
     "graphprune.cli.importance_commands",
+    "graphprune.cli.quantize_commands",
 ]
 
 
