@@ -69,3 +69,23 @@ def torch_forward(model: onnx.ModelProto, x: np.ndarray, recompute: bool):
     h = F.relu(bn(F.conv2d(h, p["w2"], padding=1), "bn2"))
     out = h.mean((2, 3)) @ p["fc_w"].T + p["fc_b"]
     return out.numpy(), stats
+
+
+def literal_batch_head(literal: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """x (N,3,8,8) -> Conv(6) -> BN -> Relu -> Reshape -> Transpose -> (N, 64, 6), a detector-style head.
+    `literal`: the Reshape target is [1, 6, -1] (batch 1 baked in: at batch N it returns one merged
+    (1, 64 N, 6)); else [0, 6, -1] (0 copies the batch dim), the same function at batch 1."""
+    rng = np.random.default_rng(seed)
+    inits = [_t("w", rng.normal(0, 0.5, (6, 3, 3, 3))), _t("g", rng.uniform(0.5, 1.5, 6)),
+             _t("b", rng.normal(0, 0.2, 6)), _t("m", rng.normal(0, 0.2, 6)), _t("v", rng.uniform(0.5, 2, 6)),
+             numpy_helper.from_array(np.array([1 if literal else 0, 6, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], name="bn"),
+             helper.make_node("Relu", ["n"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["s"], name="reshape"),
+             helper.make_node("Transpose", ["s"], ["y"], name="transpose", perm=[0, 2, 1])]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
+from graphprune.recovery.train import train_epochs  # noqa: F401  (the training loop, re-exported)
 from graphprune.search.objectives import error_rate
 
 
@@ -38,46 +39,6 @@ def _match(an_from, an_to, config: dict[int, int]) -> dict[int, int]:
             tgt = same[0].id
         out[tgt] = int(kept)
     return out
-
-
-def train_epochs(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, epochs: float, lr: float,
-                 batch_size: int, seed: int, freeze_bn: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Fine-tune `model` for `epochs` (may be fractional) passes over (x, y); returns the ONNX with
-    the trained weights and a few statistics."""
-    import torch
-    import torch.nn as nn
-
-    from graphprune.bridge import to_torch
-    if epochs <= 0 or len(x) == 0:
-        return model, {"batches": 0, "loss_first": None, "loss_last": None}
-    torch.manual_seed(seed)
-    net = to_torch(model)
-    net.train()
-    if freeze_bn:
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
-    n_batches = max(1, int(math.ceil(epochs * len(x) / batch_size)))
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(int(math.ceil(epochs)) + 1)])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_batches)
-    losses = []
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
-    for b in range(n_batches):
-        idx = torch.from_numpy(order[b * batch_size:(b + 1) * batch_size])
-        logits = net(xt[idx])
-        loss = nn.functional.cross_entropy(logits.reshape(len(idx), -1), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    net.eval()
-    k = max(1, len(losses) // 10)
-    return net.write_back(model), {"batches": n_batches, "loss_first": float(np.mean(losses[:k])),
-                                   "loss_last": float(np.mean(losses[-k:]))}
 
 
 def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, train, x_eval, y_eval,
