@@ -11,13 +11,13 @@ def _t(name, arr):
 
 
 def bn_convnet(seed: int = 0, wrong_stats: bool = True, shared_zero: bool = True, batch="N",
-               classes: int = 5) -> onnx.ModelProto:
+               classes: int = 5, fc_gain: float = 1.0) -> onnx.ModelProto:
     """x (N,3,8,8) -> Conv(4) -> BN -> Relu -> Conv(6) -> BN -> Relu -> GAP -> Flatten -> Gemm(classes).
     With `shared_zero` the first BN's mean and the first Conv's bias are one zero initializer
     (as exporters deduplicate them). Stats deliberately wrong unless `wrong_stats` is False."""
     rng = np.random.default_rng(seed)
     inits = [_t("w1", rng.normal(0, 0.5, (4, 3, 3, 3))), _t("w2", rng.normal(0, 0.3, (6, 4, 3, 3))),
-             _t("fc_w", rng.normal(0, 0.5, (classes, 6))), _t("fc_b", rng.normal(0, 0.1, classes))]
+             _t("fc_w", rng.normal(0, 0.5 * fc_gain, (classes, 6))), _t("fc_b", rng.normal(0, 0.1, classes))]
     for i, c in ((1, 4), (2, 6)):
         inits += [_t(f"g{i}", rng.uniform(0.5, 1.5, c)), _t(f"b{i}", rng.normal(0, 0.2, c)),
                   _t(f"v{i}", rng.uniform(2, 5, c) if wrong_stats else np.ones(c))]
