@@ -49,8 +49,9 @@ def load_inputs(st) -> None:
     st.x, st.y, st.train, st.data_desc = load_data(o)
     obj.check_data_fits(st.model, st.x, st.y)
     if st.train is not None:
-        try:
-            obj.check_data_fits(st.model, st.train.x, st.train.y)
+        try:   # distillation needs no labels: without them only the shapes are checked
+            obj.check_data_fits(st.model, st.train.x, st.train.y if st.train.y is not None
+                                else np.zeros(len(st.train), np.int64))
         except GraphpruneError as exc:
             raise GraphpruneError(f"--train-data: {exc}") from None
     st.space = build_space(st.an, st.step, o.min_keep, parse_bounds(o.group_bounds))
@@ -65,7 +66,7 @@ def load_data(o):
     train = None
     if o.epochs > 0:
         if o.train_data:
-            train = load(o.train_data)
+            train = load(o.train_data, require_labels=False)   # without labels recovery distils
             desc += f"; fine-tuning on {o.train_data} ({len(train)} samples)"
         else:   # hold out: fine-tuning never sees the evaluation part
             n = len(d)
@@ -75,8 +76,8 @@ def load_data(o):
             idx = np.random.default_rng(o.seed).permutation(n)
             n_eval = max(10, n // 2)
             ev, tr = np.sort(idx[:n_eval]), np.sort(idx[n_eval:])
-            train = type(d)(d.x[tr], d.y[tr])
-            d = type(d)(d.x[ev], d.y[ev])
+            train = type(d)(d.x[tr], None if d.y is None else d.y[tr])
+            d = type(d)(d.x[ev], None if d.y is None else d.y[ev])
             desc += (f"; no --train-data, so it was split with seed {o.seed}: {len(tr)} samples for fine-tuning, "
                      f"{len(ev)} held out for the search and every reported accuracy")
     if o.samples is not None:
@@ -99,6 +100,8 @@ def open_outdir(st) -> None:
               "sensitivity_ratios": list(o.sensitivity_ratios), "holdout": o.holdout,
               "uniform_ratios": list(o.uniform_ratios), "max_error_increase": o.max_error_increase,
               "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
+    if o.bn_recalibrate:   # candidates judged recalibrated are not comparable with raw ones
+        header["bn_recalibrate"] = {"samples": o.bn_samples, "seed": o.seed}
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
     for note in st.journal.notes:
         st.log(f"note: {note}")
@@ -108,14 +111,33 @@ def open_outdir(st) -> None:
 
 
 def start_executor(st) -> None:
+    from graphprune.recovery import candidates
     o = st.o
     model_bytes = st.model.SerializeToString()
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion)   # this process: exact counts, final builds
+    calib = bn_calibration_samples(st)
+    candidates.configure(calib, o.batch_size)
     if st.executor is None:
         st.own_executor = True
-        st.executor = make_executor(o.workers, obj.init_worker,
-                                    (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0))
+        args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0)
+        st.executor = (make_executor(o.workers, candidates.init_worker, args + (calib, o.batch_size))
+                       if calib is not None else make_executor(o.workers, obj.init_worker, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
+    if calib is not None:
+        st.ev.job = candidates.evaluate_job
+
+
+def bn_calibration_samples(st):
+    """--bn-recalibrate: a fixed-seed subset of --bn-samples samples of the training data (else of
+    --data) that every candidate's BN statistics are recomputed on; None without the option."""
+    o = st.o
+    if not o.bn_recalibrate:
+        return None
+    x = st.train.x if st.train is not None else st.x
+    idx = np.sort(np.random.default_rng(o.seed + 11).permutation(len(x))[:o.bn_samples])
+    st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {len(idx)} "
+           f"{'training' if st.train is not None else '--data'} samples")
+    return np.ascontiguousarray(x[idx])
 
 
 def baseline(st) -> None:
