@@ -84,3 +84,12 @@ def test_training_the_merging_model_in_batches_equals_training_the_batch_correct
     for k in ("w", "g", "b"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
     assert not np.allclose(a["w"], numpy_helper.to_array(literal_batch_head(True).graph.initializer[0]))
+
+
+def test_a_teacher_with_its_input_batch_fixed_at_1_runs_one_sample_at_a_time():
+    x, _ = _data(5)
+    m = literal_batch_head(False)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    out, per_sample = teacher_outputs(m, x)
+    assert per_sample and out[0].shape == (5, 64, 6)
+    np.testing.assert_allclose(out[0], teacher_outputs(literal_batch_head(False), x)[0][0], rtol=1e-6, atol=1e-6)

@@ -36,9 +36,11 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def merges_samples(run: Callable[[np.ndarray], Sequence[np.ndarray]], x: np.ndarray) -> bool:
     """True when `run` (a batch of inputs -> the list of outputs) does not treat the leading
-    dim of `x[:2]` as a batch: its batch-2 outputs are not its batch-1 outputs concatenated."""
+    dim of x as a batch: on the first and last samples of x, its batch-2 outputs are not its
+    batch-1 outputs concatenated."""
     if len(x) < 2:
         return False
+    x = np.ascontiguousarray(np.concatenate([x[:1], x[-1:]]))
     try:
         both = [np.asarray(o) for o in run(x[:2])]
     except Exception:

@@ -133,6 +133,9 @@ def bn_calibration_samples(st):
     o = st.o
     if not o.bn_recalibrate:
         return None
+    if not any(n.op_type == "BatchNormalization" for n in st.model.graph.node):
+        st.log("--bn-recalibrate: the model has no BatchNormalization (folded into its convolutions?): "
+               "candidates are judged as they are")
     x = st.train.x if st.train is not None else st.x
     idx = np.sort(np.random.default_rng(o.seed + 11).permutation(len(x))[:o.bn_samples])
     st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {len(idx)} "
