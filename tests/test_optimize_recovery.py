@@ -67,9 +67,11 @@ def test_recovery_distils_from_the_original_on_unlabelled_training_data(case, tm
         assert "training (distillation from the original model (KL at T=4))" in (out / "report.md").read_text()
 
 
-def test_bn_recalibrate_judges_every_candidate_recalibrated(case, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bn_recalibrate_judges_every_candidate_recalibrated(case, tmp_path, workers):
+    """In this process and in pool workers alike."""
     out = tmp_path / "out"
-    s = run_optimize(_opts(case, out, bn_recalibrate=True, bn_samples=64), log=lambda m: None)
+    s = run_optimize(_opts(case, out, bn_recalibrate=True, bn_samples=64, workers=workers), log=lambda m: None)
     lines = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     assert lines[0]["bn_recalibrate"] == {"samples": 64, "seed": 0}
     model = gp.load(str(case[0]))
