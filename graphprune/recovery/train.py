@@ -27,21 +27,24 @@ def _freeze_bn(net) -> None:
 
 
 def train_epochs(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, epochs: float, lr: float,
-                 batch_size: int, seed: int, freeze_bn: bool = False,
-                 objective: Objective | None = None) -> tuple[onnx.ModelProto, dict]:
+                 batch_size: int, seed: int, freeze_bn: bool = False, objective: Objective | None = None,
+                 per_sample: bool | None = None) -> tuple[onnx.ModelProto, dict]:
     """Train `model` for `epochs` (may be fractional) passes over x; the loss is `objective`'s
-    (default: cross-entropy on the labels y). Returns the ONNX with the trained weights and a
-    few statistics (batches, mean loss of the first and last tenth, per_sample)."""
+    (default: cross-entropy on the labels y). per_sample: train one sample at a time (None:
+    when the model merges the samples of a batch, tested here). Returns the ONNX with the
+    trained weights and a few statistics (batches, mean loss of the first and last tenth,
+    per_sample)."""
     import torch
 
     from graphprune.bridge import to_torch
     if epochs <= 0 or len(x) == 0:
-        return model, {"batches": 0, "loss_first": None, "loss_last": None, "per_sample": False}
+        return model, {"batches": 0, "loss_first": None, "loss_last": None, "per_sample": per_sample}
     objective = objective or Objective(y=y)
     torch.manual_seed(seed)
     net = to_torch(model)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    per_sample = merges_samples(torch_runner(net), xt.numpy())
+    if per_sample is None:
+        per_sample = merges_samples(torch_runner(net), xt.numpy())
     net.train()
     if freeze_bn or per_sample:
         _freeze_bn(net)

@@ -87,7 +87,9 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
     def recalibrate_and_train(m, ep, s):
         m, rep = recalibrate_bn(m, calib, batch_size)
         bn.append(rep.to_json())
-        m, st = train_epochs(m, train.x, train.y, ep, lr, batch_size, s, objective=goal)
+        # whether the model merges a batch's samples is tested once: pruning keeps the graph's shape logic
+        known = next((t["per_sample"] for t in stats if t.get("per_sample") is not None), None)
+        m, st = train_epochs(m, train.x, train.y, ep, lr, batch_size, s, objective=goal, per_sample=known)
         stats.append(st)
         return m, rep, st
 
