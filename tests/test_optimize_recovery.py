@@ -49,7 +49,7 @@ def _opts(case, out, **kw):
 
 def test_recovery_distils_from_the_original_on_unlabelled_training_data(case, tmp_path):
     out, logs = tmp_path / "out", []
-    s = run_optimize(_opts(case, out, epochs=2.0, lr=0.05, batch_size=32, train_data=str(case[2]),
+    s = run_optimize(_opts(case, out, epochs=1.5, lr=0.05, batch_size=32, train_data=str(case[2]), budget=2,
                            finetune_steps=1,
                            group_bounds="0:0.5:0.5,1:0.5:0.5"), log=logs.append)   # forces a pruned choice
     rec = s["recovery"] or s["recovery_rejected"]
