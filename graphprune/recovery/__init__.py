@@ -16,10 +16,11 @@ Pruning removes channels; what follows repairs what it broke, cheapest first:
   one sample at a time inside each batch (gradients accumulated, same result).
 * `train`: the SGD loop over the ONNX<->PyTorch bridge (graphprune.bridge) that fine-tunes
   with labels, distils without them, or both.
-* `candidates`: --bn-recalibrate inside the search, every candidate judged recalibrated.
 
 graphprune.search.finetune orchestrates these (prune in steps, train between) for
-`graphprune optimize`; they depend on onnx, onnxruntime, torch and numpy only.
+`graphprune optimize`, and graphprune.search.candidates applies the recalibration to every
+search candidate (--bn-recalibrate). This package depends on onnx, onnxruntime, torch,
+numpy and graphprune.bridge only, never on graphprune.search.
 """
 from graphprune.recovery.bn_recalibrate import BNReport, recalibrate_bn
 

@@ -24,7 +24,7 @@ class Evaluator:
         self.n_measured = 0       # measured in this run
         self.n_reused = 0         # answered from the journal
         self.on_record = on_record
-        self.job = obj.evaluate_job   # graphprune.recovery.candidates.evaluate_job with --bn-recalibrate
+        self.job = obj.evaluate_job   # graphprune.search.candidates.evaluate_job with --bn-recalibrate
 
     def known(self, config: dict[int, int]) -> dict | None:
         return self.journal.get("measured", self.space.key(config))

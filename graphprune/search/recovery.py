@@ -40,7 +40,7 @@ class Delivery:
 def recover(st, record) -> tuple[object, dict | None]:
     """(model, recovery report) for a front member: pruned and fine-tuned, or just pruned when
     recovery is off or the member is the original (report None)."""
-    from graphprune.recovery.candidates import build
+    from graphprune.search.candidates import build
     from graphprune.search.finetune import recover as finetune
     o, space = st.o, st.space
     cfg = {int(k): v for k, v in record["config"].items()}
@@ -68,7 +68,8 @@ def recovery_options(st) -> dict:
     the search's: `st.error_of(model)` when the run sets one (a metric other than labelled
     accuracy), else top-1 error on --data's labels."""
     o = st.o
-    weight = o.distill_weight if o.distill_weight is not None else (0.0 if st.train.y is not None else 1.0)
+    labelled = st.train is not None and st.train.y is not None
+    weight = o.distill_weight if o.distill_weight is not None else (0.0 if labelled else 1.0)
     return {"error_fn": getattr(st, "error_of", None), "distill_weight": weight, "temperature": o.temperature}
 
 
@@ -108,7 +109,7 @@ def deliver(st, record, strict: float | None) -> Delivery:
     rejected = {**{k: v for k, v in rcv.items() if k != "text"}, "key": record["key"], "reason": why}
     st.log(f"recovery of {record['key']} rejected: {why}")
     if strict is None or record["error"] <= strict + 1e-12:
-        from graphprune.recovery.candidates import build
+        from graphprune.search.candidates import build
         return Delivery(record, build({int(k): v for k, v in record["config"].items()}), record["error"],
                         rejected=rejected)
     return Delivery(record, None, math.inf, rejected=rejected)

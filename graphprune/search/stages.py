@@ -111,7 +111,7 @@ def open_outdir(st) -> None:
 
 
 def start_executor(st) -> None:
-    from graphprune.recovery import candidates
+    from graphprune.search import candidates
     o = st.o
     model_bytes = st.model.SerializeToString()
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion)   # this process: exact counts, final builds
