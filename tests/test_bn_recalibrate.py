@@ -77,3 +77,24 @@ def test_fixed_batch_models_run_at_their_batch_and_bad_data_is_one_line():
         recalibrate_bn(model, x[:3])
     with pytest.raises(GraphpruneError, match="does not run through the model"):
         recalibrate_bn(bn_convnet(), np.zeros((4, 5, 8, 8), np.float32))
+
+
+def test_statistics_read_through_an_identity_or_a_constant_get_their_own_initializer():
+    """torch.onnx.export puts Identity nodes in front of initializers; Paddle exports Constant nodes."""
+    model, x = bn_convnet(shared_zero=False), _x()
+    g = model.graph
+    v2 = next(t for t in g.initializer if t.name == "v2")
+    g.node.insert(0, onnx.helper.make_node("Identity", ["v2"], ["v2_alias"], name="alias"))
+    g.node.insert(0, onnx.helper.make_node("Constant", [], ["m2_const"], name="m2c",
+                                           value=numpy_helper.from_array(numpy_helper.to_array(
+                                               next(t for t in g.initializer if t.name == "m2")), "m2_const")))
+    bn2 = next(n for n in g.node if n.name == "bn2")
+    bn2.input[3], bn2.input[4] = "m2_const", "v2_alias"
+    onnx.checker.check_model(model)
+    out, rep = recalibrate_bn(model, x)
+    _, ref = torch_forward(bn_convnet(shared_zero=False), x, recompute=True)
+    got, bn = _inits(out), next(n for n in out.graph.node if n.name == "bn2")
+    assert bn.input[3] not in ("m2_const", "m2") and bn.input[4] not in ("v2_alias", "v2")
+    np.testing.assert_allclose(got[bn.input[3]], ref["bn2"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[bn.input[4]], ref["bn2"][1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["v2"], numpy_helper.to_array(v2))      # the aliased initializer is untouched

@@ -72,6 +72,15 @@ def _targets(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[str]]:
     return out, skipped
 
 
+def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
+    a = {at.name: at for at in node.attribute}
+    if "value" in a:
+        return numpy_helper.to_array(a["value"].t)
+    if "value_floats" in a:
+        return np.array(list(a["value_floats"].floats), np.float32)
+    return None
+
+
 def _own_stats(graph: onnx.GraphProto, bns: list[onnx.NodeProto]) -> None:
     """Give every target BN mean/var initializers no other tensor use reads (copies where shared)."""
     inits = {t.name: t for t in graph.initializer}
@@ -82,15 +91,18 @@ def _own_stats(graph: onnx.GraphProto, bns: list[onnx.NodeProto]) -> None:
             uses[name] = uses.get(name, 0) + 1
     public = {v.name for v in graph.input} | {v.name for v in graph.output}
     taken = set(inits) | {o for n in graph.node for o in n.output} | public
+    identity = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
     for bn in bns:
         for slot, what in ((3, "running_mean"), (4, "running_var")):
             name = bn.input[slot]
             if name in inits and uses.get(name, 0) == 1 and name not in public:
                 continue
+            while name in identity and name not in inits and name not in consts:   # exporters' Identity aliases
+                name = identity[name]
             if name in inits:
                 arr = numpy_helper.to_array(inits[name])
-            elif name in consts:
-                arr = numpy_helper.to_array(next(at.t for at in consts[name].attribute if at.name == "value"))
+            elif name in consts and _constant_array(consts[name]) is not None:
+                arr = _constant_array(consts[name])
             else:
                 raise GraphpruneError(f"BN recalibration: {bn.name}'s {what} ({name}) is not a constant")
             new, k = f"{bn.name or bn.output[0]}_{what}", 1
@@ -99,7 +111,7 @@ def _own_stats(graph: onnx.GraphProto, bns: list[onnx.NodeProto]) -> None:
                 new = f"{bn.name or bn.output[0]}_{what}_{k}"
             taken.add(new)
             graph.initializer.append(numpy_helper.from_array(np.array(arr, copy=True), new))
-            uses[name] -= 1
+            uses[bn.input[slot]] -= 1
             bn.input[slot] = new
 
 
