@@ -36,11 +36,12 @@ def test_losses_match_their_numpy_definitions():
     o = objective([t_logits.astype(np.float32), t_box.astype(np.float32), t_prob.astype(np.float32)], None, 0.3,
                   temperature=2.0)
     assert o.kinds == ["kl", "mse", "kl-prob"] and o.weight == 1.0       # no labels: distillation alone
-    assert o.scales[1] == pytest.approx(np.var(t_box.astype(np.float32)), rel=1e-5)
+    var_c = np.var(t_box.astype(np.float32).astype(np.float64), axis=(0, 1))     # per channel of the shortest axis (5)
+    np.testing.assert_allclose(o.scales[1].reshape(-1), var_c, rtol=1e-5)
     outs = [torch.tensor(a[idx], dtype=torch.float32) for a in (s_logits, s_box, s_prob)]
     got = float(loss_fn(o)(outs, idx))
     want = (_kl_np(s_logits[idx], t_logits[idx], 2.0)
-            + np.mean((s_box[idx] - t_box[idx]) ** 2) / np.var(t_box)
+            + np.mean((s_box[idx] - t_box[idx]) ** 2 / var_c)
             + _kl_np(np.log(s_prob[idx]), np.log(t_prob[idx]), 2.0)) / 3
     assert got == pytest.approx(want, rel=1e-4)
     # with labels: (1 - w) x cross-entropy + w x distillation
@@ -51,6 +52,24 @@ def test_losses_match_their_numpy_definitions():
     assert "0.7 x cross-entropy" in o2.text and "KL at T=2" in o2.text
     with pytest.raises(GraphpruneError, match="student has 1 outputs, the teacher 3"):
         loss_fn(o)(outs[:1], idx)
+
+
+def test_the_regression_loss_weighs_each_channel_by_its_own_scale():
+    """A YOLO-style head [N, 4+C, anchors]: pixel coordinates (variance ~1e4) and class scores
+    (variance ~0.1) contribute alike; a constant channel gets a floor, not an infinite weight."""
+    from graphprune.recovery.distill import channel_variance
+    rng = np.random.default_rng(1)
+    t = np.concatenate([rng.normal(320, 100, (4, 4, 50)), rng.uniform(0, 1, (4, 2, 50)), np.zeros((4, 1, 50))], 1)
+    v = channel_variance(t.astype(np.float32))
+    assert v.shape == (1, 7, 1)
+    np.testing.assert_allclose(v[0, :6, 0], np.var(t[:, :6], axis=(0, 2)), rtol=1e-4)
+    assert v[0, 6, 0] == pytest.approx(1e-6 * np.mean(np.r_[np.var(t[:, :6], axis=(0, 2)), 0.0]), rel=1e-4)
+    o = objective([t.astype(np.float32)], None, 1.0)
+    s = t.copy()
+    s[:, 0] += 100.0           # one coordinate channel off by one standard deviation ...
+    s[:, 4] += np.sqrt(v[0, 4, 0])   # ... and one class channel off by one of its own
+    loss = loss_fn(o)([torch.tensor(s, dtype=torch.float32)], np.arange(4))
+    assert float(loss) == pytest.approx((100.0 ** 2 / v[0, 0, 0] + 1.0) / 7, rel=1e-3)
 
 
 def test_teacher_outputs_are_computed_once_per_model_and_data():

@@ -7,10 +7,14 @@ Per graph output of the student, against the teacher's output on the same sample
   scale independent of T). Outputs that already are probabilities (non-negative rows
   summing to 1: a Softmax head) are compared through their logarithms, which are valid
   logits, so the softening still applies.
-* any other output (detector heads, masks, feature maps, regression): mean squared error
-  divided by the teacher's variance on that output over the training data (a scale-free
-  loss: 1.0 is "as far off as predicting the teacher's mean"; outputs of very different
-  scales weigh alike).
+* any other output (detector heads, masks, feature maps, regression): squared error divided
+  by the teacher's variance over the training data, per channel, then averaged (a
+  scale-free loss: 1.0 is "as far off as predicting the teacher's mean"). The channel
+  axis of an output of rank >= 3 is its shortest non-batch axis (YOLO's [N, 4+C, anchors]:
+  the 4+C attributes; [N, anchors, 5+C]: the last axis; [N, C, H, W] maps: C): box
+  coordinates in pixels and class scores in [0, 1] then weigh alike, as do outputs of
+  very different scales. Variances below 1e-6 of the output's mean variance are raised
+  to it (a constant channel would otherwise weigh without bound).
 
 The distillation loss is the mean over outputs. With labels, the task loss (cross-entropy
 of the first output) is mixed in: ``loss = (1 - w) * task + w * distillation`` with w =
@@ -39,7 +43,7 @@ class Objective:
     the task loss alone; y: labels or None; weight: the distillation weight w."""
     targets: list | None = None
     kinds: list | None = None          # per output: "kl", "kl-prob" (probabilities) or "mse"
-    scales: list | None = None         # per "mse" output: the teacher's variance
+    scales: list | None = None         # per "mse" output: the teacher's variance (per channel, broadcastable)
     y: np.ndarray | None = None
     weight: float = 0.0
     temperature: float = DEFAULT_TEMPERATURE
@@ -50,7 +54,7 @@ class Objective:
             return "cross-entropy on the labels"
         kd = "distillation from the original model (" + ", ".join(
             {"kl": f"KL at T={self.temperature:g}", "kl-prob": f"KL on log-probabilities at T={self.temperature:g}",
-             "mse": "variance-normalised MSE"}[k] for k in self.kinds) + ")"
+             "mse": "per-channel variance-normalised MSE"}[k] for k in self.kinds) + ")"
         if self.y is None or self.weight >= 1:
             return kd
         return f"{1 - self.weight:g} x cross-entropy on the labels + {self.weight:g} x {kd}"
@@ -74,10 +78,23 @@ def objective(targets: list[np.ndarray] | None, y: np.ndarray | None, weight: fl
             scales.append(None)
         else:
             kinds.append("mse")
-            v = float(np.var(t.astype(np.float64)))
-            scales.append(v if v > 1e-12 else max(float(np.mean(np.square(t, dtype=np.float64))), 1.0))
+            scales.append(channel_variance(t))
     return Objective(targets=[np.ascontiguousarray(t, np.float32) for t in targets], kinds=kinds, scales=scales,
                      y=y, weight=float(weight), temperature=float(temperature))
+
+
+def channel_variance(t: np.ndarray) -> np.ndarray:
+    """The teacher's variance per channel (see the module docstring), shaped to broadcast
+    against the output; float32."""
+    t = t.astype(np.float64)
+    if t.ndim < 3:
+        v = np.full([1] * t.ndim, np.var(t))
+    else:
+        axis = 1 + int(np.argmin(t.shape[1:]))
+        v = np.var(t, axis=tuple(a for a in range(t.ndim) if a != axis), keepdims=True)
+    floor = 1e-6 * float(v.mean())
+    v = np.maximum(v, floor) if floor > 1e-12 else np.ones_like(v)
+    return v.astype(np.float32)
 
 
 def _kl(s, t, kind: str, temp: float):
@@ -96,6 +113,7 @@ def loss_fn(obj: Objective):
     import torch.nn.functional as F
     y = None if obj.y is None else torch.from_numpy(np.asarray(obj.y, np.int64))
     targets = None if obj.targets is None else [torch.from_numpy(t) for t in obj.targets]
+    scales = None if obj.scales is None else [None if v is None else torch.from_numpy(v) for v in obj.scales]
 
     def loss(outs, idx):
         ti = torch.from_numpy(np.asarray(idx, np.int64))
@@ -104,12 +122,12 @@ def loss_fn(obj: Objective):
             if len(outs) != len(targets):
                 raise GraphpruneError(f"distillation: the student has {len(outs)} outputs, the teacher {len(targets)}")
             terms = []
-            for k, (s, t, kind, scale) in enumerate(zip(outs, targets, obj.kinds, obj.scales)):
+            for k, (s, t, kind, scale) in enumerate(zip(outs, targets, obj.kinds, scales)):
                 t = t[ti]
                 if t.shape != s.shape:
                     raise GraphpruneError(f"distillation: the student's output {k} has shape {tuple(s.shape)}, "
                                           f"the teacher's {tuple(t.shape)} on the same samples")
-                terms.append(_kl(s, t, kind, obj.temperature) if kind != "mse" else F.mse_loss(s, t) / scale)
+                terms.append(_kl(s, t, kind, obj.temperature) if kind != "mse" else ((s - t) ** 2 / scale).mean())
             total = obj.weight * sum(terms) / len(terms)
         if y is not None and obj.weight < 1:
             total = total + (1 - obj.weight) * F.cross_entropy(outs[0].reshape(len(idx), -1), y[ti])
