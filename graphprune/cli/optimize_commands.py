@@ -75,8 +75,28 @@ def register(sub) -> None:
     g.add_argument("--finetune-steps", type=int, default=2, help="prune in this many steps, fine-tuning between")
     g.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate (default 0.01)")
     g.add_argument("--batch-size", type=int, default=64)
+    _add_recovery_without_labels(p)
     g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
     p.set_defaults(func=optimize)
+
+
+def _add_recovery_without_labels(p) -> None:
+    g = p.add_argument_group("recovery without labels, BN recalibration (docs/recovery.md)")
+    g.add_argument("--distill-weight", type=float, metavar="W",
+                   help="recovery loss = (1-W) x cross-entropy on the labels + W x distillation from the original "
+                        "model (default: 0 with labels, as before; without labels always 1)")
+    g.add_argument("--temperature", type=float, default=4.0,
+                   help="distillation temperature on classifier logits (default 4)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="judge every search candidate after recomputing its BatchNorm statistics on "
+                        "--bn-samples samples (recovery always recalibrates before training)")
+    g.add_argument("--bn-samples", type=int, default=256, metavar="N",
+                   help="samples of the training data (else --data) for --bn-recalibrate (default 256)")
+
+
+def _recovery_without_labels(args: argparse.Namespace) -> dict:
+    return {"distill_weight": args.distill_weight, "temperature": args.temperature,
+            "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples}
 
 
 def optimize(args: argparse.Namespace) -> int:
@@ -100,7 +120,7 @@ def optimize(args: argparse.Namespace) -> int:
         recovery_tries=args.recovery_tries, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,
         size=args.size, mean=args.mean, std=args.std, scale=args.scale, channel_order=args.channel_order,
-        layout=args.layout)
+        layout=args.layout, **_recovery_without_labels(args))
     s = run_optimize(o)
     s.pop("_measured", None)
     if args.json:

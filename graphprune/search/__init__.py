@@ -12,7 +12,8 @@ Data flows load -> analyse -> score -> search -> rewrite -> compile -> measure:
     surrogate    classical regression predicting latency and error of a configuration
     pareto       dominance, the front, the criteria-optimal choice
     optimizer    nevergrad ask/tell loop with surrogate screening
-    finetune     recovery: prune in steps with short fine-tuning (torch, via graphprune.bridge)
+    finetune     recovery: prune in steps, BN recalibration and training between (graphprune.recovery)
+    candidates   --bn-recalibrate: every candidate judged after BN recalibration
     report       pareto.json, pareto.png, report.md
     jsonsafe     JSON without bare NaN: non-finite numbers become null, and where is said
     options      OptimizeOptions and every check that needs no file (before anything is measured)

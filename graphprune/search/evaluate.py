@@ -24,6 +24,7 @@ class Evaluator:
         self.n_measured = 0       # measured in this run
         self.n_reused = 0         # answered from the journal
         self.on_record = on_record
+        self.job = obj.evaluate_job   # graphprune.search.candidates.evaluate_job with --bn-recalibrate
 
     def known(self, config: dict[int, int]) -> dict | None:
         return self.journal.get("measured", self.space.key(config))
@@ -43,7 +44,7 @@ class Evaluator:
         for i in todo:   # identical configurations within one batch are built once
             k = self.space.key(configs[i])
             if k not in futures:
-                futures[k] = self.executor.submit(obj.evaluate_job, {int(g): int(v) for g, v in configs[i].items()})
+                futures[k] = self.executor.submit(self.job, {int(g): int(v) for g, v in configs[i].items()})
         for i in todo:
             k = self.space.key(configs[i])
             if self.known(configs[i]) is not None:

@@ -1,26 +1,30 @@
-"""Recovery: prune the chosen configuration in steps, fine-tuning between, then a final fine-tune.
+"""Recovery: prune the chosen configuration in steps, training between, then a final training.
 
-Runs on CPU through graphprune.bridge (ONNX -> torch module, gradients flow; trained
-tensors written back into the ONNX model). Each step prunes the current (already
-fine-tuned) model with the same criterion, so channels are re-ranked on the trained
-weights; groups are matched across steps by their member node names (the rewrite
-keeps node names). Optimiser: SGD with Nesterov momentum 0.9 and a cosine schedule;
-BatchNorm layers train too and re-estimate their running statistics, which pruning
-upstream channels has shifted. (Adam was tried first: its first steps move every
-weight by about lr whatever its scale, and conv weights in front of a BatchNorm are
-small, so a single step cost tens of points of accuracy.) Accuracy is measured with
-onnxruntime on data the fine-tuning never sees.
+Each step prunes the current (already trained) model with the same criterion, so channels
+are re-ranked on the trained weights; groups are matched across steps by their member
+node names (the rewrite keeps node names). Before each training phase the BatchNorm
+statistics are recomputed on the training samples (graphprune.recovery.bn_recalibrate),
+which pruning upstream channels has shifted. Training (graphprune.recovery.train) runs on
+CPU through graphprune.bridge: with labels, cross-entropy (optionally mixed with
+distillation); without labels, distillation from the original model, its outputs
+computed once in onnxruntime (graphprune.recovery.distill / teacher). Quality is
+measured with onnxruntime on data the training never sees.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
+from graphprune.recovery.bn_recalibrate import recalibrate_bn
+from graphprune.recovery.distill import DEFAULT_TEMPERATURE, Objective, objective
+from graphprune.recovery.teacher import teacher_outputs
+from graphprune.recovery.train import train_epochs
 from graphprune.search.objectives import error_rate
+
+BN_SAMPLES = 512   # training samples the BN statistics are recomputed on before each training phase
 
 
 def _match(an_from, an_to, config: dict[int, int]) -> dict[int, int]:
@@ -40,50 +44,25 @@ def _match(an_from, an_to, config: dict[int, int]) -> dict[int, int]:
     return out
 
 
-def train_epochs(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, epochs: float, lr: float,
-                 batch_size: int, seed: int, freeze_bn: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Fine-tune `model` for `epochs` (may be fractional) passes over (x, y); returns the ONNX with
-    the trained weights and a few statistics."""
-    import torch
-    import torch.nn as nn
-
-    from graphprune.bridge import to_torch
-    if epochs <= 0 or len(x) == 0:
-        return model, {"batches": 0, "loss_first": None, "loss_last": None}
-    torch.manual_seed(seed)
-    net = to_torch(model)
-    net.train()
-    if freeze_bn:
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
-    n_batches = max(1, int(math.ceil(epochs * len(x) / batch_size)))
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(int(math.ceil(epochs)) + 1)])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_batches)
-    losses = []
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
-    for b in range(n_batches):
-        idx = torch.from_numpy(order[b * batch_size:(b + 1) * batch_size])
-        logits = net(xt[idx])
-        loss = nn.functional.cross_entropy(logits.reshape(len(idx), -1), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    net.eval()
-    k = max(1, len(losses) // 10)
-    return net.write_back(model), {"batches": n_batches, "loss_first": float(np.mean(losses[:k])),
-                                   "loss_last": float(np.mean(losses[-k:]))}
+def training_objective(teacher: onnx.ModelProto, train, distill_weight: float, temperature: float) -> Objective:
+    """The loss recovery trains with: the labels' cross-entropy alone (distill_weight 0, labels
+    present: fine-tuning as before), or distillation from `teacher` (the original model, its
+    outputs computed once over train.x and cached), mixed with the labels when there are any."""
+    if train.y is not None and distill_weight <= 0:
+        return objective(None, train.y, 0.0)
+    targets, _ = teacher_outputs(teacher, train.x)
+    return objective(targets, train.y, distill_weight if train.y is not None else 1.0, temperature)
 
 
 def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, train, x_eval, y_eval,
             epochs: float, steps: int = 2, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-            log=None) -> tuple[onnx.ModelProto, dict]:
-    """Prune `model` to `config` in `steps` steps with fine-tuning; returns (model, report)."""
+            log=None, error_fn=None, distill_weight: float = 0.0, temperature: float = DEFAULT_TEMPERATURE,
+            bn_samples: int = BN_SAMPLES, before: onnx.ModelProto | None = None,
+            label: str = "accuracy") -> tuple[onnx.ModelProto, dict]:
+    """Prune `model` to `config` in `steps` steps, each followed by BN recalibration on (a fixed-seed
+    subset of) the training samples and training; returns (model, report). error_fn(model) -> error
+    judges the models (default: top-1 error on x_eval, y_eval); `before` is the model "before
+    recovery" it is compared with (default: `model` pruned to `config` directly)."""
     import graphprune as gp
 
     log = log or (lambda m: None)
@@ -91,31 +70,48 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
         raise GraphpruneError("recovery needs training data (--train-data, or enough --data to hold some out)")
     if steps < 1:
         raise GraphpruneError("--finetune-steps must be >= 1")
+    if error_fn is None:
+        if y_eval is None:
+            raise GraphpruneError("recovery: without labels the models must be judged by a metric (error_fn)")
+        error_fn = lambda m: error_rate(m, x_eval, y_eval)  # noqa: E731
     t0 = time.time()
-    direct = gp.prune(model, gp.choose(an, keep=config, criterion=criterion))
-    acc_before = 1.0 - error_rate(direct, x_eval, y_eval)
+    if before is None:
+        before = gp.prune(model, gp.choose(an, keep=config, criterion=criterion))
+    acc_before = 1.0 - error_fn(before)
+    goal = training_objective(model, train, distill_weight, temperature)
+    calib = train.x[np.sort(np.random.default_rng(seed).permutation(len(train))[:bn_samples])]
     per_step = 0.5 * epochs / steps
     final = epochs - per_step * steps
     cur, cur_an = model, an
-    stats = []
+    stats, bn = [], []
+
+    def recalibrate_and_train(m, ep, s):
+        m, rep = recalibrate_bn(m, calib, batch_size)
+        bn.append(rep.to_json())
+        # whether the model merges a batch's samples is tested once: pruning keeps the graph's shape logic
+        known = next((t["per_sample"] for t in stats if t.get("per_sample") is not None), None)
+        m, st = train_epochs(m, train.x, train.y, ep, lr, batch_size, s, objective=goal, per_sample=known)
+        stats.append(st)
+        return m, rep, st
+
     for s in range(1, steps + 1):
         frac = s / steps
         step_cfg = {g: int(round(an.group(g).units - (an.group(g).units - k) * frac)) for g, k in config.items()}
         keep = _match(an, cur_an, step_cfg)
         cur = gp.prune(cur_an.model, gp.choose(cur_an, keep=keep, criterion=criterion))
-        cur, st = train_epochs(cur, train.x, train.y, per_step, lr, batch_size, seed + s)
-        stats.append(st)
-        log(f"recovery step {s}/{steps}: pruned to {step_cfg}, fine-tuned {per_step:.2f} epoch(s), "
+        cur, rep, st = recalibrate_and_train(cur, per_step, seed + s)
+        log(f"recovery step {s}/{steps}: pruned to {step_cfg}, {rep.text}, trained {per_step:.2f} epoch(s) "
+            f"({goal.text}{', one sample at a time' if st.get('per_sample') else ''}), "
             f"loss {st['loss_first']} -> {st['loss_last']}")
         cur = gp.load(cur)
         cur_an = gp.analyse(cur)
-    cur, st = train_epochs(cur, train.x, train.y, final, lr, batch_size, seed + 100)
-    stats.append(st)
-    acc_after = 1.0 - error_rate(cur, x_eval, y_eval)
-    log(f"recovery: accuracy {100 * acc_before:.2f} % -> {100 * acc_after:.2f} % on {len(y_eval)} held-out samples "
+    cur, _, _ = recalibrate_and_train(cur, final, seed + 100)
+    acc_after = 1.0 - error_fn(cur)
+    log(f"recovery: {label} {100 * acc_before:.2f} % -> {100 * acc_after:.2f} % on {len(x_eval)} held-out samples "
         f"({time.time() - t0:.0f} s)")
     got = gp.count(cur)
     return cur, {"steps": steps, "epochs": epochs, "epochs_per_step": per_step, "final_epochs": final,
-                 "train_samples": len(train), "eval_samples": int(len(y_eval)), "accuracy_before": acc_before,
+                 "train_samples": len(train), "eval_samples": int(len(x_eval)), "accuracy_before": acc_before,
                  "accuracy_after": acc_after, "macs": got.macs, "param_bytes": got.param_bytes,
+                 "objective": goal.to_json(), "objective_text": goal.text, "bn_recalibration": bn,
                  "training": stats, "seconds": time.time() - t0}

@@ -65,6 +65,11 @@ class OptimizeOptions:
     scale: str | None = None
     channel_order: str | None = None
     layout: str | None = None
+    # -- recovery without labels, BN recalibration (graphprune.recovery; docs/recovery.md) --
+    distill_weight: float | None = None  # None: 0 with labels (cross-entropy alone, as before), 1 without
+    temperature: float = 4.0             # distillation temperature for classifier outputs
+    bn_recalibrate: bool = False         # judge every search candidate after BN recalibration
+    bn_samples: int = 256                # samples the search's BN recalibration runs on
 
 
 def parse_duration_ms(text: str | None) -> float | None:
@@ -162,6 +167,7 @@ def validate(o: OptimizeOptions) -> list[str]:
         raise GraphpruneError(f"unknown backend {o.backend!r} (use ort or tvm)")
     resolve_threads(o.threads)
     _validate_recovery(o)
+    _validate_distillation(o)
     for name in o.prefer:
         if name not in objectives:
             raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
@@ -194,3 +200,13 @@ def _validate_recovery(o: OptimizeOptions) -> None:
         if o.max_error_increase is None or o.epochs <= 0:
             raise GraphpruneError("--recovery-slack needs --max-error-increase and --epochs > 0: it moves the "
                                   "accuracy constraint to the fine-tuned model")
+
+
+def _validate_distillation(o: OptimizeOptions) -> None:
+    """The distillation and BN-recalibration options (docs/recovery.md)."""
+    if o.distill_weight is not None and not 0 <= _finite("--distill-weight", o.distill_weight) <= 1:
+        raise GraphpruneError(f"--distill-weight must be in [0, 1] (0: labels only, 1: distillation only), "
+                              f"got {o.distill_weight}")
+    if not _finite("--temperature", o.temperature) > 0:
+        raise GraphpruneError(f"--temperature must be a finite number > 0, got {o.temperature}")
+    _int_at_least("--bn-samples", o.bn_samples, 1)

@@ -54,10 +54,10 @@ def resolve_metric(st) -> None:
     o, has_labels = st.o, st.y is not None
     name = o.metric or default_metric_name(has_labels, _first_output_shape(st.model, st.x))
     metric = get_metric(name, st.model, has_labels)
-    if o.epochs > 0 and metric.name != "accuracy":
-        raise GraphpruneError(f"--epochs: recovery by fine-tuning trains on labels and judges by accuracy; with "
-                              f"--metric {metric.name} it is not available (use --epochs 0)")
     st.ref = reference_outputs(st.model, st.x, metric, st.y)
+    if metric.name != "accuracy":   # recovery judges its models by the search's metric (search/recovery.py)
+        from graphprune.metrics import evaluate
+        st.error_of = lambda m: 1.0 - evaluate(m, st.x, metric, st.ref, st.y)
     if st.train is not None and st.train.y is not None and len(st.train.y):
         classes = _first_output_shape(st.model, st.x)[1]
         if int(st.train.y.max()) >= classes:

@@ -40,23 +40,38 @@ class Delivery:
 def recover(st, record) -> tuple[object, dict | None]:
     """(model, recovery report) for a front member: pruned and fine-tuned, or just pruned when
     recovery is off or the member is the original (report None)."""
+    from graphprune.search.candidates import build
     from graphprune.search.finetune import recover as finetune
     o, space = st.o, st.space
     cfg = {int(k): v for k, v in record["config"].items()}
     if o.epochs <= 0:
-        return obj.build(cfg), None
+        return build(cfg), None
     if cfg == {a.gid: a.units for a in space.axes}:
         st.log("recovery skipped: the chosen configuration is the original model")
-        return obj.build(cfg), None
+        return build(cfg), None
     pruned, rcv = finetune(st.model, st.an, cfg, o.criterion, st.train, st.x, st.y, epochs=o.epochs,
-                           steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size, seed=o.seed, log=st.log)
+                           steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size, seed=o.seed, log=st.log,
+                           **recovery_options(st), before=build(cfg))
     rcv.update(obj.measure(pruned, st.spec))
-    rcv["text"] = (f"pruned in {rcv['steps']} step(s) with {rcv['epochs_per_step']:.2f} epoch(s) of fine-tuning "
-                   f"after each, then {rcv['final_epochs']:.2f} final epoch(s) on {rcv['train_samples']} training "
-                   f"samples: accuracy {100 * rcv['accuracy_before']:.2f} % before recovery (pruned, no training) -> "
+    rcv["text"] = (f"pruned in {rcv['steps']} step(s), BN statistics recomputed and {rcv['epochs_per_step']:.2f} "
+                   f"epoch(s) of training ({rcv['objective_text']}) after each, then {rcv['final_epochs']:.2f} "
+                   f"final epoch(s) on {rcv['train_samples']} training samples: {st.metric.name} "
+                   f"{100 * rcv['accuracy_before']:.2f} % before recovery (pruned"
+                   f"{', BN recalibrated' if o.bn_recalibrate else ''}, no training) -> "
                    f"{100 * rcv['accuracy_after']:.2f} % after, original {100 * (1 - st.base['error']):.2f} %, on "
                    f"{len(st.y)} samples the fine-tuning never saw; latency {rcv['latency_ms']:.3f} ms")
     return pruned, rcv
+
+
+def recovery_options(st) -> dict:
+    """finetune.recover's distillation options and error function for this run. The error is
+    the search's: `st.error_of(model)` when the run sets one (a metric other than labelled
+    accuracy), else top-1 error on --data's labels."""
+    o = st.o
+    labelled = st.train is not None and st.train.y is not None
+    weight = o.distill_weight if o.distill_weight is not None else (0.0 if labelled else 1.0)
+    return {"error_fn": getattr(st, "error_of", None), "distill_weight": weight, "temperature": o.temperature,
+            "label": st.metric.name}
 
 
 def judge(model, rcv: dict, strict: float | None) -> str | None:
@@ -95,7 +110,8 @@ def deliver(st, record, strict: float | None) -> Delivery:
     rejected = {**{k: v for k, v in rcv.items() if k != "text"}, "key": record["key"], "reason": why}
     st.log(f"recovery of {record['key']} rejected: {why}")
     if strict is None or record["error"] <= strict + 1e-12:
-        return Delivery(record, obj.build({int(k): v for k, v in record["config"].items()}), record["error"],
+        from graphprune.search.candidates import build
+        return Delivery(record, build({int(k): v for k, v in record["config"].items()}), record["error"],
                         rejected=rejected)
     return Delivery(record, None, math.inf, rejected=rejected)
 

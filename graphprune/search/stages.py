@@ -83,13 +83,8 @@ def load_data(o, model):
     desc = f"{o.data} ({len(d)} samples, {'labelled' if d.y is not None else 'no labels'})"
     train = None
     if o.epochs > 0:
-        if d.y is None:
-            raise GraphpruneError(f"--epochs: recovery by fine-tuning needs labels and --data {o.data} has none "
-                                  "(use --epochs 0)")
         if o.train_data:
-            train = _load(o, model, o.train_data, "--train-data")
-            if train.y is None:
-                raise GraphpruneError(f"--train-data {o.train_data}: recovery by fine-tuning needs labels")
+            train = _load(o, model, o.train_data, "--train-data")   # without labels recovery distils
             desc += f"; fine-tuning on {o.train_data} ({len(train)} samples)"
         else:   # hold out: fine-tuning never sees the evaluation part
             n = len(d)
@@ -127,6 +122,8 @@ def open_outdir(st) -> None:
               "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
     if st.metric.name != "accuracy":   # journals from before --metric (all accuracy) stay resumable
         header["metric"] = st.metric.name
+    if o.bn_recalibrate:   # candidates judged recalibrated are not comparable with raw ones
+        header["bn_recalibrate"] = {"samples": o.bn_samples, "seed": o.seed}
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
     for note in st.journal.notes:
         st.log(f"note: {note}")
@@ -136,16 +133,37 @@ def open_outdir(st) -> None:
 
 
 def start_executor(st) -> None:
+    from graphprune.search import candidates
     o = st.o
     model_bytes = st.model.SerializeToString()
     # this process: exact counts, final builds
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref)
+    calib = bn_calibration_samples(st)
+    candidates.configure(calib, o.batch_size)
     if st.executor is None:
         st.own_executor = True
-        st.executor = make_executor(o.workers, obj.init_worker,
-                                    (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0,
-                                     st.metric.name, st.ref))
+        args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref)
+        st.executor = (make_executor(o.workers, candidates.init_worker, args + (calib, o.batch_size))
+                       if calib is not None else make_executor(o.workers, obj.init_worker, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
+    if calib is not None:
+        st.ev.job = candidates.evaluate_job
+
+
+def bn_calibration_samples(st):
+    """--bn-recalibrate: a fixed-seed subset of --bn-samples samples of the training data (else of
+    --data) that every candidate's BN statistics are recomputed on; None without the option."""
+    o = st.o
+    if not o.bn_recalibrate:
+        return None
+    if not any(n.op_type == "BatchNormalization" for n in st.model.graph.node):
+        st.log("--bn-recalibrate: the model has no BatchNormalization (folded into its convolutions?): "
+               "candidates are judged as they are")
+    x = st.train.x if st.train is not None else st.x
+    idx = np.sort(np.random.default_rng(o.seed + 11).permutation(len(x))[:o.bn_samples])
+    st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {len(idx)} "
+           f"{'training' if st.train is not None else '--data'} samples")
+    return np.ascontiguousarray(x[idx])
 
 
 def baseline(st) -> None:
