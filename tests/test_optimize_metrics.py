@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, monk
          "needs labels and the data has none (a .npz with 'y' or an image folder with one subfolder per class); "
          "without labels use agreement (classifiers), fidelity, detection, segmentation or package.module:function"),
         ([clf, "--data", tmp_path / "x.npz", "--metric", "bleu"], "unknown --metric 'bleu'"),
-        ([clf, "--data", tmp_path / "x.npz", "--epochs", "1"], "recovery by fine-tuning needs labels"),
+        ([clf, "--data", tmp_path / "x.npz", "--epochs", "1", "--distill-weight", "2"], "--distill-weight"),
         ([clf, "--data", tmp_path / "x.npz", "--size", "12"], "--size applies to image folders only"),
     ]
     for args, msg in cases:

@@ -105,3 +105,22 @@ def test_bad_recovery_options_are_one_line(case, tmp_path, capsys, args, msg):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("graphprune: error:") and msg in err and "\n" not in err
     assert not out.exists()
+
+
+def test_no_labels_anywhere_recovery_distils_and_is_judged_by_agreement(case, tmp_path):
+    """Unlabelled --data and --train-data: the search's metric (agreement with the original)
+    judges the recovered model, and what is delivered has the reported agreement."""
+    from graphprune.metrics import evaluate, get_metric, reference_outputs
+    d = np.load(case[1])
+    np.savez(tmp_path / "x_only.npz", x=d["x"])
+    out = tmp_path / "out"
+    s = run_optimize(_opts(case, out, data=str(tmp_path / "x_only.npz"), epochs=1.0, lr=0.05, batch_size=32,
+                           train_data=str(case[2]), budget=2, finetune_steps=1,
+                           group_bounds="0:0.5:0.5,1:0.5:0.5"))
+    rec = s["recovery"] or s["recovery_rejected"]
+    assert rec is not None and rec["objective"]["distillation"] and not rec["objective"]["labels"]
+    original, delivered = onnx.load(case[0]), onnx.load(out / "best.onnx")
+    metric = get_metric("agreement", original, False)
+    ref = reference_outputs(original, d["x"], metric, None)
+    value = evaluate(delivered, d["x"], metric, ref, None)
+    assert value == pytest.approx(1 - s["chosen"]["error"] if not s["recovery"] else rec["accuracy_after"])

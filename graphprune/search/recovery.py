@@ -59,7 +59,7 @@ def recover(st, record) -> tuple[object, dict | None]:
                    f"{100 * rcv['accuracy_before']:.2f} % before recovery (pruned"
                    f"{', BN recalibrated' if o.bn_recalibrate else ''}, no training) -> "
                    f"{100 * rcv['accuracy_after']:.2f} % after, original {100 * (1 - st.base['error']):.2f} %, on "
-                   f"{len(st.y)} samples the fine-tuning never saw; latency {rcv['latency_ms']:.3f} ms")
+                   f"{rcv['eval_samples']} samples the fine-tuning never saw; latency {rcv['latency_ms']:.3f} ms")
     return pruned, rcv
 
 
