@@ -1,4 +1,6 @@
-"""`graphprune targets`, `graphprune compile`, `graphprune bench`: latency on real targets."""
+"""`graphprune targets`, `graphprune compile`, `graphprune bench`: latency on real targets;
+`graphprune device-server`: the RPC server a board runs so that bench/optimize can time the
+board's own onnxruntime through the tracker."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +54,12 @@ def register(sub) -> None:
     _targets_file_arg(p)
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("device-server", help="run on a board: a TVM RPC server that also times ONNX models "
+                                             "with the board's onnxruntime (bench/optimize --backend ort --rpc-tracker)")
+    from graphprune.targets.device_server import add_arguments  # stdlib-only at import time
+    add_arguments(p)
+    p.set_defaults(func=_device_server)
+
 
 def _targets(args: argparse.Namespace) -> int:
     from graphprune.targets import list_targets
@@ -77,7 +85,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise GraphpruneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if getattr(args, "repeats", 1) < 1:
         raise GraphpruneError(f"--repeats must be >= 1 (got {args.repeats})")
-    if getattr(args, "threads", None) is not None:
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise GraphpruneError(f"--threads must be a positive integer (got {args.threads})")
+    if getattr(args, "threads", None) is not None and not args.rpc_tracker:  # a device checks its own cores
         from graphprune.targets.measure_local import check_threads
         try:
             check_threads(args.threads)
@@ -126,4 +136,14 @@ def _bench(args: argparse.Namespace) -> int:
                         threads=args.threads, cache=not args.no_cache, timeout=args.timeout,
                         targets_file=args.targets_file, input_shapes=shapes)
     print(json.dumps(r.to_dict()) if args.json else r.summary())
+    return 0
+
+
+def _device_server(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    from graphprune.targets.device_server import DeviceServerError, run_from_args
+    try:
+        run_from_args(args)
+    except DeviceServerError as exc:
+        raise GraphpruneError(str(exc)) from None
     return 0
