@@ -76,7 +76,7 @@ def info() -> dict:
     return {"protocol": PROTOCOL, "onnxruntime": ort.__version__, "providers": providers(),
             "available_providers": list(ort.get_available_providers()), "cpu": _cpu_name(),
             "machine": platform.machine(), "cores": _cores(), "hostname": platform.node(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "pid": os.getpid(), "server_pid": os.getppid()}
 
 
 def _threads(req: dict) -> int:

@@ -52,23 +52,24 @@ class LocalRPCCluster:
         self.wait_for(self.n_servers)
         return self
 
-    def add_server(self, python: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    def add_server(self, python: str | None = None, env: dict | None = None, key: str | None = None
+                   ) -> subprocess.Popen:
         port = free_port()
         return self._spawn(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                            "--port-end", str(port + 50), "--tracker", self.address, "--key", self.key],
+                            "--port-end", str(port + 50), "--tracker", self.address, "--key", key or self.key],
                            env=env or self.server_env, python=python or self.python)
 
     def add_device_server(self, script: str | None = None, python: str | None = None,
-                          env: dict | None = None) -> subprocess.Popen:
+                          env: dict | None = None, key: str | None = None) -> subprocess.Popen:
         """A device-server under the key: `graphprune device-server`, or a copy of
         targets/device_server.py run as a script (what a board without graphprune runs)."""
         port = free_port()
         head = [script] if script else ["graphprune", "device-server"]
         return self._spawn([*head, "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 50),
-                            "--tracker", self.address, "--key", self.key],
+                            "--tracker", self.address, "--key", key or self.key],
                            env=env or self.server_env, python=python or self.python)
 
-    def wait_for(self, n: int) -> None:
+    def wait_for(self, n: int, key: str | None = None) -> None:
         """Block until `n` servers are registered under the key (bounded by start_timeout)."""
         from graphprune.targets.measure_rpc import check_key
         if n <= 0:
@@ -81,7 +82,7 @@ class LocalRPCCluster:
                 self.stop()
                 raise GraphpruneError(f"RPC process exited early with code {dead[0].returncode}")
             try:
-                if check_key(self.address, self.key, timeout=2.0) >= n:
+                if check_key(self.address, key or self.key, timeout=2.0) >= n:
                     return
             except GraphpruneError as exc:
                 last = str(exc)
