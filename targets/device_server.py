@@ -192,7 +192,6 @@ def _check_tracker(tracker: str, wait: float = 60.0) -> tuple[str, int]:
     tracker, or unreachable for `wait` seconds (a board may boot before the tracker, so a refused
     connection is retried, as TVM's server does; but TVM would retry in a background thread
     and then serve nobody, silently)."""
-    from tvm.rpc import base
     host, sep, port = str(tracker).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise DeviceServerError(f"malformed tracker address {tracker!r}: expected HOST:PORT, e.g. 10.0.0.2:9190")
@@ -200,18 +199,20 @@ def _check_tracker(tracker: str, wait: float = 60.0) -> tuple[str, int]:
     deadline = time.monotonic() + wait
     while True:
         try:
-            with socket.create_connection((host, int(port)), timeout=10.0) as s:
-                s.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-                magic = struct.unpack("<i", base.recvall(s, 4))[0]
+            s = socket.create_connection((host, int(port)), timeout=10.0)
             break
         except OSError as exc:
             if time.monotonic() >= deadline:
                 raise DeviceServerError(f"cannot reach RPC tracker at {tracker} within {wait:g} s "
                                         f"({exc.strerror or type(exc).__name__})") from None
             time.sleep(0.5)
-        except Exception:
-            magic = None
-            break
+    from tvm.rpc import base   # after the cheap checks: importing TVM takes seconds on a board
+    try:
+        with s:
+            s.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            magic = struct.unpack("<i", base.recvall(s, 4))[0]
+    except Exception:
+        magic = None
     if magic != base.RPC_TRACKER_MAGIC:
         raise DeviceServerError(f"{tracker} did not answer as a TVM RPC tracker")
     return host, int(port)

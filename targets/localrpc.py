@@ -27,8 +27,10 @@ class LocalRPCCluster:
     device_server=True they are `graphprune device-server`s (TVM modules and onnxruntime)."""
 
     def __init__(self, key: str = "local", n_servers: int = 1, python: str | None = None,
-                 server_env: dict | None = None, start_timeout: float = 60.0, device_server: bool = False):
+                 server_env: dict | None = None, start_timeout: float = 60.0, device_server: bool = False,
+                 tracker_env: dict | None = None):
         self.key, self.n_servers, self.start_timeout = key, n_servers, start_timeout
+        self.tracker_env = tracker_env
         self.device_server = device_server
         self.python = python or sys.executable
         self.server_env = server_env
@@ -46,7 +48,7 @@ class LocalRPCCluster:
 
     def start(self) -> "LocalRPCCluster":
         self._spawn(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--port-end", str(self.port + 1), "--silent"])
+                     "--port-end", str(self.port + 1), "--silent"], env=self.tracker_env)
         for _ in range(self.n_servers):
             self.add_device_server() if self.device_server else self.add_server()
         self.wait_for(self.n_servers)

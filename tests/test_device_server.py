@@ -56,11 +56,14 @@ def farm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("board")
     script = tmp / "device_server.py"
     shutil.copy(SCRIPT, script)   # what a board without graphprune runs
-    c = LocalRPCCluster(key=KEY, n_servers=0).start()
+    no_torch = poisoned_env(tmp / "no-torch", BOARD_LACKS)   # also spares the tracker importing torch
+    c = LocalRPCCluster(key=KEY, n_servers=0, tracker_env=no_torch).start()
     try:
         c.add_device_server(script=str(script), env=poisoned_env(tmp / "no-graphprune", (*BOARD_LACKS, "graphprune")))
-        c.add_device_server(env=poisoned_env(tmp / "no-torch", BOARD_LACKS))
+        c.add_device_server(env=no_torch)
+        c.add_server(key="gp-plain", env=no_torch)   # TVM's own server, for the missing-functions error
         c.wait_for(2)
+        c.wait_for(1, key="gp-plain")
     except BaseException:
         c.stop()
         raise
@@ -176,8 +179,6 @@ def test_refusals_are_one_line(farm, tmp_path, capsys):
         measure_ort_rpc(bad, farm.address, KEY, repeats=1, timeout=30)
     with pytest.raises(GraphpruneError, match=r"threads 1000 is more than 4x the \d+ cores of this device"):
         measure_ort_rpc(tiny_cnn(), farm.address, KEY, repeats=1, threads=1000, timeout=30)
-    farm.add_server(key="gp-plain")
-    farm.wait_for(1, key="gp-plain")
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_cnn(), model)
     assert cli.main(["bench", str(model), "--backend", "ort", "--rpc-tracker", farm.address,
@@ -190,12 +191,13 @@ def test_refusals_are_one_line(farm, tmp_path, capsys):
 def test_device_server_start_errors(tmp_path):
     """Nonsense options are refused at once, one line, before any server starts."""
     from graphprune.targets.localrpc import free_port
+    env = poisoned_env(tmp_path, BOARD_LACKS)
     dead = f"127.0.0.1:{free_port()}"
     for argv, msg in [(["--tracker", "nohost", "--key", "k"], "malformed tracker address"),
                       (["--tracker", dead, "--key", "a b"], "--key must be a non-empty name"),
                       (["--tracker", dead, "--key", "k", "--tracker-wait", "0"], f"cannot reach RPC tracker at {dead}")]:
         res = subprocess.run([sys.executable, "-m", "graphprune", "device-server", *argv], capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=60, env=env)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and msg in res.stderr, res.stderr
 
 
