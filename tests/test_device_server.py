@@ -201,6 +201,25 @@ def test_device_server_start_errors(tmp_path):
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and msg in res.stderr, res.stderr
 
 
+def test_optimize_times_candidates_on_the_device(farm, tmp_path):
+    """optimize --backend ort --rpc-tracker: every candidate and the final comparison are timed
+    by the devices' onnxruntime (never this process's: the final comparison is back to back)."""
+    from graphprune.search.optimize import OptimizeOptions, run_optimize
+    from test_search_common import write_case
+    mp, dp = write_case(tmp_path, n=64)
+    out = tmp_path / "out"
+    run_optimize(OptimizeOptions(model=str(mp), data=str(dp), outdir=str(out), budget=3, repeats=3, channel_step=4,
+                                 holdout=2, progress=False, max_error_increase=0.4, backend="ort",
+                                 rpc_tracker=farm.address, rpc_key=KEY), log=lambda m: None)
+    pj = json.loads((out / "pareto.json").read_text())
+    assert "the device's own onnxruntime" in pj["latency_label"] and pj["latency"]["threads"] is None
+    assert pj["final"]["method"] == "back-to-back" and "as many as the device has cores" in pj["final"]["threads_text"]
+    measured = [json.loads(ln) for ln in (out / "journal.jsonl").read_text().splitlines()[1:]]
+    devices = {r["latency_device"] for r in measured if r["type"] == "measured"}
+    assert devices and all(d.startswith(f"rpc:{KEY}@127.0.0.1:") for d in devices), devices
+    assert onnx.load(out / "best.onnx").graph.node
+
+
 def test_hung_device_costs_a_timeout_not_a_hang(farm):
     """One device frozen with SIGSTOP stays registered: each measurement still finishes on the
     other. The tracker hands out free devices in turn, so within two measurements the frozen one
