@@ -97,7 +97,7 @@ def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeou
     if backend not in ("ort", "tvm"):
         raise GraphpruneError(f"unknown backend {backend!r} (use ort or tvm)")
     if backend == "ort" and not rpc_tracker and not tgt.runs_on_host:
-        raise GraphpruneError(f"the ort backend without an RPC tracker measures this host's CPU only; for target "
+        raise GraphpruneError(f"the ort backend measures this host's CPU only unless given an RPC tracker; for target "
                               f"{tgt.name!r} use --backend tvm, or --rpc-tracker with devices running "
                               "`graphprune device-server`")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
