@@ -16,15 +16,20 @@ with graphprune installed without its dependencies can run `graphprune device-se
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graphprune.errors import GraphpruneError
 from graphprune.targets.registry import Target, get_target, list_targets, load_targets
 from graphprune.targets.result import LatencyResult
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["Target", "LatencyResult", "list_targets", "get_target", "load_targets", "compile_model",
            "measure_latency", "tune_base"]
 
 
-def _as_model(model) -> "onnx.ModelProto":
+def _as_model(model) -> onnx.ModelProto:
     import onnx
     if isinstance(model, onnx.ModelProto):
         return model

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -120,6 +121,22 @@ def measure_ort_rpc(model: onnx.ModelProto, tracker_addr: str, key: str, target:
                  tuning="onnxruntime on the device (no TVM tuning)", device=f"rpc:{key}@{dev}", emulated=emulated,
                  input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=int(answer["threads"]),
                  device_info=answer["device"])
+
+
+def measure_many_ort(models, tracker_addr: str, key: str, parallel: int | None = None, **kw) -> list:
+    """Time several models at once, each on its own device (a device the tracker handed out is
+    held until its answer; defaults to as many at once as devices under the key). Results in
+    order; a model that failed comes back as its GraphpruneError, so one bad board or model does
+    not lose the others (a hung board costs its model one timeout, then another device)."""
+    n = parallel or check_key(tracker_addr, key)
+
+    def one(model):
+        try:
+            return measure_ort_rpc(model, tracker_addr, key, **kw)
+        except GraphpruneError as exc:
+            return exc
+    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+        return list(pool.map(one, models))
 
 
 def run_ort_remote(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tracker_addr: str, key: str,

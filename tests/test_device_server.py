@@ -29,7 +29,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.targets import measure_latency
 from graphprune.targets.inputs import random_inputs
 from graphprune.targets.localrpc import LocalRPCCluster
-from graphprune.targets.measure_rpc_ort import measure_ort_rpc, run_ort_remote, time_on_device
+from graphprune.targets.measure_rpc_ort import measure_many_ort, measure_ort_rpc, run_ort_remote, time_on_device
 
 from _latency_models import tiny_cnn
 from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
@@ -81,6 +81,22 @@ def _server_pids(c) -> dict[int, int]:
         for q in [root, *root.children(recursive=True)]:
             out[q.pid] = i
     return out
+
+
+def _wait_free(c, n: int, within: float = 20.0) -> None:
+    """Until the tracker lists `n` free devices under KEY (a device re-registers after each session)."""
+    from graphprune.targets.measure_rpc import _Tracker
+    deadline = time.monotonic() + within
+    while True:
+        t = _Tracker(c.address, 5)
+        try:
+            free = t._call([t.base.TrackerCode.SUMMARY])["queue_info"].get(KEY, {}).get("free", 0)
+        finally:
+            t.close()
+        if free >= n or time.monotonic() > deadline:
+            assert free >= n, f"{free} free devices under {KEY}"
+            return
+        time.sleep(0.2)
 
 
 def test_device_module_needs_only_the_runtime(tmp_path):
@@ -146,6 +162,7 @@ def test_outputs_come_from_each_device_onnxruntime(farm):
     big = tiny_cnn(channels=32, size=64)   # ~1 ms a run: 1000 runs outlast the connection set-up
     big_feeds = random_inputs(big)
     results = [None, None]
+    _wait_free(farm, 2)
 
     def one(i):
         results[i] = time_on_device(big, big_feeds, farm.address, KEY, repeats=1000, warmup=1, threads=1, timeout=60)
@@ -221,17 +238,22 @@ def test_optimize_times_candidates_on_the_device(farm, tmp_path):
 
 
 def test_hung_device_costs_a_timeout_not_a_hang(farm):
-    """One device frozen with SIGSTOP stays registered: each measurement still finishes on the
-    other. The tracker hands out free devices in turn, so within two measurements the frozen one
-    is handed out once: exactly one timeout is paid, then it is never handed out again."""
-    m = tiny_cnn()
+    """One device frozen with SIGSTOP stays registered: the work still finishes on the other.
+    The tracker hands out free devices in turn, so the frozen one is handed out once: exactly one
+    timeout is paid, then it is never handed out again. Three candidates at once (two workers,
+    one per registered device) all end up timed by the live device."""
+    models = [tiny_cnn(channels=c) for c in (3, 4, 5)]
     frozen = farm.procs[1]
+    _wait_free(farm, 2)   # both registered and free: the frozen one is then in the tracker's queue
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
-        for _ in range(2):   # whichever device the tracker picks first, both finish
-            r = measure_ort_rpc(m, farm.address, KEY, repeats=3, timeout=5, retries=2)
-            assert _server_pids(farm).get(r.device_info["server_pid"]) == 1
-        assert 5 <= time.monotonic() - t0 < 5 + 20
+        results = measure_many_ort(models, farm.address, KEY, repeats=3, timeout=5, retries=2)
+        elapsed = time.monotonic() - t0
+        assert all(not isinstance(r, Exception) for r in results), results
+        assert {_server_pids(farm).get(r.device_info["server_pid"]) for r in results} == {1}
+        assert 5 <= elapsed < 5 + 20, elapsed
+        r = measure_ort_rpc(models[0], farm.address, KEY, repeats=3, timeout=5, retries=0)   # not handed out again
+        assert _server_pids(farm).get(r.device_info["server_pid"]) == 1
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
