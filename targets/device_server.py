@@ -31,9 +31,11 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 PREFIX = "graphprune.ort."
@@ -218,15 +220,18 @@ def _check_tracker(tracker: str, wait: float = 60.0) -> tuple[str, int]:
     return host, int(port)
 
 
-def start(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_end: int = 9199,
+def start(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_end: int | None = None,
           custom_addr: str | None = None, provider_list: list[str] | None = None, silent: bool = True,
           tracker_wait: float = 60.0):
     """Start the server (returns TVM's rpc.Server; `.proc.join()` waits on it). Checks here what
     would otherwise fail inside the server's background thread: key, ports, tracker, onnxruntime."""
     if not key or any(c.isspace() or c == ":" for c in key):
         raise DeviceServerError(f"--key must be a non-empty name without spaces or ':' (got {key!r})")
+    port_end = min(port + 109, 65536) if port_end is None else port_end
     if not (0 < port < 65536 and port < port_end <= 65536):
         raise DeviceServerError(f"--port {port} / --port-end {port_end}: need 0 < port < port-end <= 65536")
+    if not tracker_wait >= 0:   # NaN too: it would wait forever
+        raise DeviceServerError(f"--tracker-wait must be >= 0 seconds (got {tracker_wait:g})")
     addr = _check_tracker(tracker, tracker_wait)
     try:
         import onnxruntime as ort
@@ -239,11 +244,16 @@ def start(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_
                                     f"{', '.join(ort.get_available_providers())})")
         os.environ["GRAPHPRUNE_ORT_PROVIDERS"] = ",".join(provider_list)  # inherited by the server's worker
     from tvm import rpc
-    return rpc.Server(host, port, port_end, key=key, tracker_addr=addr, custom_addr=custom_addr,
-                      silent=silent, server_init_callback=register)
+    try:
+        return rpc.Server(host, port, port_end, key=key, tracker_addr=addr, custom_addr=custom_addr,
+                          silent=silent, server_init_callback=register)
+    except Exception as exc:   # raised in TVM's worker process: no free port, an address not of this host
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise DeviceServerError(f"cannot start the RPC server on {host}:{port}-{port_end - 1}: "
+                                f"{lines[-1][:200] if lines else type(exc).__name__}") from None
 
 
-def serve(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_end: int = 9199,
+def serve(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_end: int | None = None,
           custom_addr: str | None = None, provider_list: list[str] | None = None, silent: bool = True,
           tracker_wait: float = 60.0) -> None:
     """Start and block until the server process ends (Ctrl-C or a signal stops it)."""
@@ -252,7 +262,29 @@ def serve(tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090, port_
     print(f"graphprune device-server: key {key!r} at tracker {tracker}, serving on {host}:{server.port}; "
           f"onnxruntime {d['onnxruntime']} [{', '.join(d['providers'])}] on {d['cpu']} "
           f"({d['machine']}, {d['cores']} cores)", flush=True)
-    server.proc.join()
+    if threading.current_thread() is threading.main_thread():   # SIGTERM/SIGHUP: stop the worker too
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
+    try:
+        server.proc.join()
+    finally:
+        _terminate(server)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(0)
+
+
+def _terminate(server) -> None:
+    """Stop TVM's server worker (it would otherwise go on serving, orphaned, after this process
+    ends). TVM's terminate kills the worker's children with psutil, which a board may lack: the
+    worker itself is then killed directly."""
+    proc = getattr(server.proc, "_proc", None)
+    try:
+        server.terminate()
+    except Exception:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,7 +293,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, help="device key clients ask the tracker for (--rpc-key)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=9090, help="first port to try (default 9090)")
-    p.add_argument("--port-end", type=int, default=9199, help="end of the port range tried (default 9199)")
+    p.add_argument("--port-end", type=int, default=None,
+                   help="end (exclusive) of the port range tried (default --port + 109: 9090-9198)")
     p.add_argument("--custom-addr", metavar="IP", help="address to report to the tracker (behind NAT)")
     p.add_argument("--providers", metavar="NAMES",
                    help="onnxruntime execution providers, comma-separated (default CPUExecutionProvider)")

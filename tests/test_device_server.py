@@ -218,6 +218,40 @@ def test_device_server_start_errors(tmp_path):
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and msg in res.stderr, res.stderr
 
 
+def test_sigterm_stops_the_whole_server_and_a_busy_port_is_one_line(farm, tmp_path):
+    """SIGTERM to the device-server's own process (as a service manager sends it) also stops
+    TVM's server worker, which would otherwise go on serving, orphaned. A port range with no free
+    port is refused with one line."""
+    import socket
+    from graphprune.targets.localrpc import free_port
+    env = poisoned_env(tmp_path, BOARD_LACKS)
+    p = subprocess.Popen([sys.executable, "-m", "graphprune", "device-server", "--tracker", farm.address, "--key",
+                          "gp-term", "--host", "127.0.0.1", "--port", str(free_port())], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        with socket.socket() as busy:   # while that one starts
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            res = subprocess.run([sys.executable, "-m", "graphprune", "device-server", "--tracker", farm.address,
+                                  "--key", "gp-busy", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                                  str(port + 1)], capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert f"cannot start the RPC server on 127.0.0.1:{port}-{port}" in res.stderr
+        farm.wait_for(1, key="gp-term")
+        workers = psutil.Process(p.pid).children(recursive=True)
+        assert workers
+        os.kill(p.pid, signal.SIGTERM)   # the main process only, not its group
+        assert p.wait(timeout=20) == 0
+        assert_all_gone(workers)
+        assert p.stdout.read().startswith("graphprune device-server: key 'gp-term' at tracker")
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_optimize_times_candidates_on_the_device(farm, tmp_path):
     """optimize --backend ort --rpc-tracker: every candidate and the final comparison are timed
     by the devices' onnxruntime (never this process's: the final comparison is back to back)."""
