@@ -37,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("--target", default="x86")
     p.add_argument("--backend", choices=["ort", "tvm"], default=None,
-                   help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run")
+                   help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run. "
+                        "ort with --rpc-tracker times the device's own onnxruntime (boards running "
+                        "`graphprune device-server`)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
@@ -45,8 +47,8 @@ def register(sub) -> None:
                         "candidates are timed on the devices under the key")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=None,
-                   help="onnxruntime intra-op threads (default: the cores available to this process; "
-                        "at most 4x that)")
+                   help="onnxruntime intra-op threads (default: the cores available to this process, or "
+                        "to the device-server with --rpc-tracker; at most 4x that)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt (and per tuning candidate)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
     p.add_argument("--json", action="store_true", help="print one JSON object")
