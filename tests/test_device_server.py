@@ -99,6 +99,20 @@ def _wait_free(c, n: int, within: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+def test_result_device_info_round_trip():
+    """device_info survives the cache; entries cached before the field existed still load."""
+    from graphprune.targets.result import LatencyResult, stats
+    r = stats([1.0, 2.0, 3.0], backend="ort", target="x86", tuned=False, tuning="t", device="rpc:k@h:1",
+              device_info={"onnxruntime": "9.9", "providers": ["CPUExecutionProvider"], "cpu": "Cortex-A72",
+                           "machine": "aarch64", "cores": 4})
+    assert LatencyResult.from_dict(r.to_dict()) == r
+    assert "device runs onnxruntime 9.9 [CPUExecutionProvider] on Cortex-A72 (aarch64, 4 cores)" in r.summary()
+    old = {k: v for k, v in r.to_dict().items() if k != "device_info"}
+    assert LatencyResult.from_dict(old).device_info is None
+    with pytest.raises(ValueError, match="bad device_info"):
+        LatencyResult.from_dict({**r.to_dict(), "device_info": "aarch64"})
+
+
 def test_device_module_needs_only_the_runtime(tmp_path):
     """The board-side functions, called directly in a process where graphprune, onnx and torch
     cannot be imported, time and run a model; none of those modules got loaded."""
@@ -150,6 +164,9 @@ def test_bench_ort_over_rpc(farm, tmp_path, capsys):
     assert info["onnxruntime"] == ort.__version__ and info["providers"] == ["CPUExecutionProvider"]
     assert r["threads"] == info["cores"] == len(os.sched_getaffinity(0))
     assert info["server_pid"] in _server_pids(farm)   # the session's parent: a device-server process
+    again = measure_latency(model, backend="ort", rpc_tracker=farm.address, rpc_key=KEY, repeats=7,
+                            input_shapes={"x": [1, 3, 20, 12]})
+    assert again.cached and again.device_info == info and again.median_ms == r["median_ms"]
     assert cli.main(["bench", str(model), "--backend", "ort", "--rpc-tracker", farm.address, "--rpc-key", KEY,
                      "--repeats", "3", "--no-cache"]) == 0
     text = capsys.readouterr().out
