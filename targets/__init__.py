@@ -8,23 +8,29 @@
 Modules, one job each: registry (targets as JSON data), compile (ONNX -> Relax
 -> .so), tune (MetaSchedule database per target, replay onto pruned shapes),
 measure_local (ORT / TVM VM on this host), measure_rpc (tracker devices),
+measure_rpc_ort (onnxruntime on tracker devices), device_server (the board side of that),
 cache (on-disk results), localrpc (a throw-away local tracker + servers).
+
+Importing this package imports no onnx, onnxruntime or TVM (they load on first use): a board
+with graphprune installed without its dependencies can run `graphprune device-server`.
 """
 from __future__ import annotations
 
-
-import onnx
+from typing import TYPE_CHECKING
 
 from graphprune.errors import GraphpruneError
-from graphprune.targets import cache as _cache
 from graphprune.targets.registry import Target, get_target, list_targets, load_targets
 from graphprune.targets.result import LatencyResult
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["Target", "LatencyResult", "list_targets", "get_target", "load_targets", "compile_model",
            "measure_latency", "tune_base"]
 
 
 def _as_model(model) -> onnx.ModelProto:
+    import onnx
     if isinstance(model, onnx.ModelProto):
         return model
     from graphprune.modelio import read_model
@@ -89,18 +95,24 @@ def _ort_note(tgt: Target) -> str:
 
 
 def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeout, input_shapes):
-    """Validate the measurement request; returns (pinned input shapes, threads for ort)."""
+    """Validate the measurement request; returns (pinned input shapes, threads for ort).
+    onnxruntime over RPC: the device checks the thread count against its own cores."""
     from graphprune.targets.measure_local import check_threads
     from graphprune.targets.prepare import pinned_shapes
     if backend not in ("ort", "tvm"):
         raise GraphpruneError(f"unknown backend {backend!r} (use ort or tvm)")
-    if backend == "ort" and (rpc_tracker or not tgt.runs_on_host):
-        raise GraphpruneError("the ort backend measures this host's CPU only; use --backend tvm for "
-                              f"target {tgt.name!r} or RPC devices")
+    if backend == "ort" and not rpc_tracker and not tgt.runs_on_host:
+        raise GraphpruneError(f"the ort backend measures this host's CPU only unless given an RPC tracker; for target "
+                              f"{tgt.name!r} use --backend tvm, or --rpc-tracker with devices running "
+                              "`graphprune device-server`")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise GraphpruneError(f"repeats must be a positive integer (got {repeats!r})")
     _check_timeout(timeout)
-    threads = check_threads(threads) if backend == "ort" else None
+    if backend == "ort" and rpc_tracker:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise GraphpruneError(f"threads must be a positive integer (got {threads!r})")
+    else:
+        threads = check_threads(threads) if backend == "ort" else None
     if rpc_tracker:
         from graphprune.targets.measure_rpc import parse_address
         parse_address(rpc_tracker)
@@ -110,6 +122,7 @@ def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeou
 def _cached(key: str) -> LatencyResult | None:
     """The cached result, or None for a miss: a missing, half-written, or malformed entry (valid
     JSON of another shape) is measured again and overwritten, never a crash."""
+    from graphprune.targets import cache as _cache
     hit = _cache.get(key)
     if hit is None:
         return None
@@ -128,11 +141,15 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
                     input_shapes: dict[str, list[int]] | None = None) -> LatencyResult:
     """Median latency of one inference at batch 1, cached on disk by (graph hash, target, backend,
     tuning state, device, repeats, threads, input shapes). input_shapes pins inputs with dynamic
-    dims (default: batch 1, others 64; graphprune.inputs.concrete_shapes)."""
+    dims (default: batch 1, others 64; graphprune.inputs.concrete_shapes).
+
+    backend "ort" with rpc_tracker times the model with the onnxruntime of a device under the
+    key (it must run `graphprune device-server`); threads None is then that device's cores."""
+    from graphprune.targets import cache as _cache
     m = _as_model(model)
     tgt = get_target(target, [targets_file] if targets_file else None)
     shapes, threads = _checked(m, tgt, backend, rpc_tracker, repeats, threads, timeout, input_shapes)
-    note = _ort_note(tgt) if backend == "ort" else ""
+    note = _ort_note(tgt) if backend == "ort" and not rpc_tracker else ""
     rpc_key = (rpc_key or tgt.rpc_key) if rpc_tracker else rpc_key
     key = None
     if cache:
@@ -144,20 +161,32 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
         if hit is not None:
             return hit
     if backend == "ort":
-        from graphprune.targets.measure_local import measure_ort
-        result = measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads, input_shapes=shapes,
-                             note=note)
+        result = _measure_ort(m, tgt, rpc_tracker, rpc_key, repeats, warmup, threads, timeout, emulated, shapes,
+                              note)
     else:
-        from graphprune.targets.compile import compile_model as _compile
-        compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
-                            rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
-        if rpc_tracker:
-            from graphprune.targets.measure_rpc import measure_rpc
-            result = measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,
-                                 timeout=timeout, emulated=emulated)
-        else:
-            from graphprune.targets.measure_local import measure_tvm_local
-            result = measure_tvm_local(compiled, m, repeats=repeats, warmup=warmup)
+        result = _measure_tvm(m, tgt, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes)
     if key is not None:
         _cache.put(key, result.to_dict())
     return result
+
+
+def _measure_ort(m, tgt: Target, rpc_tracker, rpc_key, repeats, warmup, threads, timeout, emulated, shapes, note):
+    if rpc_tracker:
+        from graphprune.targets.measure_rpc_ort import measure_ort_rpc
+        return measure_ort_rpc(m, rpc_tracker, rpc_key, target=tgt.name, repeats=repeats, warmup=warmup,
+                               threads=threads, timeout=timeout, emulated=emulated, input_shapes=shapes)
+    from graphprune.targets.measure_local import measure_ort
+    return measure_ort(m, tgt.name, repeats=repeats, warmup=warmup, threads=threads, input_shapes=shapes,
+                       note=note)
+
+
+def _measure_tvm(m, tgt: Target, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes):
+    from graphprune.targets.compile import compile_model as _compile
+    compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
+                        rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
+    if rpc_tracker:
+        from graphprune.targets.measure_rpc import measure_rpc
+        return measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,
+                           timeout=timeout, emulated=emulated)
+    from graphprune.targets.measure_local import measure_tvm_local
+    return measure_tvm_local(compiled, m, repeats=repeats, warmup=warmup)

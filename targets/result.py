@@ -28,6 +28,7 @@ class LatencyResult:
     input_shapes: dict | None = None  # the shapes timed: {input: [dims]} (dynamic dims pinned)
     threads: int | None = None        # threads the runtime ran with (ort: intra-op; tvm: its pool)
     note: str = ""                    # what the label does not say (e.g. a target name only requested)
+    device_info: dict | None = None   # ort over RPC: the device's onnxruntime version, providers, CPU, cores
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,9 +41,12 @@ class LatencyResult:
             raise ValueError("not an object")
         kinds = {"median_ms": _num, "spread_ms": _num, "repeats": int, "backend": str, "target": str,
                  "tuned": bool, "tuning": str, "device": str, "emulated": bool, "cached": bool,
-                 "min_ms": _num, "max_ms": _num, "input_shapes": dict, "threads": int, "note": str}
+                 "min_ms": _num, "max_ms": _num, "input_shapes": dict, "threads": int, "note": str,
+                 "device_info": dict}
         out = {}
         for f in fields(cls):
+            if f.name == "device_info" and f.name not in d:  # entries cached before the field existed
+                continue
             if f.name not in d:
                 raise ValueError(f"missing {f.name}")
             v = d[f.name]
@@ -64,6 +68,10 @@ class LatencyResult:
         cached = " (cached)" if self.cached else ""
         shapes = shape_text(self.input_shapes or {})
         note = f"; {self.note}" if self.note else ""
+        if self.device_info:
+            d = self.device_info
+            note += (f"; device runs onnxruntime {d.get('onnxruntime', '?')} [{', '.join(d.get('providers', []))}] "
+                     f"on {d.get('cpu', '?')} ({d.get('machine', '?')}, {d.get('cores', '?')} cores)")
         return (f"{self.median_ms:.3f} ms median, spread (IQR) {self.spread_ms:.3f} ms, {self.repeats} repeats; "
                 f"backend {self.backend}, target {self.target}, {how} [{self.tuning}], device {self.device}{extra}; "
                 f"input {shapes or '?'}, threads {self.threads if self.threads is not None else '?'}{note}{cached}")

@@ -70,7 +70,8 @@ def test_key_without_device_is_a_clean_error(cluster, tmp_path, capsys):
 
 def test_hung_devices_cost_a_timeout_never_a_hang():
     """Servers frozen with SIGSTOP stay registered at the tracker. With one of two frozen, every
-    measurement finishes (a timeout on the frozen one if the tracker hands it out, then a retry);
+    measurement finishes, one at a time or several at once (a timeout on the frozen one if the
+    tracker hands it out, then a retry);
     with both frozen, it fails with a clean error in bounded time."""
     m = tiny_cnn()
     compiled = compile_model(m, "x86")
@@ -82,6 +83,12 @@ def test_hung_devices_cost_a_timeout_never_a_hang():
             for _ in range(2):  # whichever server the tracker picks first, both runs finish
                 r = measure_rpc(compiled, m, c.address, "gp-hang", repeats=3, timeout=10, retries=2)
                 assert r.device.startswith("rpc:gp-hang@")
+            # three candidates at once, one worker per registered device: the frozen one costs a
+            # timeout if handed out, then the live device times all three
+            t0 = time.monotonic()
+            many = measure_many([(compiled, m)] * 3, c.address, "gp-hang", parallel=2, repeats=3, timeout=5, retries=2)
+            assert all(not isinstance(r, Exception) for r in many), many
+            assert len({r.device for r in many}) == 1 and time.monotonic() - t0 < 5 + 25
             os.killpg(servers[1].pid, signal.SIGSTOP)
             t0 = time.monotonic()
             with pytest.raises(GraphpruneError, match="failed 2 times"):

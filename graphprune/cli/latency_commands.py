@@ -1,4 +1,6 @@
-"""`graphprune targets`, `graphprune compile`, `graphprune bench`: latency on real targets."""
+"""`graphprune targets`, `graphprune compile`, `graphprune bench`: latency on real targets;
+`graphprune device-server`: the RPC server a board runs so that bench/optimize can time the
+board's own onnxruntime through the tracker."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("--target", default="x86")
     p.add_argument("--backend", choices=["ort", "tvm"], default=None,
-                   help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run")
+                   help="default: ort on this host; tvm with --rpc-tracker or a target this host cannot run. "
+                        "ort with --rpc-tracker times the device's own onnxruntime (boards running "
+                        "`graphprune device-server`)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
@@ -43,14 +47,20 @@ def register(sub) -> None:
                         "candidates are timed on the devices under the key")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=None,
-                   help="onnxruntime intra-op threads (default: the cores available to this process; "
-                        "at most 4x that)")
+                   help="onnxruntime intra-op threads (default: the cores available to this process, or "
+                        "to the device-server with --rpc-tracker; at most 4x that)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC attempt (and per tuning candidate)")
     p.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_input_shape(p, "the shape timed")
     _targets_file_arg(p)
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("device-server", help="run on a board: a TVM RPC server that also times ONNX models "
+                                             "with the board's onnxruntime (bench/optimize --backend ort --rpc-tracker)")
+    from graphprune.targets.device_server import add_arguments  # stdlib-only at import time
+    add_arguments(p)
+    p.set_defaults(func=_device_server)
 
 
 def _targets(args: argparse.Namespace) -> int:
@@ -77,7 +87,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise GraphpruneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if getattr(args, "repeats", 1) < 1:
         raise GraphpruneError(f"--repeats must be >= 1 (got {args.repeats})")
-    if getattr(args, "threads", None) is not None:
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise GraphpruneError(f"--threads must be a positive integer (got {args.threads})")
+    if getattr(args, "threads", None) is not None and not args.rpc_tracker:  # a device checks its own cores
         from graphprune.targets.measure_local import check_threads
         try:
             check_threads(args.threads)
@@ -126,4 +138,14 @@ def _bench(args: argparse.Namespace) -> int:
                         threads=args.threads, cache=not args.no_cache, timeout=args.timeout,
                         targets_file=args.targets_file, input_shapes=shapes)
     print(json.dumps(r.to_dict()) if args.json else r.summary())
+    return 0
+
+
+def _device_server(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    from graphprune.targets.device_server import DeviceServerError, run_from_args
+    try:
+        run_from_args(args)
+    except DeviceServerError as exc:
+        raise GraphpruneError(str(exc)) from None
     return 0

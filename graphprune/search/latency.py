@@ -39,13 +39,16 @@ def resolve_latency(o: OptimizeOptions) -> tuple[obj.LatencySpec, int, str]:
                               f"HOST:PORT (--rpc-key, default {tgt.rpc_key}), or measure an explicit stand-in with "
                               f"--stand-in x86 (every output is then labelled as stand-in timings)")
     power = (stand or tgt).power_w
+    on_device_ort = o.backend == "ort" and bool(o.rpc_tracker)   # the device checks threads against its cores
     spec = obj.LatencySpec(target=tgt.name, backend=o.backend, rpc_tracker=o.rpc_tracker, rpc_key=o.rpc_key,
-                           tune_trials=o.tune_trials, repeats=o.repeats, threads=resolve_threads(o.threads),
+                           tune_trials=o.tune_trials, repeats=o.repeats,
+                           threads=o.threads if on_device_ort else resolve_threads(o.threads),
                            power_w=power, stand_in=stand.name if stand else None, targets_file=o.targets_file)
     if stand:
         label = f"STAND-IN: measured on {stand.name} ({o.backend}, this host), not on {tgt.name}"
     elif o.rpc_tracker:
         how = f"tuned schedules, {o.tune_trials} trials for the base" if o.tune_trials else "untuned schedules"
+        how = "the device's own onnxruntime, graphprune device-server" if on_device_ort else how
         label = (f"measured on {tgt.name} devices by {'TVM' if o.backend == 'tvm' else o.backend} over RPC on key "
                  f"{o.rpc_key or tgt.rpc_key!r} (tracker {o.rpc_tracker}; {how})")
     else:
@@ -55,6 +58,9 @@ def resolve_latency(o: OptimizeOptions) -> tuple[obj.LatencySpec, int, str]:
 
 def threads_text(spec: obj.LatencySpec) -> str:
     """Which threads timed the models, as a number where we set it."""
+    if spec.backend == "ort" and spec.rpc_tracker:
+        return (f"{spec.threads} onnxruntime intra-op thread(s) on the device" if spec.threads
+                else "onnxruntime intra-op threads: as many as the device has cores")
     if spec.backend == "ort":
         return f"{spec.threads} onnxruntime intra-op thread(s)"
     if spec.rpc_tracker:
@@ -69,7 +75,7 @@ def compare_final(original, delivered, spec: obj.LatencySpec, seed: int = 0) -> 
     onnxruntime on this host: paired, alternating runs in this process (targets.paired).
     TVM (local or RPC): each compiled and measured fresh, back to back; labelled so, with the
     spread of the ratio bounded from the two interquartile ranges."""
-    if spec.backend == "ort":
+    if spec.backend == "ort" and not spec.rpc_tracker:   # onnxruntime over RPC: back to back below
         from graphprune.targets.paired import paired_ort
         r = paired_ort(original, delivered, repeats=max(spec.repeats, 10), threads=spec.threads, seed=seed)
     else:
