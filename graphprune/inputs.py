@@ -106,7 +106,7 @@ def check_shape_values(shapes) -> None:
     if not isinstance(shapes, dict):
         raise GraphpruneError(f"input shapes must be a dict {{name: [dims]}}, got {type(shapes).__name__}")
     for name, dims in shapes.items():
-        ok = isinstance(dims, (list, tuple)) and len(dims) > 0 and all(
+        ok = isinstance(dims, (list, tuple)) and all(  # [] is a scalar input
             isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0 for d in dims)
         if not ok:
             raise GraphpruneError(f"input shape {name}={dims!r}: every dim must be a positive integer")

@@ -237,6 +237,21 @@ def test_count_and_verify_refuse_bad_input_shapes():
         gp.verify(model, plan, pruned, input_shapes={"x": [1, 3, 8]})
 
 
+def test_a_scalar_input_takes_the_empty_shape():
+    """silero-vad's sample rate is a rank-0 input: its shape is [] (the one rule gives that too)."""
+    from graphprune.inputs import concrete_shapes
+    m = _dynamic_model()
+    m.graph.input.append(helper.make_tensor_value_info("sr", TensorProto.INT64, []))
+    m.graph.node.append(helper.make_node("Identity", ["sr"], ["sr_out"]))
+    m.graph.output.append(helper.make_tensor_value_info("sr_out", TensorProto.INT64, []))
+    model = gp.load(m)
+    shapes = concrete_shapes(model, {"x": [1, 3, 8, 8]})
+    assert shapes["sr"] == []
+    assert gp.count(model, shapes).macs == gp.count(model, {"x": [1, 3, 8, 8]}).macs > 0
+    with pytest.raises(gp.GraphpruneError, match="does not fit"):
+        gp.count(model, {"x": [1, 3, 8, 8], "sr": [1]})
+
+
 def test_cli_refuses_an_input_shape_that_would_exhaust_memory(tmp_path):
     src = tmp_path / "dyn.onnx"
     onnx.save(_dynamic_model(), str(src))

@@ -15,7 +15,7 @@ tools/coverage_thirdparty.py, whose table this one completes):
 
 Inputs with dynamic dims: the shapes the models are trained for (coverage_thirdparty.KNOWN_SHAPES,
 passed as --input-shape), else graphprune's one rule (batch 1, other dims 64); integer inputs
-take coverage_thirdparty.KNOWN_VALUES (silero's sample rate). The table goes into
+take coverage_thirdparty.known_values (silero's sample rate). The table goes into
 docs/latency.md (section tvm_import_coverage).
 
     .venv/bin/python tools/tvm_import_coverage.py [MODEL.onnx ...] [--no-docs]
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402
-from coverage_thirdparty import KNOWN_SHAPES, KNOWN_VALUES, OURS  # noqa: E402
+from coverage_thirdparty import KNOWN_SHAPES, OURS, known_values  # noqa: E402
 
 PY = sys.executable
 EM_AARCH64 = 183
@@ -70,9 +70,10 @@ def _max_diff(model_path: Path, lib: Path) -> tuple[float, bool]:
     from graphprune.targets.inputs import random_inputs
     m = onnx.load(str(model_path))
     feeds = random_inputs(m, seed=1, input_shapes=KNOWN_SHAPES.get(model_path.stem))
+    values = known_values(model_path.stem)
     for name, v in feeds.items():
-        if not np.issubdtype(v.dtype, np.floating) and name in KNOWN_VALUES:
-            feeds[name] = np.full(v.shape, KNOWN_VALUES[name], v.dtype)
+        if not np.issubdtype(v.dtype, np.floating) and name in values:
+            feeds[name] = np.full(v.shape, values[name], v.dtype)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
