@@ -27,7 +27,8 @@ def _timed(sess, feeds, number: int) -> float:
 
 
 def paired_ort(original: onnx.ModelProto, delivered: onnx.ModelProto, repeats: int = 30, warmup: int = 5,
-               threads: int | None = None, seed: int = 0, number: int = 1) -> dict:
+               threads: int | None = None, seed: int = 0, number: int = 1,
+               input_shapes: dict[str, list[int]] | None = None) -> dict:
     """Speed-up of `delivered` over `original` from `repeats` alternating timed pairs.
 
     One inference per timed sample by default (as graphprune.targets.measure_local.measure_ort):
@@ -38,7 +39,7 @@ def paired_ort(original: onnx.ModelProto, delivered: onnx.ModelProto, repeats: i
         raise GraphpruneError(f"repeats must be >= 1, got {repeats}")
     threads = threads or default_threads()
     sa, sb = ort_session(original, threads), ort_session(delivered, threads)
-    feeds = random_inputs(original, seed)
+    feeds = random_inputs(original, seed, input_shapes=input_shapes)
     if [i.name for i in sa.get_inputs()] != [i.name for i in sb.get_inputs()]:
         raise GraphpruneError("paired timing: the two models take different inputs")
     for _ in range(max(1, warmup)):

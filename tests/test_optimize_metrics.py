@@ -209,3 +209,36 @@ def test_a_labelled_image_folder_defaults_to_accuracy_on_its_samples_subset(tmp_
     d = load_image_folder(data, ImageOptions.parse(size=12, channels=1), samples=12, seed=0)
     assert pj["baseline"]["accuracy"] == pytest.approx(1 - error_rate(tiny_resnet(0), d.x, d.y), abs=1e-12)
     assert lines[0] == "metric: accuracy against labels (the default: the data has labels)"
+
+
+def _dynamic_hw_classifier():
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+            for n, s in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)), ("fc", (4, 8)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"]),
+             helper.make_node("GlobalAveragePool", ["br"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_dynamic_inputs_are_timed_at_the_data_shape_or_input_shape(tmp_path, monkeypatch):
+    """A model with dynamic H/W is timed at the data's H/W (batch 1), not at the one rule's 64;
+    --input-shape overrides it; the shape is in pareto.json."""
+    import json
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    src = _save(_dynamic_hw_classifier(), tmp_path / "dyn.onnx")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).standard_normal((12, 3, 20, 24)).astype(np.float32))
+    for extra, want in (([], [1, 3, 20, 24]), (["--input-shape", "x=1,3,32,32"], [1, 3, 32, 32])):
+        out = tmp_path / f"out{len(extra)}"
+        rc = main(["optimize", str(src), "--data", str(tmp_path / "x.npz"), "-o", str(out), *extra] + FAST)
+        assert rc == 0
+        latency = json.loads((out / "pareto.json").read_text())["latency"]
+        assert latency["input_shapes"] == {"x": want}, latency

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from graphprune.cli.options import add_no_progress
+from graphprune.cli.options import add_input_shape, add_no_progress
 
 
 def register(sub) -> None:
@@ -62,6 +62,8 @@ def register(sub) -> None:
     g.add_argument("--holdout", type=int, default=6, help="random configurations measured to test the surrogate")
     g.add_argument("--samples", type=int, help="evaluate the metric on a fixed-seed subset of --data")
     g.add_argument("--resume", action="store_true", help="continue the search in OUTDIR from its journal")
+    add_input_shape(g, "for the analysis and the latency timed", default="the analysis keeps dynamic dims "
+                    "symbolic; latency is timed at the data's shape with batch 1")
     add_no_progress(g)
     g = p.add_argument_group("recovery by fine-tuning")
     g.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs in all (0: no recovery)")
@@ -101,6 +103,7 @@ def _recovery_without_labels(args: argparse.Namespace) -> dict:
 
 def optimize(args: argparse.Namespace) -> int:
     from graphprune.errors import GraphpruneError
+    from graphprune.inputs import parse_input_shapes
     from graphprune.search.jsonsafe import dumps
     from graphprune.search.optimize import OptimizeOptions, parse_duration_ms, parse_prefer, run_optimize
 
@@ -120,7 +123,7 @@ def optimize(args: argparse.Namespace) -> int:
         recovery_tries=args.recovery_tries, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,
         size=args.size, mean=args.mean, std=args.std, scale=args.scale, channel_order=args.channel_order,
-        layout=args.layout, **_recovery_without_labels(args))
+        layout=args.layout, input_shapes=parse_input_shapes(args.input_shape), **_recovery_without_labels(args))
     s = run_optimize(o)
     s.pop("_measured", None)
     if args.json:

@@ -34,9 +34,10 @@ def configure(x_calib, batch_size: int = 64) -> None:
         _CALIB.update(x=x_calib, batch=int(batch_size))
 
 
-def init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, x_calib, batch_size) -> None:
+def init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes, x_calib,
+                batch_size) -> None:
     """The executor initializer: objectives' worker state, then the calibration samples."""
-    obj.init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref)
+    obj.init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes)
     configure(x_calib, batch_size)
 
 

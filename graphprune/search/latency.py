@@ -77,12 +77,13 @@ def compare_final(original, delivered, spec: obj.LatencySpec, seed: int = 0) -> 
     spread of the ratio bounded from the two interquartile ranges."""
     if spec.backend == "ort" and not spec.rpc_tracker:   # onnxruntime over RPC: back to back below
         from graphprune.targets.paired import paired_ort
-        r = paired_ort(original, delivered, repeats=max(spec.repeats, 10), threads=spec.threads, seed=seed)
+        r = paired_ort(original, delivered, repeats=max(spec.repeats, 10), threads=spec.threads, seed=seed,
+                       input_shapes=spec.input_shapes)
     else:
         from graphprune.targets import measure_latency
         kw = dict(target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                   rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats, threads=spec.threads,
-                  targets_file=spec.targets_file, cache=False)
+                  targets_file=spec.targets_file, cache=False, input_shapes=spec.input_shapes)
         a, b = measure_latency(original, **kw), measure_latency(delivered, **kw)
         lo = max(a.median_ms - a.spread_ms / 2, 1e-9) / (b.median_ms + b.spread_ms / 2)
         hi = (a.median_ms + a.spread_ms / 2) / max(b.median_ms - b.spread_ms / 2, 1e-9)

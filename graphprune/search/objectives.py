@@ -98,14 +98,15 @@ _STATE: dict = {}
 
 
 def init_worker(model_bytes: bytes, data_path: str | None, x=None, y=None, criterion: str = "l1",
-                eval_threads: int = 0, metric: str = "accuracy", ref=None) -> None:
+                eval_threads: int = 0, metric: str = "accuracy", ref=None, input_shapes=None) -> None:
     """Load the model, its analysis, the data, the metric and the original's reduced outputs once in
     this (worker) process (`ref` None: computed here)."""
     import graphprune as gp
     from graphprune.metrics import get_metric, reference_outputs
     model = gp.load(onnx.load_from_string(model_bytes))
     _STATE.clear()
-    _STATE.update(model=model, analysis=gp.analyse(model), criterion=criterion, threads=eval_threads)
+    _STATE.update(model=model, analysis=gp.analyse(model, input_shapes=input_shapes), criterion=criterion,
+                  threads=eval_threads)
     if data_path is not None:
         with np.load(data_path) as f:
             x, y = f["x"], f["y"]
@@ -148,6 +149,7 @@ class LatencySpec:
     threads: int | None = None
     power_w: float | None = None
     stand_in: str | None = None      # the target actually measured when the requested one has no device
+    input_shapes: dict | None = None  # dynamic inputs timed at these dims (--input-shape, else the data's)
     targets_file: str | None = None
 
     @property
@@ -155,15 +157,18 @@ class LatencySpec:
         return self.stand_in or self.target
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("target", "backend", "rpc_tracker", "rpc_key", "tune_trials",
-                                              "repeats", "threads", "power_w", "stand_in")}
+        out = {k: getattr(self, k) for k in ("target", "backend", "rpc_tracker", "rpc_key", "tune_trials",
+                                             "repeats", "threads", "power_w", "stand_in")}
+        if self.input_shapes:   # only models with dynamic inputs: older journals stay resumable
+            out["input_shapes"] = self.input_shapes
+        return out
 
 
 def measure(model: onnx.ModelProto, spec: LatencySpec) -> dict:
     from graphprune.targets import measure_latency
     r = measure_latency(model, target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                         rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats,
-                        threads=spec.threads, targets_file=spec.targets_file)
+                        threads=spec.threads, targets_file=spec.targets_file, input_shapes=spec.input_shapes)
     out = {"latency_ms": r.median_ms, "latency_spread_ms": r.spread_ms, "latency_backend": r.backend,
            "latency_device": r.device, "latency_tuning": r.tuning, "latency_cached": r.cached,
            "latency_emulated": r.emulated}

@@ -57,6 +57,7 @@ class OptimizeOptions:
     batch_size: int = 64
     resume: bool = False
     progress: bool = True
+    input_shapes: dict | None = None    # {input: dims}: pins dynamic dims for the analysis and the timing
     metric: str | None = None           # graphprune.metrics name or package.module:function; None: the default
     # image folders as --data/--train-data (graphprune.data.images); None: the model's / the loader's default
     size: tuple | None = None
@@ -145,6 +146,8 @@ def resolve_threads(threads: int | None) -> int:
 def validate(o: OptimizeOptions) -> list[str]:
     """Every check that needs no file; returns the objectives. Raises GraphpruneError (one line)."""
     objectives = obj.parse_objectives(o.objectives)
+    from graphprune.inputs import check_shape_values
+    check_shape_values(o.input_shapes)   # against the model once it is read (stages.load_inputs)
     if o.max_error_increase is not None and not (0 <= _finite("--max-error-increase", o.max_error_increase) < 1):
         raise GraphpruneError(f"--max-error-increase must be in [0, 1) (0.01 = 1 pp), got {o.max_error_increase}")
     if o.latency_budget_ms is not None and not _finite("--latency-budget", o.latency_budget_ms) > 0:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from graphprune.errors import GraphpruneError
+from graphprune.inputs import input_shape_text
 from graphprune.search import objectives as obj
 from graphprune.search import sensitivity as sens
 from graphprune.search.evaluate import Evaluator
@@ -56,9 +57,10 @@ def load_inputs(st) -> None:
     from graphprune.search.quality import resolve_metric
     o = st.o
     st.model = gp.load(o.model)
-    st.an = gp.analyse(st.model)
+    st.an = gp.analyse(st.model, input_shapes=o.input_shapes)
     st.x, st.y, st.train, st.data_desc = load_data(o, st.model)
     obj.check_data_fits(st.model, st.x)
+    st.spec.input_shapes = timed_shapes(st.model, st.x, o.input_shapes)
     if st.train is not None:
         try:
             obj.check_data_fits(st.model, st.train.x)
@@ -74,6 +76,27 @@ def _load(o, model, path: str, option: str, samples=None):
     return load_for_model(path, model, size=o.size, mean=o.mean, std=o.std, scale=o.scale,
                           channel_order=o.channel_order, layout=o.layout, samples=samples, seed=o.seed,
                           require_labels=False, option=option)
+
+
+def timed_shapes(model, x, pinned: dict | None) -> dict | None:
+    """The dims the dynamic inputs are timed at: --input-shape, else the data's at batch 1 (a
+    detector trained at 640x640 is timed at 640x640, not at the one rule's 64). None when every
+    input is static."""
+    from graphprune.inputs import checked_shapes
+    dynamic = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+               and any(not d.HasField("dim_value") or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim)]
+    if not dynamic:
+        return checked_shapes(model, pinned)
+    arrays = x if isinstance(x, dict) else {dynamic[0].name: x} if len(dynamic) == 1 else {}
+    shapes = {i.name: [1, *np.shape(arrays[i.name])[1:]] for i in dynamic if i.name in arrays}
+    return checked_shapes(model, {**shapes, **(pinned or {})})
+
+
+def timed_at_text(st) -> str:
+    shapes = st.spec.input_shapes
+    if not shapes:
+        return ""
+    return f"; input {input_shape_text(shapes)}, {'--input-shape' if st.o.input_shapes else 'the data at batch 1'}"
 
 
 def load_data(o, model):
@@ -122,6 +145,8 @@ def open_outdir(st) -> None:
               "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
     if st.metric.name != "accuracy":   # journals from before --metric (all accuracy) stay resumable
         header["metric"] = st.metric.name
+    if o.input_shapes:   # the analysis (the space's groups) depends on them
+        header["input_shapes"] = o.input_shapes
     if o.bn_recalibrate:   # candidates judged recalibrated are not comparable with raw ones
         header["bn_recalibrate"] = {"samples": o.bn_samples, "seed": o.seed}
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
@@ -137,12 +162,13 @@ def start_executor(st) -> None:
     o = st.o
     model_bytes = st.model.SerializeToString()
     # this process: exact counts, final builds
-    obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref)
+    obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref, o.input_shapes)
     calib = bn_calibration_samples(st)
     candidates.configure(calib, o.batch_size)
     if st.executor is None:
         st.own_executor = True
-        args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref)
+        args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref,
+                o.input_shapes)
         st.executor = (make_executor(o.workers, candidates.init_worker, args + (calib, o.batch_size))
                        if calib is not None else make_executor(o.workers, obj.init_worker, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
@@ -174,7 +200,7 @@ def baseline(st) -> None:
     st.base = base
     st.log(f"quality metric: {info_text(st.metric_info)}")
     st.log(f"original: {value_text(1 - base['error'], st.metric_info)} (against {st.metric_info['reference']}), "
-           f"latency {base['latency_ms']:.3f} ms ({st.label})")
+           f"latency {base['latency_ms']:.3f} ms ({st.label}{timed_at_text(st)})")
     # the search's error bound; with --recovery-slack it is looser than the user's, which the
     # delivered model must then meet after recovery (see recovery.choose_delivery)
     st.search_inc = None if o.max_error_increase is None else o.max_error_increase + o.recovery_slack
