@@ -21,15 +21,9 @@ BATCH = 256
 
 
 def session(model: onnx.ModelProto, threads: int = 0):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise GraphpruneError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
+    """graphprune.runtime.session: one place that builds onnxruntime sessions."""
+    from graphprune.runtime import session as runtime_session
+    return runtime_session(model, threads)
 
 
 def n_samples(x) -> int:
