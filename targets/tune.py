@@ -84,8 +84,9 @@ def _builder_runner(target: Target, rpc: RPCTuning | None, n_devices: int):
 def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = False,
                 rpc: RPCTuning | None = None, tune_time=None, progress: bool = False) -> str:
     """Tune the conv/matmul tasks of a Relax module with at most `trials` trials and, with
-    tune_time (seconds, or text such as '20m'), at most about that long (rounds in flight finish;
-    every task gets its first round); records go to the target's persistent database. Candidates
+    tune_time (seconds, or text such as '20m'), at most about that long (no round starts after it,
+    rounds in flight finish, tasks are warmed up heaviest first); records go to the target's
+    persistent database. Candidates
     run on this CPU, or with `rpc` on the devices under rpc.key. Returns a one-line description."""
     import cloudpickle
     from tvm.s_tir import meta_schedule as ms
@@ -104,10 +105,13 @@ def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = F
     before = record_count(db)
     cloudpickle.register_pickle_by_value(workers)  # workers get fast_build without importing graphprune
     builder, runner = _builder_runner(target, rpc, n_devices)
+    loads = budget.task_loads(tasks)
+    tasks = [t for _, t in sorted(zip(loads, tasks), key=lambda lt: -lt[0])]   # warm-up: heaviest first
+    loads = sorted(loads, reverse=True)
     if pipeline.active() == pipeline.LEGACY:
         per_iter, caps = budget.allocate_legacy(trials, len(tasks))
     else:
-        per_iter, caps = budget.allocate(trials, budget.task_loads(tasks))
+        per_iter, caps = budget.allocate(trials, loads)
     clock = budget.Clock(limit)
     ctxs, weights = tune_contexts(tasks, str(db_dir / "logs"),
                                   lambda i: budget.budgeted_search(SEARCH[0], caps[i], clock), console=not progress)

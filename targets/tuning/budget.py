@@ -8,8 +8,11 @@ Here the rounds are smaller (allocate), so the warm-up takes about a third of th
 and each task may take up to twice its share of the model's FLOPs, so heavy tasks get several
 rounds and trivial ones stop after their first. A time limit (`--tune-time`) ends tuning between
 rounds: a task's search strategy (BudgetedSearch, a thin wrapper around the stock one) answers
-"finished" once the deadline has passed, except for a task's first round, so no task is left
-without a tuned schedule. The stock gradient scheduler then stops when every task is finished.
+"finished" once the deadline has passed (one round is always measured, so a tiny budget still
+yields a record), and the stock gradient scheduler stops when every task is finished. Its
+warm-up goes through the tasks in the order given, so tune.py passes them heaviest first: a
+deadline that ends the warm-up leaves only the lightest tasks without a round of their own (they
+get a replayed trace of a same-kind task when there is one, see replay.py).
 """
 from __future__ import annotations
 
@@ -76,7 +79,8 @@ class Clock:
     """The tuning deadline (None: trials only) and what was measured so far."""
     limit_s: float | None = None
     start: float = field(default_factory=time.monotonic)
-    trials: int = 0
+    trials: int = 0        # measured (the progress callback counts them)
+    generated: int = 0     # sent to the builder
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -98,7 +102,7 @@ def _classes():
 
     @derived_object
     class BudgetedSearch(PySearchStrategy):
-        """The stock strategy `inner`, finished after `cap` trials or, past its first round, the deadline."""
+        """The stock strategy `inner`, finished after `cap` trials or at the deadline (after the first round overall)."""
 
         def __init__(self, inner, cap: int, clock: Clock):
             self.inner, self.cap, self.clock, self.used = inner, cap, clock, 0
@@ -114,10 +118,12 @@ def _classes():
             self.inner.post_tuning()
 
         def generate_measure_candidates(self):
-            if self.used >= self.cap or (self.used and self.clock.expired()):
+            if self.used >= self.cap or (self.clock.generated and self.clock.expired()):
                 return None
             cands = self.inner.generate_measure_candidates()
-            self.used += len(cands) if cands is not None else 0
+            n = len(cands) if cands is not None else 0
+            self.used += n
+            self.clock.generated += n
             return cands
 
         def notify_runner_results(self, measure_candidates, results) -> None:
