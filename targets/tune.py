@@ -86,8 +86,8 @@ def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = F
     """Tune the conv/matmul tasks of a Relax module with at most `trials` trials and, with
     tune_time (seconds, or text such as '20m'), at most about that long (no round starts after it,
     rounds in flight finish, tasks are warmed up heaviest first); records go to the target's
-    persistent database. Candidates
-    run on this CPU, or with `rpc` on the devices under rpc.key. Returns a one-line description."""
+    persistent database. Candidates run on this CPU, or with `rpc` on the devices under rpc.key.
+    Returns a one-line description (trials measured, seconds, whether the time limit ended it)."""
     import cloudpickle
     from tvm.s_tir import meta_schedule as ms
     from graphprune.progress import progress_bar
@@ -136,7 +136,7 @@ def tune_module(mod, target: Target, trials: int, work_dir=None, fused: bool = F
     if not ok:
         raise GraphpruneError(f"tuning{where} timed no candidate successfully ({clock.trials} trials); "
                               f"the runner's errors are in {db_dir / 'logs'}")
-    stopped = f", stopped by the {limit:g} s time limit" if clock.expired() else ""
+    stopped = f", stopped by the {limit:g} s time limit" if clock.expired() and clock.generated < trials else ""
     return f"tuned {clock.trials} trials over {len(ctxs)} conv/matmul tasks in {secs:.0f} s{where}{stopped}"
 
 

@@ -273,7 +273,8 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(markdown(report))
     if not args.no_doc:
-        note = (f"Produced by `.venv/bin/python tools/bench_tvm_vs_ort.py {' '.join(argv)}` on {time.strftime('%Y-%m-%d')} "
+        shown = [a for i, a in enumerate(argv) if a != "--note" and (i == 0 or argv[i - 1] != "--note")]
+        note = (f"Produced by `.venv/bin/python tools/bench_tvm_vs_ort.py {' '.join(shown)}` on {time.strftime('%Y-%m-%d')} "
                 f"in {(time.monotonic() - t0) / 60:.0f} min: {os.cpu_count()} CPUs, load average {load_before:.1f} before "
                 f"and {os.getloadavg()[0]:.1f} after; batch 1, 224x224, target x86, random weights; onnxruntime and "
                 f"the TVM runtime on {args.threads or 'all'} thread(s).{' ' + args.note if args.note else ''}")
