@@ -15,8 +15,8 @@ def _tuning_args(p, trials_help: str) -> None:
     p.add_argument("--tune-trials", type=int, default=0, metavar="N", help=trials_help)
     p.add_argument("--tune-time", metavar="DURATION",
                    help="time budget for tuning the base, e.g. 90s, 20m, 1h (with --tune-trials: whichever "
-                        "ends first; alone: tune until it is up). Tuning stops between rounds, and every "
-                        "task gets its first round")
+                        "ends first; alone: tune until it is up). No round starts after it; the heaviest "
+                        "tasks are tuned first")
     add_no_progress(p)
 
 
