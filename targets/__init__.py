@@ -53,32 +53,43 @@ def _check_timeout(timeout) -> None:
         raise GraphpruneError(f"timeout must be a positive number of seconds (got {timeout!r})")
 
 
+def _tune_time(tune_time) -> float | None:
+    """Seconds of a tuning time budget (number or text such as '20m'), checked before any work."""
+    from graphprune.targets.tuning.budget import parse_tune_time
+    return parse_tune_time(tune_time)
+
+
 def compile_model(model, target="x86", tune_trials: int = 0, output=None, targets_file=None,
                   rpc_tracker: str | None = None, rpc_key: str | None = None, timeout: float = 60.0,
-                  input_shapes: dict[str, list[int]] | None = None):
+                  input_shapes: dict[str, list[int]] | None = None, tune_time=None, progress: bool = False):
     """Compile an ONNX model (path or ModelProto) for a target; optionally export the .so to `output`.
     With rpc_tracker (and rpc_key, default the target's), tuning times its candidates on those devices.
-    input_shapes pins dynamic dims (default: batch 1, others 64); the library accepts only those."""
+    input_shapes pins dynamic dims (default: batch 1, others 64); the library accepts only those.
+    tune_time (seconds, or '90s', '20m', '1h') bounds tuning in time too; progress: a progress bar."""
     from graphprune.targets.compile import compile_model as _compile
     _check_timeout(timeout)
+    tune_time = _tune_time(tune_time)
     extra = [targets_file] if targets_file else None
     tgt = get_target(target, extra)
     return _compile(_as_model(model), tgt, tune_trials=tune_trials, output=output,
-                    rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout), input_shapes=input_shapes)
+                    rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout), input_shapes=input_shapes,
+                    tune_time=tune_time, progress=progress)
 
 
 def tune_base(model, target="x86", trials: int = 64, work_dir=None, rpc_tracker: str | None = None,
               rpc_key: str | None = None, timeout: float = 60.0, emulated: bool = False,
-              input_shapes: dict[str, list[int]] | None = None) -> str:
+              input_shapes: dict[str, list[int]] | None = None, tune_time=None, progress: bool = False) -> str:
     """Tune a base architecture once per target (conv/matmul tasks only); pruned variants replay it.
     With rpc_tracker, candidates are timed on the devices under rpc_key (default the target's).
-    Returns a description of what the database now holds."""
+    tune_time (seconds, or '20m') bounds it in time too. Returns a description of the tuning."""
     from graphprune.targets.compile import import_onnx
     from graphprune.targets.tune import tune_module
     _check_timeout(timeout)
     tgt = get_target(target)
+    tune_time = _tune_time(tune_time)
     return tune_module(import_onnx(_as_model(model), input_shapes), tgt, trials, work_dir=work_dir,
-                       rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
+                       rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated), tune_time=tune_time,
+                       progress=progress)
 
 
 def _ort_note(tgt: Target) -> str:
@@ -119,6 +130,16 @@ def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeou
     return pinned_shapes(m, input_shapes), threads
 
 
+def _tvm_key(backend: str, tune_trials: int, tune_time: float | None) -> dict:
+    """Extra cache-key fields for tuned TVM timings: the compile pipeline (timings of builds made
+    by another pipeline, such as the NCHW one before tuning/pipeline.py, are not reused) and the
+    tuning time budget. Untuned builds keep their keys (their pipeline did not change)."""
+    if backend != "tvm" or not (tune_trials or tune_time):
+        return {}
+    from graphprune.targets.tuning.pipeline import active
+    return {"pipeline": active(), "tune_time_s": tune_time}
+
+
 def _cached(key: str) -> LatencyResult | None:
     """The cached result, or None for a miss: a missing, half-written, or malformed entry (valid
     JSON of another shape) is measured again and overwritten, never a crash."""
@@ -138,10 +159,12 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
                     rpc_key: str | None = None, tune_trials: int = 0, repeats: int = 50, warmup: int = 5,
                     threads: int | None = None, cache: bool = True, timeout: float = 60.0,
                     emulated: bool = False, targets_file=None,
-                    input_shapes: dict[str, list[int]] | None = None) -> LatencyResult:
+                    input_shapes: dict[str, list[int]] | None = None, tune_time=None,
+                    progress: bool = False) -> LatencyResult:
     """Median latency of one inference at batch 1, cached on disk by (graph hash, target, backend,
-    tuning state, device, repeats, threads, input shapes). input_shapes pins inputs with dynamic
-    dims (default: batch 1, others 64; graphprune.inputs.concrete_shapes).
+    tuning state and pipeline, device, repeats, threads, input shapes). input_shapes pins inputs
+    with dynamic dims (default: batch 1, others 64; graphprune.inputs.concrete_shapes). tune_time
+    bounds the base's tuning in time as well as trials (tvm backend); progress: a progress bar.
 
     backend "ort" with rpc_tracker times the model with the onnxruntime of a device under the
     key (it must run `graphprune device-server`); threads None is then that device's cores."""
@@ -149,12 +172,13 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
     m = _as_model(model)
     tgt = get_target(target, [targets_file] if targets_file else None)
     shapes, threads = _checked(m, tgt, backend, rpc_tracker, repeats, threads, timeout, input_shapes)
+    tune_time = _tune_time(tune_time) if backend == "tvm" else None
     note = _ort_note(tgt) if backend == "ort" and not rpc_tracker else ""
     rpc_key = (rpc_key or tgt.rpc_key) if rpc_tracker else rpc_key
     key = None
     if cache:
         key = _cache.entry_key(_cache.graph_hash(m), target=tgt.name, tvm=tgt.tvm, backend=backend,
-                               tune_trials=tune_trials if backend == "tvm" else 0,
+                               tune_trials=tune_trials if backend == "tvm" else 0, **_tvm_key(backend, tune_trials, tune_time),
                                device=f"rpc:{rpc_key}@{rpc_tracker}" if rpc_tracker else "host",
                                repeats=repeats, threads=threads, input_shapes=shapes)
         hit = _cached(key)
@@ -164,7 +188,8 @@ def measure_latency(model, target="x86", backend: str = "ort", rpc_tracker: str 
         result = _measure_ort(m, tgt, rpc_tracker, rpc_key, repeats, warmup, threads, timeout, emulated, shapes,
                               note)
     else:
-        result = _measure_tvm(m, tgt, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes)
+        result = _measure_tvm(m, tgt, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes,
+                              tune_time, progress)
     if key is not None:
         _cache.put(key, result.to_dict())
     return result
@@ -180,10 +205,12 @@ def _measure_ort(m, tgt: Target, rpc_tracker, rpc_key, repeats, warmup, threads,
                        note=note)
 
 
-def _measure_tvm(m, tgt: Target, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes):
+def _measure_tvm(m, tgt: Target, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes,
+                 tune_time=None, progress: bool = False):
     from graphprune.targets.compile import compile_model as _compile
     compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
-                        rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated))
+                        rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated), tune_time=tune_time,
+                        progress=progress)
     if rpc_tracker:
         from graphprune.targets.measure_rpc import measure_rpc
         return measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,

@@ -1,9 +1,10 @@
 """ONNX -> TVM Relax -> deployable shared library for one target.
 
 Untuned Relax CPU code is tens of times slower than onnxruntime, so compile
-accepts a MetaSchedule database (see tune.py) whose schedules are applied with
-MetaScheduleApplyDatabase before the default lowering; `tuning` says what was
-applied so every result can report it.
+accepts a MetaSchedule database (see tune.py) whose schedules are applied before
+the default lowering: on CPU targets through the NHWC + weight-prepack pipeline
+of tuning/pipeline.py (the module the database was tuned on, weights packed at
+compile time); `tuning` says what was applied so every result can report it.
 """
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ def compile_relax(mod, target: Target, database=None, tuning: str = "untuned", i
     from tvm import relax
     tvm_target = target.tvm_target()
     try:
-        if database is not None:
+        if database is not None and target.kind == "llvm":
+            from graphprune.targets.tuning.pipeline import apply_database
+            mod = apply_database(mod, database, tvm_target)
+        elif database is not None:
             with tvm_target, tvm.transform.PassContext(opt_level=3):
                 mod = relax.transform.LegalizeOps()(mod)
                 mod = relax.transform.AnnotateTIROpPattern()(mod)
@@ -110,18 +114,21 @@ def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
 
 def compile_model(model: onnx.ModelProto, target: "str | Target" = "x86", tune_trials: int = 0,
                   output: str | os.PathLike | None = None, extra_target_files=None, rpc=None,
-                  input_shapes: dict[str, list[int]] | None = None) -> Compiled:
+                  input_shapes: dict[str, list[int]] | None = None, tune_time=None,
+                  progress: bool = False) -> Compiled:
     """Public API: compile `model` for `target`; tune_trials > 0 applies per-target MetaSchedule
     schedules (tuning the base once if needed, replaying onto pruned shapes; see tune.py).
     rpc (a tune.RPCTuning): when the base must be tuned, time its candidates on those devices.
     input_shapes: static shapes for inputs with dynamic dims (default: batch 1, others 64);
-    the library accepts exactly the pinned shapes (Compiled.input_shapes)."""
+    the library accepts exactly the pinned shapes (Compiled.input_shapes). tune_time (seconds or
+    text such as '20m') bounds the base's tuning in time as well (alone: tune until it is up);
+    progress shows a progress bar while the base is tuned."""
     tgt = get_target(target, extra_target_files)
     mod, shapes = import_relax(model, input_shapes)
     pinned = has_dynamic_dims(model)
-    if tune_trials > 0:
+    if tune_trials > 0 or tune_time is not None:
         from graphprune.targets.tune import database_for
-        db, how = database_for(mod, tgt, tune_trials, rpc=rpc)
+        db, how = database_for(mod, tgt, tune_trials, rpc=rpc, tune_time=tune_time, progress=progress)
         compiled = compile_relax(mod, tgt, database=db, tuning=how, input_shapes=shapes, pinned=pinned)
     else:
         compiled = compile_relax(mod, tgt, input_shapes=shapes, pinned=pinned)

@@ -6,11 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from graphprune.cli.options import add_input_shape
+from graphprune.cli.options import add_input_shape, add_no_progress
 
 
 def _targets_file_arg(p):
     p.add_argument("--targets-file", metavar="JSON", help="extra targets file (same shape as targets/builtin.json)")
+
+
+def _tuning_args(p, trials_help: str) -> None:
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N", help=trials_help)
+    p.add_argument("--tune-time", metavar="DURATION",
+                   help="time budget for tuning the base, e.g. 90s, 20m, 1h (with --tune-trials: whichever "
+                        "ends first; alone: tune until it is up). No round starts after it; the heaviest "
+                        "tasks are tuned first")
+    add_no_progress(p)
 
 
 def register(sub) -> None:
@@ -23,8 +32,7 @@ def register(sub) -> None:
     p.add_argument("model")
     p.add_argument("--target", default="x86")
     p.add_argument("-o", "--output", required=True, metavar="LIB.so")
-    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
-                   help="MetaSchedule trials for the base model (0 = untuned); variants replay it")
+    _tuning_args(p, "MetaSchedule trials for the base model (0 = untuned); variants replay it")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="tune on the devices registered at this tracker (needed for targets this host cannot run)")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
@@ -42,9 +50,8 @@ def register(sub) -> None:
                         "`graphprune device-server`)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT")
     p.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker (default: the target's rpc_key)")
-    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
-                   help="MetaSchedule trials for the base model (0 = untuned); with --rpc-tracker the "
-                        "candidates are timed on the devices under the key")
+    _tuning_args(p, "MetaSchedule trials for the base model (0 = untuned); with --rpc-tracker the "
+                    "candidates are timed on the devices under the key")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads (default: the cores available to this process, or "
@@ -83,6 +90,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
     from graphprune.errors import GraphpruneError
     if args.tune_trials < 0:
         raise GraphpruneError("--tune-trials must be >= 0")
+    if args.tune_time is not None:
+        from graphprune.targets.tuning.budget import parse_tune_time
+        args.tune_time = parse_tune_time(args.tune_time, "--tune-time")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise GraphpruneError(f"--timeout must be a positive number of seconds (got {args.timeout:g})")
     if getattr(args, "repeats", 1) < 1:
@@ -109,11 +119,13 @@ def _compile(args: argparse.Namespace) -> int:
     if args.rpc_tracker:
         from graphprune.targets.measure_rpc import parse_address
         parse_address(args.rpc_tracker)
-        if args.tune_trials == 0:
-            raise GraphpruneError("--rpc-tracker is for tuning on devices: give --tune-trials N as well")
+        if args.tune_trials == 0 and args.tune_time is None:
+            raise GraphpruneError("--rpc-tracker is for tuning on devices: give --tune-trials N "
+                                  "(or --tune-time) as well")
     c = compile_model(args.model, args.target, tune_trials=args.tune_trials, output=args.output,
                       targets_file=args.targets_file, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                      timeout=args.timeout, input_shapes=shapes)
+                      timeout=args.timeout, input_shapes=shapes, tune_time=args.tune_time,
+                      progress=not args.no_progress)
     print(f"wrote {args.output} (target {c.target.name}, {c.tuning}; {c.shape_note()})")
     return 0
 
@@ -136,7 +148,8 @@ def _bench(args: argparse.Namespace) -> int:
     r = measure_latency(args.model, target=args.target, backend=args.backend, rpc_tracker=args.rpc_tracker,
                         rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
                         threads=args.threads, cache=not args.no_cache, timeout=args.timeout,
-                        targets_file=args.targets_file, input_shapes=shapes)
+                        targets_file=args.targets_file, input_shapes=shapes, tune_time=args.tune_time,
+                        progress=not args.no_progress)
     print(json.dumps(r.to_dict()) if args.json else r.summary())
     return 0
 
