@@ -172,3 +172,12 @@ def input_shape_text(shapes: dict[str, list[int]]) -> str:
     """{"x": [1, 3, 64, 64], "sr": []} -> 'x=1,3,64,64 sr=scalar': the --input-shape spelling,
     for messages that tell the user which shape was used."""
     return " ".join(f"{k}={','.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
+
+
+MAX_SEED = 2 ** 32 - 1   # numpy's and torch's seeds: non-negative, and this covers both
+
+
+def check_seed(seed, name: str = "--seed") -> None:
+    """Seeds go to numpy/torch, which refuse negative or huge ones with a ValueError deep inside."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise GraphpruneError(f"{name} must be an integer between 0 and {MAX_SEED}, got {seed!r}")

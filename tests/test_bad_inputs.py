@@ -12,7 +12,7 @@ from _bad_input_fixtures import build_fixtures  # noqa: E402
 
 QUICK = (r"^(same_output_\w+|trailing_slash_output|output_is_a_folder|output_under_a_file)/(prune|compile)$"
          r"|^(missing|folder|corrupt|truncated|empty|text|latin1)_model/(analyze|prune)$"
-         r"|^outdir_(is|under)_a_file/optimize$|^journal_line_not_an_object/optimize$")
+         r"|^outdir_(is|under)_a_file/optimize$|^journal_line_not_an_object/optimize$|^seed_-1/(prune|optimize)$")
 CASES = [c for c in bad_inputs.cases() if __import__("re").search(QUICK, c.name)]
 
 

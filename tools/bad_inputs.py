@@ -81,7 +81,11 @@ def cases() -> list[Case]:
             if cmd not in ("compile", "bench") and (cmd, bad) != ("quantize", "noconv.onnx"):  # quantizable
                 out.append(Case(f"{bad.split('.')[0]}_model/{cmd}", _sub(argv, bad)))
     out.append(Case("control/targets", ["targets"], expect=0, note="valid input: must succeed"))
-    out.append(Case("duplicate_node_names/importance", _sub(MODEL_COMMANDS["importance"], "dupnames.onnx")))
+    out.append(Case("duplicate_node_names/importance+prune",  # issue 10: one conv scored, then prune failed
+                    ["prune", "scored.onnx", "-o", "out.onnx", "--ratio", "0.3", "--criterion", "metadata"],
+                    expect=0, pre=[_sub(MODEL_COMMANDS["importance"], "dupnames.onnx")[:2] + ["-o", "scored.onnx"]
+                                   + MODEL_COMMANDS["importance"][4:]],
+                    note="control: duplicate node names get unique ones, every conv is scored, prune reads them"))
     out += _output_cases()
     out += _option_cases()
     out += _targets_file_cases()

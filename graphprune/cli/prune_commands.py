@@ -64,9 +64,10 @@ def analyze(args) -> int:
 
 def prune(args) -> int:
     import graphprune as gp
-    from graphprune.inputs import check_input_shapes, parse_input_shapes
+    from graphprune.inputs import check_input_shapes, check_seed, parse_input_shapes
     from graphprune.modelio import refuse_overwriting_input
 
+    check_seed(args.seed)
     if not (0.0 <= args.ratio < 1.0):
         raise GraphpruneError(f"--ratio must be in [0, 1), got {args.ratio}")
     if args.round_to < 1:

@@ -13,7 +13,7 @@ from graphprune.errors import GraphpruneError
 
 MAX_BATCH_SIZE = 4096     # one batch of activations of a small CNN at 224x224 is already gigabytes
 MAX_N_STEPS = 1024        # path points per sample; the ranking settles by 16 (docs/importance.md)
-MAX_SEED = 2 ** 32 - 1    # numpy's and torch's seeds: non-negative, and this covers both
+from graphprune.inputs import MAX_SEED  # noqa: E402,F401  (numpy's and torch's seed range)
 
 
 def _is_int(v) -> bool:

@@ -146,8 +146,9 @@ def resolve_threads(threads: int | None) -> int:
 def validate(o: OptimizeOptions) -> list[str]:
     """Every check that needs no file; returns the objectives. Raises GraphpruneError (one line)."""
     objectives = obj.parse_objectives(o.objectives)
-    from graphprune.inputs import check_shape_values
+    from graphprune.inputs import check_seed, check_shape_values
     check_shape_values(o.input_shapes)   # against the model once it is read (stages.load_inputs)
+    check_seed(o.seed)
     if o.max_error_increase is not None and not (0 <= _finite("--max-error-increase", o.max_error_increase) < 1):
         raise GraphpruneError(f"--max-error-increase must be in [0, 1) (0.01 = 1 pp), got {o.max_error_increase}")
     if o.latency_budget_ms is not None and not _finite("--latency-budget", o.latency_budget_ms) > 0:
