@@ -40,23 +40,21 @@ class Counts:
     param_bytes: int
 
 
-def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
-    """MACs at `input_shapes` (validated: a non-positive dim would count negative MACs)."""
-    input_shapes = checked_shapes(model, input_shapes)
-    concrete = concrete_shapes(model, input_shapes, batch=1)
-    static = inferred_at(model, concrete)  # on the weight-less skeleton: no copy of every weight
-    shapes = {}
-    for vi in list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input):
+def _static_dims(value_infos) -> dict[str, list[int]]:
+    out = {}
+    for vi in value_infos:
         dims = vi.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    inits = {t.name: list(t.dims) for t in model.graph.initializer}
-    needed = [n.output[0] for n in static.graph.node if n.op_type in _MAC_OPS] + \
-        [n.input[0] for n in static.graph.node if n.op_type in _MAC_OPS]
-    if any(name not in shapes for name in needed):
-        shapes.update(_shapes_by_running(with_static_inputs(model, concrete), [n for n in needed if n not in shapes]))
+            out[vi.name] = [d.dim_value for d in dims]
+    return out
+
+
+def _graph_macs(graph: onnx.GraphProto, shapes: dict, inits: dict) -> int:
+    """MACs of `graph`'s Conv/ConvTranspose/Gemm/MatMul nodes whose shapes are known. An If
+    counts its costlier branch (which one runs depends on the data: the count is the worst
+    case); its branches' shapes are the ones inference wrote into them."""
     macs = 0
-    for n in static.graph.node:
+    for n in graph.node:
         w = inits.get(n.input[1]) if len(n.input) > 1 else None
         if n.op_type == "Conv" and w is not None and n.output[0] in shapes:
             macs += math.prod(shapes[n.output[0]]) * math.prod(w[1:])
@@ -67,6 +65,25 @@ def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = No
             trans_a = any(at.name == "transA" and at.i for at in n.attribute)
             k = a[0] if (n.op_type == "Gemm" and trans_a) else a[-1]
             macs += math.prod(shapes[n.output[0]]) * k
+        elif n.op_type == "If":
+            branches = [_graph_macs(at.g, {**shapes, **_static_dims(list(at.g.value_info) + list(at.g.output))},
+                                    inits) for at in n.attribute if at.type == onnx.AttributeProto.GRAPH]
+            macs += max(branches, default=0)
+    return macs
+
+
+def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
+    """MACs at `input_shapes` (validated: a non-positive dim would count negative MACs)."""
+    input_shapes = checked_shapes(model, input_shapes)
+    concrete = concrete_shapes(model, input_shapes, batch=1)
+    static = inferred_at(model, concrete)  # on the weight-less skeleton: no copy of every weight
+    shapes = _static_dims(list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input))
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    needed = [n.output[0] for n in static.graph.node if n.op_type in _MAC_OPS] + \
+        [n.input[0] for n in static.graph.node if n.op_type in _MAC_OPS]
+    if any(name not in shapes for name in needed):
+        shapes.update(_shapes_by_running(with_static_inputs(model, concrete), [n for n in needed if n not in shapes]))
+    macs = _graph_macs(static.graph, shapes, inits)
     params = 0
     nbytes = 0
     for t in model.graph.initializer:

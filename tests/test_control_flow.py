@@ -178,3 +178,25 @@ def test_silero_vad_if_models_prune_their_convs(path):
         assert [g.shape for g in got] == [o.shape for o in orig]
         for a, b in zip(want, got):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_count_includes_the_costlier_branch_of_an_if():
+    """MACs inside If branches count (the costlier one: which runs depends on the data)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def branch(name, out_ch):
+        w = numpy_helper.from_array(rng.standard_normal((out_ch, 3, 3, 3)).astype(np.float32), f"w_{name}")
+        conv = helper.make_node("Conv", ["x", f"w_{name}"], [f"y_{name}"], pads=[1, 1, 1, 1])
+        return helper.make_graph([conv], name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT,
+                                                                                   None)]), w
+
+    then_g, w_then = branch("then", 8)
+    else_g, w_else = branch("else", 2)
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w_then, w_else])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert gp.count(m).macs == 8 * 5 * 5 * 3 * 3 * 3
