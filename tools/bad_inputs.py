@@ -283,9 +283,21 @@ def run_case(case: Case, fixtures: Path, work: Path, timeout: float) -> Result:
 
 # ---------------------------------------------------------------- the table
 
+def summary(results: list[Result]) -> list[str]:
+    """Per subcommand: cases and how many pass (the README shows this table)."""
+    by: dict[str, list[Result]] = {}
+    for r in results:
+        by.setdefault(r.case.name.rsplit("/", 1)[-1], []).append(r)
+    lines = ["| subcommand | cases | pass | fail |", "|---|---|---|---|"]
+    for cmd in sorted(by):
+        n = sum(r.passed for r in by[cmd])
+        lines.append(f"| {cmd} | {len(by[cmd])} | {n} | {len(by[cmd]) - n} |")
+    return lines + [""]
+
+
 def table(results: list[Result]) -> str:
     n_pass = sum(r.passed for r in results)
-    lines = [f"{n_pass} of {len(results)} cases pass.\n",
+    lines = [f"{n_pass} of {len(results)} cases pass.\n", *summary(results), "Every case:\n",
              "| case | command | exit (expected) | stderr lines | input unchanged | no partial output | result | "
              "first stderr line |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
