@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -317,8 +318,9 @@ def _a_text(r) -> str:
     if not a:
         return f"nothing delivered ({r['a_failed']})"
     if r["macs_ratio"]["a"] == 1.0:
-        return "no pruned configuration within 0.01 after recovery: delivered the original (" + \
-            a["reason"][a["reason"].find("recovered best"):][:300] + ")"
+        tries = re.findall(r"(\d+\.\d+ %) -> (\d+\.\d+ %)", a["reason"])
+        return ("no pruned configuration within 0.01 after recovery, delivered the original; recovered front "
+                "members (before -> after): " + ("; ".join(f"{x} -> {y}" for x, y in tries) or "none"))
     return f"configuration {a['key']}"
 
 
