@@ -311,3 +311,23 @@ def test_tvm_final_comparison_measures_both_fresh_and_says_so(monkeypatch):
     f = compare_final("orig", "pruned", LatencySpec(backend="tvm", repeats=5, threads=2))
     assert calls == [("orig", False), ("pruned", False)] and f["method"] == "back-to-back"
     assert f["verdict"] == "slower" and "NOT faster" in final_text(f) and "back to back" in final_text(f)
+
+
+def test_surrogate_latency_never_extrapolates_beyond_4x_of_what_it_was_fitted_on():
+    # the first fit of a search: the original (timed quietly, cached) and one-group sweeps timed under
+    # load, all near the original's MACs; a configuration with 40 % of the MACs used to be predicted
+    # at exp(30) ms, which made the search screen every candidate
+    rng = np.random.default_rng(0)
+    g = 12
+    F = np.array([np.ones(g)] + [np.where(np.arange(g) == i, 0.5, 1.0) for i in range(g)])
+    lat = np.array([10.0] + list(rng.uniform(24, 40, g)))
+    macs = np.array([1.0] + list(rng.uniform(0.975, 0.98, g)))
+    s = Surrogate().fit(F, lat, np.zeros(len(F)), macs_rel=macs)
+    pred, _ = s.predict(np.full((3, g), 0.4), macs_rel=np.array([0.3, 0.4, 0.5]))
+    assert np.all(np.isfinite(pred))
+    assert np.all(pred <= 40.0 * 4 * (1 + 1e-9)) and np.all(pred >= 10.0 / 4 * (1 - 1e-9))
+    # within the fitted range predictions are the Ridge model's, untouched
+    inside, _ = s.predict(F[:1], macs_rel=macs[:1])
+    from graphprune.search.surrogate import features
+    raw = s.lat_model.predict(s._lat_features(features(F[:1]), macs[:1]))[0]
+    assert inside[0] == pytest.approx(float(np.exp(raw)), rel=1e-12)

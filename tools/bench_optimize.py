@@ -68,26 +68,35 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def uniform_l1(model, an, x, y, step):
-    """Uniform L1 pruning on a 0.05 grid of ratios, each evaluated without fine-tuning."""
+def uniform_l1(model, an, x, y, step, error_fn=None, ratios=None, stop_error=None, label="accuracy"):
+    """Uniform L1 pruning on a 0.05 grid of ratios (or `ratios`), each evaluated without fine-tuning.
+
+    error_fn(pruned model) -> error replaces top-1 error on (x, y) (a metric without labels);
+    with stop_error the sweep stops after the first ratio whose error exceeds it (larger ratios
+    cost time and, on these networks, only lose more)."""
+    error_fn = error_fn or (lambda m: obj.error_rate(m, x, y))  # noqa: E731
     rows = []
-    for r in np.arange(0.05, 0.951, 0.05):
+    for r in (np.arange(0.05, 0.951, 0.05) if ratios is None else ratios):
         plan = gp.choose(an, ratio=float(r), criterion="l1", round_to=step)
-        err = obj.error_rate(gp.prune(model, plan), x, y)
+        err = error_fn(gp.prune(model, plan))
         rows.append({"ratio": round(float(r), 2), "error": err, "config": plan.config()})
-        log(f"uniform L1 ratio {r:.2f}: accuracy {100 * (1 - err):.2f} %")
+        log(f"uniform L1 ratio {r:.2f}: {label} {100 * (1 - err):.2f} %")
+        if stop_error is not None and err > stop_error:
+            break
     return rows
 
 
-def uniform_l1_matched(model, an, rows, base_err, args, train, val):
+def uniform_l1_matched(model, an, rows, base_err, args, train, val, error_fn=None, distill_weight=0.0):
     """(b) at matched accuracy with the same rule as optimize's --recovery-slack: the ratios losing
     at most max_drop + slack before recovery, largest first, are recovered (at most recovery_tries),
     and the first within max_drop after recovery is kept; without one, the largest ratio within
-    max_drop before recovery (recovered). Returns (row, model, recovery report, tried)."""
+    max_drop before recovery (recovered). Returns (row, model, recovery report, tried).
+    error_fn and distill_weight go to recover (data without labels: a metric, distillation)."""
     def rec(row):
         return recover(model, an, {int(k): v for k, v in row["config"].items()}, "l1", train, val.x, val.y,
-                       epochs=args.epochs, steps=args.finetune_steps, lr=args.lr, batch_size=64, seed=args.seed,
-                       log=lambda m: log(f"(b) {m}"))
+                       epochs=args.epochs, steps=args.finetune_steps, lr=args.lr, batch_size=getattr(args, "batch_size", 64),
+                       seed=args.seed,
+                       log=lambda m: log(f"(b) {m}"), error_fn=error_fn, distill_weight=distill_weight)
     within = lambda row, drop: row["error"] - base_err <= drop + 1e-12  # noqa: E731
     tried, done = [], {}
     if args.recovery_slack:

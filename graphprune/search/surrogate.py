@@ -16,6 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# A linear model in log-latency extrapolates exponentially: fitted on the original and one-group-at-a-time
+# sweeps (all with MACs near the original's), a steep slope in MACs (e.g. sweep points timed under another
+# load than a cached original) predicted 1e13 ms for configurations with half the MACs, and the search then
+# screened every candidate as dominated. No pruned configuration is expected 4x beyond what was measured.
+LOG_MARGIN = float(np.log(4.0))
+
+
 def features(fractions: np.ndarray) -> np.ndarray:
     f = np.atleast_2d(np.asarray(fractions, float))
     n = f.shape[1]
@@ -30,6 +37,7 @@ class Surrogate:
     n_fit: int = 0
 
     uses_macs: bool = False
+    log_range: tuple | None = None      # predictions are kept within the fitted log-latencies +- LOG_MARGIN
 
     def _lat_features(self, X, macs_rel):
         if not self.uses_macs:
@@ -44,8 +52,9 @@ class Surrogate:
         X = features(fractions)
         self.uses_macs = macs_rel is not None
         if latency_ms is not None:
-            self.lat_model = Ridge(alpha=1e-2).fit(self._lat_features(X, macs_rel),
-                                                   np.log(np.maximum(np.asarray(latency_ms, float), 1e-6)))
+            y = np.log(np.maximum(np.asarray(latency_ms, float), 1e-6))
+            self.lat_model = Ridge(alpha=1e-2).fit(self._lat_features(X, macs_rel), y)
+            self.log_range = (float(y.min()) - LOG_MARGIN, float(y.max()) + LOG_MARGIN)
         if len(X) >= 30:
             self.err_model = GradientBoostingRegressor(n_estimators=150, max_depth=2, learning_rate=0.05,
                                                        subsample=0.8, random_state=seed).fit(X, error)
@@ -60,7 +69,7 @@ class Surrogate:
         if self.lat_model is not None:
             if self.uses_macs and macs_rel is None:
                 raise ValueError("this surrogate was fitted with MAC counts: give macs_rel")
-            lat = np.exp(self.lat_model.predict(self._lat_features(X, macs_rel)))
+            lat = np.exp(np.clip(self.lat_model.predict(self._lat_features(X, macs_rel)), *self.log_range))
         return lat, np.clip(self.err_model.predict(X), 0.0, 1.0)
 
 
