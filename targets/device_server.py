@@ -137,6 +137,19 @@ def _count(req: dict, name: str, default: int, low: int) -> int:
     return v
 
 
+def timed_runs(sess, feeds: dict, warmup: int, repeats: int) -> list[float]:
+    """`warmup` untimed runs, then the ms of each of `repeats` runs timed one by one: the one
+    timing loop of onnxruntime on this host (targets.measure_local) and on a device."""
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
 def time_model(model: bytes, feeds: bytes, request: str) -> str:
     """Warm up, then time `repeats` runs one by one; JSON with the per-run ms, or {"error": ...}
     for a request the device refuses (so the client reports it once instead of retrying)."""
@@ -147,13 +160,7 @@ def time_model(model: bytes, feeds: bytes, request: str) -> str:
         sess = _session(model, threads)
         fd = _feeds(sess, feeds)
         started = time.time()
-        for _ in range(warmup):
-            sess.run(None, fd)
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sess.run(None, fd)
-            samples.append((time.perf_counter() - t0) * 1e3)
+        samples = timed_runs(sess, fd, warmup, repeats)
         return json.dumps({"samples_ms": samples, "threads": threads, "device": info(),
                            "started": started, "finished": time.time()})
     except DeviceServerError as exc:

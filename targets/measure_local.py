@@ -8,12 +8,12 @@ time_evaluator, which times in C++ without Python overhead.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
+from graphprune.targets.device_server import timed_runs  # the board-side module: stdlib only
 from graphprune.targets.inputs import random_inputs
 from graphprune.targets.result import LatencyResult, stats
 
@@ -63,13 +63,7 @@ def measure_ort(model: onnx.ModelProto, target: str = "x86", repeats: int = 50, 
     threads = check_threads(threads)
     feeds = random_inputs(model, input_shapes=input_shapes)
     sess = ort_session(model, threads)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        samples.append((time.perf_counter() - t0) * 1e3)
+    samples = timed_runs(sess, feeds, warmup, repeats)
     return stats(samples, backend="ort", target=target, tuned=False, tuning="onnxruntime (no TVM tuning)",
                  device="host", input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=threads, note=note)
 

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
+from graphprune.inputs import check_seed
 
 MAX_BATCH_SIZE = 4096     # one batch of activations of a small CNN at 224x224 is already gigabytes
 MAX_N_STEPS = 1024        # path points per sample; the ranking settles by 16 (docs/importance.md)
-from graphprune.inputs import MAX_SEED  # noqa: E402,F401  (numpy's and torch's seed range)
 
 
 def _is_int(v) -> bool:
@@ -31,7 +31,7 @@ def check_run_options(samples, batch_size, seed, n_steps=None) -> None:
     if samples is not None:
         check_int(samples, "--samples", 1)
     check_int(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
-    check_int(seed, "--seed", 0, MAX_SEED)
+    check_seed(seed)
     if n_steps is not None:
         check_int(n_steps, "--n-steps", 1, MAX_N_STEPS)
 
