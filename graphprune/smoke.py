@@ -20,8 +20,9 @@ from graphprune.inputs import check_run_memory, concrete_shapes, input_shape_tex
 from graphprune.runtime import session
 from graphprune.shapes import static_output_shapes
 
-# (id(model), shapes) -> (model, output shapes); the model is held so its id stays unique
+# (id(model), shapes) -> (model, output shapes): run by onnxruntime / inferred
 _ORIGINALS: OrderedDict = OrderedDict()
+_EXPECTED: OrderedDict = OrderedDict()
 _CACHED = 8
 
 
@@ -38,21 +39,39 @@ def output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], what: st
     return [tuple(getattr(o, "shape", ())) for o in outs]
 
 
-def original_output_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[tuple]:
-    """The unpruned model's output shapes (memoised: the search prunes one model many times)."""
-    shapes = concrete_shapes(model, input_shapes)
+def _memo(cache: OrderedDict, model: onnx.ModelProto, shapes: dict, compute):
+    """compute() once per (model, shapes) of the last _CACHED (the search prunes one model many
+    times); the model is held so its id stays unique."""
     key = (id(model), repr(sorted(shapes.items())))
-    if key in _ORIGINALS:
-        _ORIGINALS.move_to_end(key)
-        return _ORIGINALS[key][1]
-    check_run_memory(model, shapes)
-    result = output_shapes(model, shapes, f"onnxruntime cannot run the input model at {input_shape_text(shapes)} (before "
-                                          "pruning; give its real input shape with --input-shape), so "
-                                          "its pruned form cannot be checked")
-    _ORIGINALS[key] = (model, result)
-    while len(_ORIGINALS) > _CACHED:
-        _ORIGINALS.popitem(last=False)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key][1]
+    result = compute()
+    cache[key] = (model, result)
+    while len(cache) > _CACHED:
+        cache.popitem(last=False)
     return result
+
+
+def original_output_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[tuple]:
+    """The unpruned model's output shapes, from one onnxruntime run (memoised)."""
+    shapes = concrete_shapes(model, input_shapes)
+
+    def run() -> list[tuple]:
+        check_run_memory(model, shapes)
+        return output_shapes(model, shapes, f"onnxruntime cannot run the input model at {input_shape_text(shapes)} "
+                                            "(before pruning; give its real input shape with --input-shape), so "
+                                            "its pruned form cannot be checked")
+    return _memo(_ORIGINALS, model, shapes, run)
+
+
+def _expected_output_shapes(original: onnx.ModelProto, concrete: dict) -> list[tuple] | None:
+    """The original's output shapes by inference, after the memory bound (memoised: both are
+    shape inference over the whole graph, the same for every candidate of a search)."""
+    def infer():
+        check_run_memory(original, concrete)
+        return static_output_shapes(original, concrete)
+    return _memo(_EXPECTED, original, concrete, infer)
 
 
 def check_pruned_runs(original: onnx.ModelProto, pruned: onnx.ModelProto,
@@ -62,8 +81,7 @@ def check_pruned_runs(original: onnx.ModelProto, pruned: onnx.ModelProto,
     An inexact plan changes output values, so a data-dependent output size (detections
     after NMS) may change too: then only ranks and the dims the model declares are compared."""
     concrete = concrete_shapes(original, input_shapes)
-    check_run_memory(original, concrete)
-    expected = static_output_shapes(original, concrete)  # resolved by inference: no need to run it
+    expected = _expected_output_shapes(original, concrete)  # resolved by inference: no need to run it
     if expected is None:
         expected = original_output_shapes(original, input_shapes)
     try:
