@@ -20,12 +20,6 @@ from graphprune.metrics.base import Metric, Outputs
 BATCH = 256
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
-    """graphprune.runtime.session: one place that builds onnxruntime sessions."""
-    from graphprune.runtime import session as runtime_session
-    return runtime_session(model, threads)
-
-
 def n_samples(x) -> int:
     return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
@@ -85,6 +79,7 @@ def run_reduced(model: onnx.ModelProto, x, metric: Metric, labels=None, threads:
     With `check`, the first raw batch goes through metric.check (the reference run) and the
     memory that the reduced outputs of two models will take is bounded before the rest runs."""
     from graphprune.data.dataset import check_memory
+    from graphprune.runtime import session  # onnxruntime only when a model is run
     sess = session(model, threads)
     feeds = _feeds(sess, x)
     out_names = [o.name for o in sess.get_outputs()]
