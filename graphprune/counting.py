@@ -72,21 +72,64 @@ def _graph_macs(graph: onnx.GraphProto, shapes: dict, inits: dict) -> int:
     return macs
 
 
+def _body_shapes_unknown(graph: onnx.GraphProto) -> bool:
+    """Whether a MAC op inside an If/Loop body has an output shape inference did not resolve."""
+    for n in graph.node:
+        for at in n.attribute:
+            if at.type == onnx.AttributeProto.GRAPH:
+                known = _static_dims(list(at.g.value_info) + list(at.g.output))
+                if any(b.op_type in _MAC_OPS and b.output[0] not in known for b in at.g.node) \
+                        or _body_shapes_unknown(at.g):
+                    return True
+    return False
+
+
+def _normalized_at(model: onnx.ModelProto, concrete: dict) -> onnx.ModelProto:
+    """`model` at the concrete shapes, normalised (shape math folded, constant Ifs inlined):
+    bodies whose sizes are computed (silero-vad's Pad widths) get static shapes only after
+    folding, which inference alone does not do. Same computation, so the same MACs."""
+    from graphprune.passes.normalize import NormalizePass
+    return NormalizePass()(with_static_inputs(model, concrete))
+
+
+def _weight_tensors(graph: onnx.GraphProto):
+    """Initializers and Constant-node tensors of `graph` and of every If/Loop body in it: exports
+    that keep weights in Constant nodes (Paddle, TorchScript bodies such as silero-vad's) count
+    like those that use initializers."""
+    yield from graph.initializer
+    for n in graph.node:
+        for at in n.attribute:
+            if n.op_type == "Constant" and at.name == "value" and at.type == onnx.AttributeProto.TENSOR \
+                    and len(at.t.dims) >= 1:  # scalars (epsilons, sample rates) are no weights
+                t = onnx.TensorProto()
+                t.CopyFrom(at.t)
+                t.ClearField("raw_data")   # only name, type and dims are read
+                t.name = n.output[0]
+                yield t
+            elif at.type == onnx.AttributeProto.GRAPH:
+                yield from _weight_tensors(at.g)
+
+
 def count(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Counts:
     """MACs at `input_shapes` (validated: a non-positive dim would count negative MACs)."""
     input_shapes = checked_shapes(model, input_shapes)
     concrete = concrete_shapes(model, input_shapes, batch=1)
     static = inferred_at(model, concrete)  # on the weight-less skeleton: no copy of every weight
     shapes = _static_dims(list(static.graph.value_info) + list(static.graph.output) + list(static.graph.input))
-    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    weights = list(_weight_tensors(model.graph))
+    inits = {t.name: list(t.dims) for t in weights}
     needed = [n.output[0] for n in static.graph.node if n.op_type in _MAC_OPS] + \
         [n.input[0] for n in static.graph.node if n.op_type in _MAC_OPS]
     if any(name not in shapes for name in needed):
         shapes.update(_shapes_by_running(with_static_inputs(model, concrete), [n for n in needed if n not in shapes]))
+    if _body_shapes_unknown(static.graph):
+        static = _normalized_at(model, concrete)
+        shapes.update(_static_dims(list(static.graph.value_info) + list(static.graph.output)))
+        inits.update({t.name: list(t.dims) for t in _weight_tensors(static.graph)})
     macs = _graph_macs(static.graph, shapes, inits)
     params = 0
     nbytes = 0
-    for t in model.graph.initializer:
+    for t in weights:
         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                            onnx.TensorProto.BFLOAT16):
             size = math.prod(t.dims)

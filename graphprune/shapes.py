@@ -32,7 +32,57 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             skel.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     if skel.ir_version < 4:  # inputs may only be listed initializers there; checking needs >= 4
         skel.ir_version = 4
+    _localize_small_constants(skel.graph)
     return skel
+
+
+def _body_reads(graph: onnx.GraphProto) -> set:
+    """Names read by the nodes of `graph` and of every body nested in it."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _body_reads(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    names |= _body_reads(g)
+    return names
+
+
+def _localize_small_constants(graph: onnx.GraphProto) -> None:
+    """Move each small initializer that only one If/Loop body reads into that body.
+
+    Why: onnx's shape inference reads constant *values* (Reshape targets, Pad widths, Slice
+    bounds) only from the graph being inferred, not from the outer scope, and graphprune's
+    export keeps every constant in the main graph. Inside a body, an outer-scope Pad width
+    makes every shape after it unknown, and with it the rank tests (`if x.dim() == 3`) that
+    TorchScript exports as nested Ifs (silero-vad). Moved one level at a time, recursively;
+    a constant read by the graph's own nodes or by several bodies stays where it is."""
+    own = {i for n in graph.node for i in n.input} | {i.name for i in graph.input}
+    bodies = [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    if not bodies:
+        return
+    reads = [_body_reads(b) for b in bodies]
+    keep = []
+    for t in graph.initializer:
+        users = [b for b, r in zip(bodies, reads) if t.name in r]
+        if t.name not in own and len(users) == 1 and _elements(t) <= _KEEP_ELEMENTS:
+            users[0].initializer.append(t)
+        else:
+            keep.append(t)
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    for b in bodies:
+        _localize_small_constants(b)
+
+
+def _elements(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

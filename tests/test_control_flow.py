@@ -116,6 +116,47 @@ def test_if_with_a_constant_or_shape_condition_is_inlined():
     assert report.passed and report.exact
 
 
+def test_rank_test_behind_an_outer_scope_pad_is_inlined():
+    """An If on data whose branch pads with widths from the main graph's initializers, then
+    tests `x.size(2) == 1` (TorchScript-style shape branching): onnx's shape inference reads constant
+    values only from the graph it infers, so the widths must reach the body for the test to
+    fold. Only the data-dependent If remains, and both branches compute what they did."""
+    xin = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    inner_then = _branch("sq", [helper.make_node("Unsqueeze", ["p", "ax0"], ["s"])],
+                         [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)])
+    inner_else = _branch("id", [helper.make_node("Identity", ["p"], ["s2"])],
+                         [helper.make_tensor_value_info("s2", TensorProto.FLOAT, None)])
+    then_g = _branch("then", [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+        helper.make_node("Shape", ["p"], ["sh"]),
+        helper.make_node("Gather", ["sh", "two"], ["d2"]),
+        helper.make_node("Equal", ["d2", "one"], ["is1"]),
+        helper.make_node("If", ["is1"], ["r"], then_branch=inner_then, else_branch=inner_else, name="rank_test"),
+        helper.make_node("Relu", ["r"], ["t"]),
+    ], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = _branch("else", [helper.make_node("Neg", ["x"], ["e"])],
+                     [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    g = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="on_data")],
+        "g", [xin, cond], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 2], np.int64), "pads"),
+         numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+         numpy_helper.from_array(np.array([0], np.int64), "ax0")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    from graphprune.passes import NormalizePass
+    n = NormalizePass()(m)
+
+    def ifs(graph):
+        return [nd.name for nd in graph.node if nd.op_type == "If"] + \
+            [x for nd in graph.node for a in nd.attribute if a.type == onnx.AttributeProto.GRAPH for x in ifs(a.g)]
+    assert ifs(n.graph) == ["on_data"]
+    x = np.random.default_rng(0).standard_normal((1, 4, 6)).astype(np.float32)
+    for c in (True, False):
+        feeds = {"x": x, "cond": np.array(c)}
+        np.testing.assert_array_equal(run(n, feeds)[0], run(m, feeds)[0])
+
+
 def test_loop_body_convs_are_followed_and_what_crosses_the_body_is_frozen():
     body = helper.make_graph([
         helper.make_node("Conv", ["ar", "bw1"], ["b1"], name="body_conv1"),
@@ -200,3 +241,31 @@ def test_count_includes_the_costlier_branch_of_an_if():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w_then, w_else])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert gp.count(m).macs == 8 * 5 * 5 * 3 * 3 * 3
+
+
+@pytest.mark.skipif(not any(p.endswith("/silero_vad.onnx") for p in SILERO),
+                    reason="run tools/fetch_real_models.sh (make test does)")
+def test_count_sees_into_silero_vads_computed_branch_shapes():
+    """silero_vad.onnx keeps its weights in Constant nodes inside the sample-rate If and computes
+    its Pad widths there: the count is the costlier branch's MACs, the same as counting each
+    sample rate's network with the If inlined (sr made a constant), and its params are the
+    Constant weights of both branches."""
+    path = next(p for p in SILERO if p.endswith("/silero_vad.onnx"))
+    m = onnx.load(path)
+    shapes = {"input": [1, 256], "state": [2, 1, 128]}
+    per_rate = []
+    for sr in (8000, 16000):
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(m)
+        kept = [i for i in fixed.graph.input if i.name != "sr"]
+        del fixed.graph.input[:]
+        fixed.graph.input.extend(kept)
+        fixed.graph.initializer.append(numpy_helper.from_array(np.array(sr, np.int64), "sr"))
+        from graphprune.inputs import with_static_inputs
+        from graphprune.passes import NormalizePass
+        inlined = NormalizePass()(with_static_inputs(fixed, shapes))
+        assert not [n for n in inlined.graph.node if n.op_type == "If"]
+        per_rate.append(gp.count(inlined, shapes).macs)
+    got = gp.count(m, shapes)
+    assert min(per_rate) > 0 and got.macs == max(per_rate)
+    assert got.params > 2 * 100_000

@@ -170,6 +170,21 @@ def test_silero_vad_if_model_compiles_and_matches_ort():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("sr", [8000, 16000])
+def test_silero_vad_nested_rank_tests_fold_and_both_rates_match_ort(sr):
+    """silero_vad.onnx: the whole network in an If on the sample rate, and inside each branch
+    TorchScript's rank tests (`if x.dim() == 3`) as nested Ifs behind Pad widths and Reshape
+    targets that export keeps in the main graph. Shape inference sees those values only when
+    they sit in the body: the rank tests fold, the LSTM length is static, Relax imports it."""
+    m = onnx.load(_real("silero-vad/silero_vad.onnx"))
+    shapes = {"input": [1, 256], "state": [2, 1, 128]}
+    c = compile_model(m, "x86", input_shapes=shapes)
+    feeds = random_inputs(m, seed=8, input_shapes=shapes)
+    feeds["sr"] = np.array(sr, np.int64)
+    for g, w in zip(run_tvm_local(c, feeds), _ort(m, feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_library_is_written_atomically_with_the_umask(tmp_path):
     """The .so goes through modelio.atomic_path: no temporary left beside it, and no mode bit the
     user's umask removes."""

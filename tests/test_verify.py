@@ -305,3 +305,29 @@ def test_inf_outside_layer_parameters_is_accepted():
     model = gp.load(ob.model(nodes, inits, [ob.x_input()], [ob.out()]))
     plan = gp.choose(gp.analyse(model), ratio=0.5)
     assert gp.verify(model, plan, gp.prune(model, plan)).passed
+
+
+def test_quick_check_session_computes_what_a_normal_session_does_and_rejects_bad_weights():
+    """prune's run check loads weights as in-memory external initializers with graph
+    optimisations off (fast): same outputs as a normal session, the input model untouched,
+    and a weight whose shape contradicts the graph is still refused at load."""
+    from graphprune.runtime import session
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1, name="fc"),
+             helper.make_node("Flatten", ["r"], ["f"])]
+    nodes = nodes[:2] + [nodes[3], nodes[2]]
+    inits = {"w1": ob.w(16, 3, 3, 3), "wg": ob.w(10, 16 * 8 * 8)}   # 40 KB: goes apart
+    m = ob.model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    before = m.SerializeToString()
+    x = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    quick, normal = session(m, quick=True).run(None, x)[0], session(m).run(None, x)[0]
+    np.testing.assert_allclose(quick, normal, rtol=1e-5, atol=1e-6)
+    assert m.SerializeToString() == before
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    wg = next(t for t in bad.graph.initializer if t.name == "wg")
+    wg.CopyFrom(numpy_helper.from_array(ob.w(10, 16 * 8 * 8 - 64), "wg"))
+    with pytest.raises(gp.GraphpruneError, match="onnxruntime cannot load the model"):
+        session(bad, quick=True).run(None, x)
