@@ -51,7 +51,11 @@ def register(sub) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--optimizer", default="DE", help="nevergrad optimizer name (DE, TwoPointsDE, NGOpt, CMA, ...)")
     g.add_argument("--budget", type=int, default=60, help="candidates the optimizer proposes (default 60)")
-    g.add_argument("--workers", type=int, default=1, help="parallel evaluations (latency is always timed alone)")
+    g.add_argument("--workers", type=int, default=None, help="parallel evaluations on this host (latency is always "
+                                                             "timed alone; default 1)")
+    g.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="evaluate candidates on a running Dask cluster (pip install graphprune[cluster]; "
+                        "not with --workers; docs/scaling.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "metadata", "random"],
                    help="which channels go within a group (metadata: `graphprune importance` scores)")
@@ -101,6 +105,14 @@ def _recovery_without_labels(args: argparse.Namespace) -> dict:
             "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples}
 
 
+def _workers(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    if args.cluster and args.workers is not None:
+        raise GraphpruneError("--cluster and --workers exclude each other: --workers N is this host's process pool, "
+                              "--cluster evaluates on the cluster's workers")
+    return 1 if args.workers is None else args.workers
+
+
 def optimize(args: argparse.Namespace) -> int:
     from graphprune.errors import GraphpruneError
     from graphprune.inputs import parse_input_shapes
@@ -116,7 +128,8 @@ def optimize(args: argparse.Namespace) -> int:
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
         threads=args.threads, stand_in=args.stand_in, targets_file=args.targets_file, objectives=args.objectives,
         max_error_increase=args.max_error_increase, latency_budget_ms=parse_duration_ms(args.latency_budget),
-        prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=args.workers,
+        prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=_workers(args),
+        cluster=args.cluster,
         seed=args.seed, criterion=args.criterion, channel_step=args.channel_step, min_keep=args.min_keep,
         group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
         epochs=args.epochs, recovery_slack=args.recovery_slack,

@@ -39,6 +39,7 @@ class OptimizeOptions:
     optimizer: str = DEFAULT_OPTIMIZER
     budget: int = 60
     workers: int = 1
+    cluster: str | None = None          # Dask scheduler address: evaluations on its workers (search/cluster.py)
     seed: int = 0
     criterion: str = "l1"
     channel_step: int | None = None

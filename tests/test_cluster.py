@@ -1,0 +1,144 @@
+"""optimize --cluster on a real local Dask cluster: a scheduler and two worker processes
+(separate processes speaking TCP on 127.0.0.1, started and killed by the tests).
+
+The cluster run must walk the serial run's path exactly (same seed, same batch: the front,
+every record's error and counts), ship the run's state once per worker, and lose nothing
+when a worker is killed mid-search. Latencies come from the measurement cache the serial
+run filled (same graphs, same hashes), so the comparison is exact, not within noise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import graphprune.cli as cli  # noqa: E402
+from graphprune.errors import GraphpruneError  # noqa: E402
+from graphprune.search import cluster as gc  # noqa: E402
+from graphprune.search.cluster_local import LocalDaskCluster  # noqa: E402
+from graphprune.search.executor import SerialExecutor  # noqa: E402
+from graphprune.search.optimize import OptimizeOptions, run_optimize  # noqa: E402
+from graphprune.targets.localrpc import free_port  # noqa: E402
+
+from test_search_common import write_case  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("dask-logs")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    c = LocalDaskCluster(n_workers=2, threads=1, env=env, log_dir=str(logs)).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("case")
+    cache = tmp / "latency-cache"   # shared by the serial and the cluster runs: identical graphs hit it
+    os.environ["GRAPHPRUNE_CACHE"] = str(cache)
+    mp, dp = write_case(tmp, n=64)
+    serial = opts(mp, dp, tmp / "serial", workers=2)   # batch 2, as the 2-worker cluster's
+    s = run_optimize(serial, executor=SerialExecutor(), log=lambda m: None)
+    yield mp, dp, tmp, s
+    os.environ.pop("GRAPHPRUNE_CACHE", None)
+
+
+def opts(mp, dp, out, **kw) -> OptimizeOptions:
+    return OptimizeOptions(model=str(mp), data=str(dp), outdir=str(out), budget=8, repeats=3, channel_step=4,
+                           holdout=2, progress=False, max_error_increase=0.4, threads=1, seed=3, **kw)
+
+
+def records(out: Path) -> list[dict]:
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines[1:]]
+
+
+def path_of(out: Path) -> dict:
+    """What a run measured, keyed by configuration: (phase, error, macs, latency)."""
+    return {r["key"]: (r["phase"], r["error"], r["macs"], r["latency_ms"]) for r in records(out)}
+
+
+def front_of(s: dict) -> list:
+    return [(r["key"], r["error"], r["latency_ms"]) for r in s["front"]]
+
+
+def test_cluster_run_is_the_serial_run(dask_cluster, case):
+    """Same seed, same batch: the cluster walks the serial run's path, every candidate's error
+    computed on the workers equals the serial one bit for bit, and the front is the same. Each
+    worker loaded the run's state once, whatever number of jobs it ran."""
+    from distributed import Client
+    from graphprune.search.cluster_worker import worker_counts
+    mp, dp, tmp, serial = case
+    out = tmp / "on-cluster"
+    s = run_optimize(opts(mp, dp, out, cluster=dask_cluster.address), log=lambda m: None)
+    assert front_of(s) == front_of(serial) and s["chosen"]["key"] == serial["chosen"]["key"]
+    assert path_of(out) == path_of(tmp / "serial")
+    head = json.loads((out / "journal.jsonl").read_text().splitlines()[0])
+    assert head["workers"] == 1 and head["batch"] == 2
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        counts = c.run(worker_counts)
+        assert len(counts) == 2
+        assert [v["loads"] for v in counts.values()] == [1, 1], counts
+        assert sum(v["jobs"] for v in counts.values()) == len(records(out))   # one job per record, none repeated
+        assert c.run(lambda: sorted(__import__("graphprune.search.cluster_worker").search.cluster_worker
+                                    ._PARKED)) == {a: [] for a in counts}   # the run's plugin was removed
+
+
+def test_killed_worker_loses_nothing(dask_cluster, case, monkeypatch):
+    """A worker killed (SIGKILL, nanny and all) while jobs run on it: Dask reruns its tasks on
+    the other worker, the search finishes, and the journal holds exactly the serial run's
+    records, each once."""
+    import _slow_job
+    from graphprune.search import objectives as obj
+    mp, dp, tmp, serial = case
+    out = tmp / "killed"
+    monkeypatch.setattr(obj, "evaluate_job", _slow_job.slow_evaluate_job)   # 0.4 s a job: time to kill mid-run
+    killed = {}
+
+    def killer():
+        journal = out / "journal.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 6:
+                dask_cluster.kill_worker(0)
+                killed["after"] = len(journal.read_text().splitlines()) - 1
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    s = run_optimize(opts(mp, dp, out, cluster=dask_cluster.address), log=lambda m: None)
+    t.join(5)
+    recs = records(out)
+    assert killed and killed["after"] < len(recs), (killed, len(recs))
+    assert len({r["key"] for r in recs}) == len(recs)
+    assert path_of(out) == path_of(tmp / "serial") and front_of(s) == front_of(serial)
+    from distributed import Client
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        assert len(c.nthreads()) == 1   # the killed worker is gone, not restarted by its nanny
+
+
+def test_cluster_errors_are_one_line(case, capsys, monkeypatch):
+    """A malformed or silent address, --cluster with --workers, distributed missing: one line, exit 2."""
+    mp, dp, tmp, _ = case
+    base = ["optimize", str(mp), "--data", str(dp), "-o", str(tmp / "err"), "--budget", "1", "--no-progress"]
+    monkeypatch.setattr(gc, "CONNECT_TIMEOUT_S", 2.0)
+    for extra, msg in [(["--cluster", "nohost"], "expected a Dask scheduler address"),
+                       (["--cluster", f"127.0.0.1:{free_port()}"], "no Dask scheduler answered at tcp://127.0.0.1:"),
+                       (["--cluster", "tcp://127.0.0.1:1", "--workers", "2"], "--cluster and --workers exclude")]:
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+        assert not (tmp / "err").exists()
+    monkeypatch.setitem(sys.modules, "distributed", None)   # import distributed -> ImportError
+    with pytest.raises(GraphpruneError, match=r"--cluster needs Dask distributed.*graphprune\[cluster\]"):
+        gc.connect("tcp://127.0.0.1:1")
