@@ -11,6 +11,7 @@ appended as its timing ends: a kill then loses at most the candidates being time
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 import onnx
 
@@ -29,6 +30,8 @@ class Evaluator:
         self.on_record = on_record
         self.job = obj.evaluate_job   # graphprune.search.candidates.evaluate_job with --bn-recalibrate
         self.latency_slots = 1        # candidates timed at once (a device farm: the devices under the key)
+        self.quality = None           # a QualityStore shared with other targets' searches (multitarget)
+        self.build = None             # config -> model in this process, for quality-store hits
 
     def known(self, config: dict[int, int]) -> dict | None:
         return self.journal.get("measured", self.space.key(config))
@@ -48,7 +51,9 @@ class Evaluator:
         for i in todo:   # identical configurations within one batch are built once
             k = self.space.key(configs[i])
             if k not in futures:
-                futures[k] = self.executor.submit(self.job, {int(g): int(v) for g, v in configs[i].items()})
+                cfg = {int(g): int(v) for g, v in configs[i].items()}
+                hit = self.quality.get(k) if self.quality is not None else None
+                futures[k] = self._rebuilt(cfg, hit) if hit else self.executor.submit(self.job, cfg)
         first = {}
         for i in todo:
             first.setdefault(self.space.key(configs[i]), i)
@@ -58,8 +63,17 @@ class Evaluator:
             out[i] = done[self.space.key(configs[i])]
         return out  # type: ignore[return-value]
 
+    def _rebuilt(self, cfg: dict, hit: dict) -> Future:
+        """Another target's search evaluated this configuration: its quality is reused, the model
+        is rebuilt here (a rewrite, no pass over the data) for timing."""
+        f: Future = Future()
+        f.set_result({**hit, "model": self.build(cfg).SerializeToString(), "quality_shared": True})
+        return f
+
     def _record(self, cfg, phase: str, extra: dict, res: dict) -> tuple[dict, onnx.ModelProto]:
         model = onnx.load_from_string(res.pop("model"))
+        if self.quality is not None and not res.get("quality_shared"):
+            self.quality.put(self.space.key(cfg), res)
         rec = {"type": "measured", "key": self.space.key(cfg), "phase": phase,
                "config": {str(g): int(v) for g, v in cfg.items()}, **extra, **res}
         return rec, model

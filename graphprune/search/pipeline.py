@@ -89,6 +89,8 @@ class RunState:
             self.executor.shutdown()
         if self.cluster is not None:
             self.cluster.close()
+        if getattr(self.ev, "quality", None) is not None:
+            self.ev.quality.close()
         if self.lock is not None:
             self.lock.release()
 

@@ -23,6 +23,7 @@ from graphprune.search.journal import Journal
 from graphprune.search.latency import resolve_latency
 from graphprune.search.options import validate
 from graphprune.search.outdir import JOURNAL_NAME, OutdirLock, check_outdir
+from graphprune.search.quality_store import attach as attach_quality_store
 from graphprune.search.pareto import Constraints, choose_best, front
 from graphprune.search.quality import info_text, value_text
 from graphprune.search.space import build_space, parse_bounds
@@ -178,6 +179,7 @@ def start_executor(st) -> None:
                        else make_executor(o.workers, init, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
     st.ev.latency_slots = st.latency_slots
+    attach_quality_store(st)   # several targets in one run: quality evaluated once (search/multitarget.py)
     if calib is not None:
         st.ev.job = candidates.evaluate_job
 
