@@ -1,0 +1,101 @@
+"""Several targets in one optimize run: x86 timed by onnxruntime and x86 timed by TVM, one
+search each, quality computed once and shared, one front and one chosen model per target, and
+a report comparing the channels each keeps."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+import graphprune.cli as cli
+from graphprune.errors import GraphpruneError
+from graphprune.search.multitarget import split_targets
+from graphprune.search.optimize import OptimizeOptions
+
+from _latency_models import isolated_latency_env  # noqa: F401  (autouse fixture)
+from test_search_common import write_case
+
+
+def test_target_lists_align():
+    o = OptimizeOptions(model="m", data="d", outdir="o", target="x86,arm-a72,x86", backend="ort,tvm,tvm",
+                        rpc_tracker=",10.0.0.2:9190,", rpc_key="rasp4")
+    runs = split_targets(o)
+    assert [(r.name, r.target, r.backend, r.rpc_tracker, r.rpc_key) for r in runs] == [
+        ("x86-ort", "x86", "ort", None, "rasp4"), ("arm-a72", "arm-a72", "tvm", "10.0.0.2:9190", "rasp4"),
+        ("x86-tvm", "x86", "tvm", None, "rasp4")]
+    for kw, msg in [({"backend": "ort,tvm"}, "--backend has 2 entries for 3 targets"),
+                    ({"backend": "ort,onnx,tvm"}, "unknown backend 'onnx' for target 'arm-a72'"),
+                    ({"target": "x86,x86,arm-a72", "backend": "ort,ort,tvm"}, "'x86' with backend 'ort' is given twice"),
+                    ({"target": "x86,,arm-a72"}, "an empty target name")]:
+        with pytest.raises(GraphpruneError, match=msg):
+            split_targets(OptimizeOptions(**{**dict(model="m", data="d", outdir="o", target="x86,arm-a72,x86",
+                                                    backend="ort"), **kw}))
+
+
+def test_bad_target_list_is_one_line_before_anything(tmp_path, capsys, monkeypatch):
+    """A target without a device among several: refused before any target is searched."""
+    mp, dp = write_case(tmp_path, n=32)
+    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.optimize_commands"])
+    assert cli.main(["optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "out"), "--target", "x86,arm-a72",
+                     "--backend", "ort,tvm", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "target 'arm-a72' has no reachable device" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _run(tmp_path, capsys, monkeypatch, targets, backends, extra=()):
+    mp, dp = write_case(tmp_path, n=48)
+    out = tmp_path / "out"
+    monkeypatch.setattr(cli, "COMMANDS", ["graphprune.cli.optimize_commands"])
+    assert cli.main(["optimize", str(mp), "--data", str(dp), "-o", str(out), "--target", targets, "--backend",
+                     backends, "--budget", "2", "--repeats", "3", "--channel-step", "8", "--holdout", "0",
+                     "--sensitivity-ratios", "0.5", "--max-error-increase", "0.4", "--threads", "1",
+                     "--no-progress", "--json", *extra]) == 0
+    return out, json.loads(capsys.readouterr().out)
+
+
+def _journal(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines()[1:]]
+
+
+def _check(out, s, names, backends):
+    """A front, a chosen model and a journal per target; the second target's search reused every
+    quality result the first computed for the same configuration (bit for bit); the report compares."""
+    assert list(s["targets"]) == names
+    for name, backend in zip(names, backends):
+        pj = json.loads((out / name / "pareto.json").read_text())
+        assert pj["latency"]["backend"] == backend and pj["front"]
+        assert {r["latency_backend"] for r in _journal(out / name / "journal.jsonl")} == {backend}
+        assert onnx.load(out / name / "best.onnx").graph.node
+        assert s["targets"][name]["front"] == [f["key"] for f in pj["front"]]
+    first = {r["key"]: r for r in _journal(out / names[0] / "journal.jsonl")}
+    second = _journal(out / names[1] / "journal.jsonl")
+    shared = [r for r in second if r.get("quality_shared")]
+    assert len(shared) == s["targets"][names[1]]["quality_shared"]
+    assert {r["key"] for r in shared} == {r["key"] for r in second} & set(first)   # every overlap shared
+    assert len(shared) >= 5   # the original, the sweep (3 groups), the uniform baselines
+    for r in shared:
+        f = first[r["key"]]
+        assert (r["error"], r["macs"], r["param_bytes"]) == (f["error"], f["macs"], f["param_bytes"])
+    store = [json.loads(ln) for ln in (out / "quality.jsonl").read_text().splitlines()]
+    assert store[0]["type"] == "header" and len({r["key"] for r in store[1:]}) == len(store) - 1
+    assert {r["key"] for r in store[1:]} == set(first) | {r["key"] for r in second}
+    report = (out / "report.md").read_text()
+    assert "## Units kept per channel group" in report and f"| {' | '.join(names)} | differs |" in report
+    for g in s["groups"]:
+        assert f"| {g} (of " in report
+
+
+def test_two_targets_share_quality(tmp_path, capsys, monkeypatch):
+    """x86 and arm-a72 (timed on its explicit x86 stand-in): two searches, quality shared."""
+    out, s = _run(tmp_path, capsys, monkeypatch, "x86,arm-a72", "ort", ["--stand-in", "x86"])
+    _check(out, s, ["x86", "arm-a72"], ["ort", "ort"])
+    assert "STAND-IN" in s["targets"]["arm-a72"]["latency_label"]
+
+
+@pytest.mark.slow
+def test_ort_and_tvm_targets_in_one_run(tmp_path, capsys, monkeypatch):
+    """x86 by onnxruntime and x86 by TVM (about 40 s: a TVM build per candidate)."""
+    out, s = _run(tmp_path, capsys, monkeypatch, "x86,x86", "ort,tvm")
+    _check(out, s, ["x86-ort", "x86-tvm"], ["ort", "tvm"])
