@@ -4,6 +4,8 @@ a report comparing the channels each keeps."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import onnx
 import pytest
@@ -99,3 +101,25 @@ def test_ort_and_tvm_targets_in_one_run(tmp_path, capsys, monkeypatch):
     """x86 by onnxruntime and x86 by TVM (about 40 s: a TVM build per candidate)."""
     out, s = _run(tmp_path, capsys, monkeypatch, "x86,x86", "ort,tvm")
     _check(out, s, ["x86-ort", "x86-tvm"], ["ort", "tvm"])
+
+
+QEMU_ROOT = Path(os.environ.get("GRAPHPRUNE_QEMU_ROOT", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                / "graphprune/qemu-aarch64"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (QEMU_ROOT / "site/onnxruntime").is_dir(),
+                    reason="no emulated aarch64 root: run tools/qemu_arm_rpc.sh setup first (with onnxruntime)")
+def test_x86_and_emulated_arm_a72_in_one_run(tmp_path, capsys, monkeypatch):
+    """x86 on this host and arm-a72 on the emulated aarch64 board's own onnxruntime (a device-server
+    under qemu-user, as tests/test_device_server_qemu.py starts it): one front per target."""
+    from graphprune.targets.localrpc import LocalRPCCluster
+    script = Path(__file__).resolve().parents[1] / "targets" / "device_server.py"
+    with LocalRPCCluster(key="rasp4-qemu-mt", n_servers=0, start_timeout=300) as c:
+        c.add_device_server(script=str(script), python=str(QEMU_ROOT / "bin/python"))
+        c.wait_for(1)
+        out, s = _run(tmp_path, capsys, monkeypatch, "x86,arm-a72", "ort",
+                      ["--rpc-tracker", f",{c.address}", "--rpc-key", ",rasp4-qemu-mt", "--timeout", "300"])
+    _check(out, s, ["x86", "arm-a72"], ["ort", "ort"])
+    recs = _journal(out / "arm-a72" / "journal.jsonl")
+    assert all(r["latency_device"].startswith("rpc:rasp4-qemu-mt@") for r in recs)
