@@ -94,6 +94,43 @@ def test_cluster_run_is_the_serial_run(dask_cluster, case):
                                     ._PARKED)) == {a: [] for a in counts}   # the run's plugin was removed
 
 
+def test_killed_driver_resumes_on_the_cluster(dask_cluster, case):
+    """The driver (graphprune optimize --cluster) killed with SIGKILL mid-search: every candidate
+    in its journal stays measured; --resume on the cluster measures only the rest and walks the
+    serial run's path. The killed driver's run state is removed from the workers on reconnect."""
+    import signal
+    import subprocess
+    from distributed import Client
+    mp, dp, tmp, serial = case
+    out = tmp / "driver-killed"
+    argv = [sys.executable, "-m", "graphprune", "optimize", str(mp), "--data", str(dp), "-o", str(out),
+            "--budget", "8", "--repeats", "3", "--channel-step", "4", "--holdout", "2", "--max-error-increase", "0.4",
+            "--threads", "1", "--seed", "3", "--no-progress", "--cluster", dask_cluster.address]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "GRAPHPRUNE_CACHE": os.environ["GRAPHPRUNE_CACHE"]})
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 9:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    before = records(out)
+    assert 8 <= len(before) < len(path_of(tmp / "serial"))
+    with Client(dask_cluster.address, set_as_default=False) as c:   # the dead driver's plugin is still parked
+        assert any(c.run(lambda: bool(__import__("graphprune.search.cluster_worker").search.cluster_worker
+                                      ._PARKED)).values())
+    s = run_optimize(opts(mp, dp, out, cluster=dask_cluster.address, resume=True), log=lambda m: None)
+    after = records(out)
+    assert after[:len(before)] == before   # nothing measured before the kill was measured again
+    assert path_of(out) == path_of(tmp / "serial") and front_of(s) == front_of(serial)
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        assert not any(c.run(lambda: bool(__import__("graphprune.search.cluster_worker").search.cluster_worker
+                                          ._PARKED)).values())
+
+
 def test_killed_worker_loses_nothing(dask_cluster, case, monkeypatch):
     """A worker killed (SIGKILL, nanny and all) while jobs run on it: Dask reruns its tasks on
     the other worker, the search finishes, and the journal holds exactly the serial run's

@@ -28,6 +28,7 @@ import uuid
 from graphprune.errors import GraphpruneError
 
 CONNECT_TIMEOUT_S = 10.0
+PLUGIN_PREFIX = "graphprune-run:"   # + the owning client's id + ":" + a run token
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|inproc)://)?([^\s:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -62,6 +63,24 @@ def connect(address: str, timeout: float | None = None):
     return client
 
 
+def drop_orphaned_plugins(client) -> None:
+    """Unregister the run-state plugins of drivers that are gone. The scheduler keeps a worker
+    plugin after its client disconnects, so a driver killed with -9 would leave its model and
+    data parked on every worker until they restart; each plugin is named after its client."""
+    def scan(dask_scheduler=None):
+        return list(dask_scheduler.clients), [n for n in dask_scheduler.worker_plugins if n.startswith(PLUGIN_PREFIX)]
+    try:
+        clients, names = client.run_on_scheduler(scan)
+    except Exception:  # noqa: BLE001 - an older or restricted scheduler: nothing is cleaned, nothing breaks
+        return
+    for name in names:
+        if name[len(PLUGIN_PREFIX):].rsplit(":", 1)[0] not in clients:
+            try:
+                client.unregister_worker_plugin(name)
+            except Exception:  # noqa: BLE001 - removed meanwhile by another driver
+                pass
+
+
 def is_dask_client(obj) -> bool:
     return type(obj).__name__ == "Client" and type(obj).__module__.startswith("distributed")
 
@@ -73,7 +92,8 @@ class ClusterExecutor:
     def __init__(self, client, initializer=None, initargs=(), own_client: bool = False):
         from graphprune.search.cluster_worker import RunStatePlugin
         self.client, self.own_client = client, own_client
-        self.token = f"graphprune-{uuid.uuid4().hex[:12]}"
+        drop_orphaned_plugins(client)
+        self.token = f"{PLUGIN_PREFIX}{client.id}:{uuid.uuid4().hex[:8]}"
         client.register_plugin(RunStatePlugin(self.token, initializer, initargs), name=self.token)
 
     def submit(self, fn, *args, **kwargs):
