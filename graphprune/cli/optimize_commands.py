@@ -139,9 +139,9 @@ def optimize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,
         size=args.size, mean=args.mean, std=args.std, scale=args.scale, channel_order=args.channel_order,
         layout=args.layout, input_shapes=parse_input_shapes(args.input_shape), **_recovery_without_labels(args))
-    from graphprune.search.multitarget import is_multi, run_multi
+    from graphprune.search.multitarget import is_multi
     if is_multi(o):
-        s = run_multi(o, log=_stderr)
+        s = run_optimize(o, log=_stderr)
         print(dumps(s) if args.json else "\n".join(multi_lines(s, o.outdir)))
         return 0
     s = run_optimize(o)

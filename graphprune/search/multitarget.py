@@ -17,6 +17,7 @@ the same, machine-readable. `--resume` resumes every target's search.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from graphprune.errors import GraphpruneError
@@ -91,7 +92,7 @@ def run_multi(o, executor=None, log=None) -> dict:
     """One search per target, sharing quality evaluations; the comparison in OUTDIR/report.md."""
     from graphprune.search.pipeline import run_optimize
     from graphprune.search.stages import default_outdir
-    log = log or (lambda m: None)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     runs = split_targets(o)
     out = Path(o.outdir) if o.outdir else default_outdir(o.model)
     o.outdir = str(out)   # as a single-target run does: the caller reports it

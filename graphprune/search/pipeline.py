@@ -113,7 +113,11 @@ STAGES = (stages.validate_options, cluster.connect_stage, stages.load_inputs, st
 
 def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
     """Run every stage; returns the summary pareto.json holds (plus "_measured": every record).
-    Raises GraphpruneError (after writing the outputs) when nothing meets the constraints."""
+    Raises GraphpruneError (after writing the outputs) when nothing meets the constraints.
+    Several targets (`target="x86,arm-a72"`, ...): one search each, see search/multitarget.py."""
+    from graphprune.search.multitarget import is_multi, run_multi
+    if is_multi(o):
+        return run_multi(o, executor=executor, log=log)
     st = RunState(o, log or (lambda msg: print(msg, file=sys.stderr, flush=True)), executor=executor)
     try:
         for stage in STAGES:
