@@ -22,7 +22,7 @@ pytest.importorskip("distributed")
 import graphprune.cli as cli  # noqa: E402
 from graphprune.errors import GraphpruneError  # noqa: E402
 from graphprune.search import cluster as gc  # noqa: E402
-from graphprune.search.cluster_local import LocalDaskCluster  # noqa: E402
+from graphprune.search.cluster.local import LocalDaskCluster  # noqa: E402
 from graphprune.search.executor import SerialExecutor  # noqa: E402
 from graphprune.search.optimize import OptimizeOptions, run_optimize  # noqa: E402
 from graphprune.targets.localrpc import free_port  # noqa: E402
@@ -77,7 +77,7 @@ def test_cluster_run_is_the_serial_run(dask_cluster, case):
     computed on the workers equals the serial one bit for bit, and the front is the same. Each
     worker loaded the run's state once, whatever number of jobs it ran."""
     from distributed import Client
-    from graphprune.search.cluster_worker import worker_counts
+    from graphprune.search.cluster.worker import worker_counts
     mp, dp, tmp, serial = case
     out = tmp / "on-cluster"
     s = run_optimize(opts(mp, dp, out, cluster=dask_cluster.address), log=lambda m: None)
@@ -90,7 +90,7 @@ def test_cluster_run_is_the_serial_run(dask_cluster, case):
         assert len(counts) == 2
         assert [v["loads"] for v in counts.values()] == [1, 1], counts
         assert sum(v["jobs"] for v in counts.values()) == len(records(out))   # one job per record, none repeated
-        assert c.run(lambda: sorted(__import__("graphprune.search.cluster_worker").search.cluster_worker
+        assert c.run(lambda: sorted(__import__("graphprune.search.cluster.worker").search.cluster.worker
                                     ._PARKED)) == {a: [] for a in counts}   # the run's plugin was removed
 
 
@@ -120,14 +120,14 @@ def test_killed_driver_resumes_on_the_cluster(dask_cluster, case):
     before = records(out)
     assert 8 <= len(before) < len(path_of(tmp / "serial"))
     with Client(dask_cluster.address, set_as_default=False) as c:   # the dead driver's plugin is still parked
-        assert any(c.run(lambda: bool(__import__("graphprune.search.cluster_worker").search.cluster_worker
+        assert any(c.run(lambda: bool(__import__("graphprune.search.cluster.worker").search.cluster.worker
                                       ._PARKED)).values())
     s = run_optimize(opts(mp, dp, out, cluster=dask_cluster.address, resume=True), log=lambda m: None)
     after = records(out)
     assert after[:len(before)] == before   # nothing measured before the kill was measured again
     assert path_of(out) == path_of(tmp / "serial") and front_of(s) == front_of(serial)
     with Client(dask_cluster.address, set_as_default=False) as c:
-        assert not any(c.run(lambda: bool(__import__("graphprune.search.cluster_worker").search.cluster_worker
+        assert not any(c.run(lambda: bool(__import__("graphprune.search.cluster.worker").search.cluster.worker
                                           ._PARKED)).values())
 
 

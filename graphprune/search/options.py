@@ -40,7 +40,7 @@ class OptimizeOptions:
     optimizer: str = DEFAULT_OPTIMIZER
     budget: int = 60
     workers: int = 1
-    cluster: str | None = None          # Dask scheduler address: evaluations on its workers (search/cluster.py)
+    cluster: str | None = None          # Dask scheduler address: evaluations on its workers (search/cluster/)
     quality_store: str | None = None    # JSONL of quality results shared by several targets' searches (multitarget)
     seed: int = 0
     criterion: str = "l1"

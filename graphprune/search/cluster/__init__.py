@@ -87,17 +87,17 @@ def is_dask_client(obj) -> bool:
 
 class ClusterExecutor:
     """concurrent.futures-style executor on a distributed.Client; the run's state (initializer
-    and its arguments) is shipped once per worker by a worker plugin (cluster_worker)."""
+    and its arguments) is shipped once per worker by a worker plugin (cluster.worker)."""
 
     def __init__(self, client, initializer=None, initargs=(), own_client: bool = False):
-        from graphprune.search.cluster_worker import RunStatePlugin
+        from graphprune.search.cluster.worker import RunStatePlugin
         self.client, self.own_client = client, own_client
         drop_orphaned_plugins(client)
         self.token = f"{PLUGIN_PREFIX}{client.id}:{uuid.uuid4().hex[:8]}"
         client.register_plugin(RunStatePlugin(self.token, initializer, initargs), name=self.token)
 
     def submit(self, fn, *args, **kwargs):
-        from graphprune.search.cluster_worker import run_job
+        from graphprune.search.cluster.worker import run_job
         return self.client.submit(run_job, self.token, fn, args, kwargs, pure=False)
 
     def slots(self) -> int:
