@@ -11,7 +11,9 @@ latency cache each run so nothing is answered from another run) in these layouts
                    (onnxruntime over RPC), evaluation serial here
 
 and prints a markdown table: wall seconds of run_optimize (cluster and device start-up not
-included), configurations measured, seconds per measured configuration, the batch.
+included), configurations measured, seconds per measured configuration, seconds per
+configuration spent timing it (driver's clock, from the journal; on a farm these overlap),
+the batch.
 
     .venv/bin/python tools/make_demo_data.py -o out/demo_data
     nice -n 5 .venv/bin/python tools/bench_scaling.py --data out/demo_data/val.npz --budget 24
@@ -32,7 +34,7 @@ LAYOUTS = ("workers-1", "workers-2", "cluster-1", "cluster-2", "devices-1", "dev
 
 
 def one_run(layout: str, args, tmp: Path) -> dict:
-    from graphprune.search.cluster_local import LocalDaskCluster
+    from graphprune.search.cluster.local import LocalDaskCluster
     from graphprune.search.optimize import OptimizeOptions, run_optimize
     from graphprune.targets.localrpc import LocalRPCCluster
     os.environ["GRAPHPRUNE_CACHE"] = str(tmp / f"cache-{layout}")
@@ -56,10 +58,12 @@ def one_run(layout: str, args, tmp: Path) -> dict:
     finally:
         if ctx is not None:
             ctx.stop()
-    head = json.loads((tmp / layout / "journal.jsonl").read_text().splitlines()[0])
-    measured = sum(1 for ln in (tmp / layout / "journal.jsonl").read_text().splitlines()[1:]
-                   if json.loads(ln).get("type") == "measured")
-    return {"layout": layout, "wall_s": round(wall, 1), "measured": measured, "s_per_config": round(wall / measured, 3),
+    lines = (tmp / layout / "journal.jsonl").read_text().splitlines()
+    head, recs = json.loads(lines[0]), [json.loads(ln) for ln in lines[1:]]
+    recs = [r for r in recs if r.get("type") == "measured"]
+    timing = sum(r["latency_finished"] - r["latency_started"] for r in recs)   # summed, overlapping on a farm
+    return {"layout": layout, "wall_s": round(wall, 1), "measured": len(recs),
+            "s_per_config": round(wall / len(recs), 3), "timing_s_per_config": round(timing / len(recs), 3),
             "batch": head.get("batch", head["workers"]), "front": len(s["front"]), "load_avg": os.getloadavg()}
 
 
@@ -79,10 +83,12 @@ def main(argv=None) -> int:
         for layout in args.layouts.split(","):
             rows.append(one_run(layout, args, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| layout | batch | wall s | measured | s / measured | front | load avg (1, 5, 15 min) at end |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| layout | batch | wall s | measured | s / measured | timing s / measured | front | "
+          "load avg (1, 5, 15 min) at end |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['layout']} | {r['batch']} | {r['wall_s']} | {r['measured']} | {r['s_per_config']} | {r['front']} | "
+        print(f"| {r['layout']} | {r['batch']} | {r['wall_s']} | {r['measured']} | {r['s_per_config']} | "
+              f"{r['timing_s_per_config']} | {r['front']} | "
               + ", ".join(f"{v:.2f}" for v in r["load_avg"]) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
