@@ -94,6 +94,20 @@ def test_cluster_run_is_the_serial_run(dask_cluster, case):
                                     ._PARKED)) == {a: [] for a in counts}   # the run's plugin was removed
 
 
+def test_callers_own_client_as_the_executor(dask_cluster, case):
+    """run_optimize(o, executor=distributed.Client): the run's state is shipped to the workers for
+    the caller, the path is the serial run's, and the caller's client is left open."""
+    from distributed import Client
+    mp, dp, tmp, serial = case
+    out = tmp / "own-client"
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        s = run_optimize(opts(mp, dp, out), executor=c, log=lambda m: None)
+        assert c.status == "running"
+        assert path_of(out) == path_of(tmp / "serial") and front_of(s) == front_of(serial)
+        with pytest.raises(GraphpruneError, match="give either an executor or --cluster"):
+            run_optimize(opts(mp, dp, tmp / "both", cluster=dask_cluster.address), executor=c, log=lambda m: None)
+
+
 def test_killed_driver_resumes_on_the_cluster(dask_cluster, case):
     """The driver (graphprune optimize --cluster) killed with SIGKILL mid-search: every candidate
     in its journal stays measured; --resume on the cluster measures only the rest and walks the
