@@ -123,3 +123,27 @@ def test_x86_and_emulated_arm_a72_in_one_run(tmp_path, capsys, monkeypatch):
     _check(out, s, ["x86", "arm-a72"], ["ort", "ort"])
     recs = _journal(out / "arm-a72" / "journal.jsonl")
     assert all(r["latency_device"].startswith("rpc:rasp4-qemu-mt@") for r in recs)
+
+
+def test_report_names_the_units_each_target_keeps(tmp_path):
+    """Where two targets' choices differ, the report lists which units one keeps and the other
+    drops; the criterion ranks the same way for both, so the smaller choice is a subset."""
+    from graphprune.search.multitarget import TargetRun, compare, kept_units, report_lines
+    mp, _ = write_case(tmp_path, n=8)
+    runs = [TargetRun("x86", "x86", "ort", None, None), TargetRun("arm-a72", "arm-a72", "ort", "h:1", "k")]
+
+    def summary(cfg):
+        return {"chosen": {"key": "-".join(map(str, cfg.values())), "config": {str(g): v for g, v in cfg.items()},
+                           "latency_ms": 1.0, "error": 0.1}, "baseline": {"latency_ms": 2.0, "error": 0.0},
+                "front": [], "latency_label": "l", "final": None, "_measured": [],
+                "space": {"groups": [{"id": 0, "units": 16}, {"id": 1, "units": 32}, {"id": 2, "units": 24}]}}
+    s = compare(runs, {"x86": summary({0: 16, 1: 8, 2: 24}), "arm-a72": summary({0: 16, 1: 16, 2: 8})}, {})
+    s["kept_units"] = kept_units(OptimizeOptions(model=str(mp), data="d", outdir="o"), s)
+    assert sorted(s["kept_units"]) == ["1", "2"]   # group 0 is the same on both
+    k1 = s["kept_units"]["1"]
+    assert len(k1["x86"]) == 8 and len(k1["arm-a72"]) == 16 and set(k1["x86"]) < set(k1["arm-a72"])
+    text = "\n".join(report_lines(s))
+    assert "| 1 (of 32) | 8 (25 %) | 16 (50 %) | yes |" in text and "| 0 (of 16) | 16 (100 %) | 16 (100 %) |  |" in text
+    dropped = sorted(set(k1["arm-a72"]) - set(k1["x86"]))
+    assert f"- group 1, x86 keeps 8; drops what another keeps: {', '.join(map(str, dropped))}" in text
+    assert "- group 1, arm-a72 keeps 16; drops what another keeps: nothing" in text

@@ -108,6 +108,7 @@ def run_multi(o, executor=None, log=None) -> dict:
                 raise   # it failed before searching: a real error, not "nothing meets the constraints"
             failed[r.name] = str(exc)
     summary = compare(runs, results, failed)
+    summary["kept_units"] = kept_units(o, summary)
     write_comparison(out, summary)
     if failed:
         raise GraphpruneError(f"no candidate meets the constraints on {', '.join(failed)}; see {out / 'report.md'}")
@@ -137,6 +138,29 @@ def compare(runs: list[TargetRun], results: dict, failed: dict) -> dict:
     return {"targets": per, "groups": groups, "units": widths}
 
 
+def kept_units(o, summary: dict) -> dict:
+    """{group: {target: [unit indices kept]}} for the groups where the targets' choices differ:
+    which channels each target keeps, as the search judged them (ranked by --criterion on the
+    original weights; recovery with --finetune-steps re-ranks on the trained weights)."""
+    import graphprune as gp
+    per = {n: e for n, e in summary["targets"].items() if "config" in e}
+    differing = [g for g in summary["groups"] if len({e["config"].get(str(g)) for e in per.values()}) > 1]
+    if not differing:
+        return {}
+    an = gp.analyse(gp.load(o.model), input_shapes=o.input_shapes)
+    out = {}
+    for name, e in per.items():
+        plan = gp.choose(an, keep={int(g): int(v) for g, v in e["config"].items()}, criterion=o.criterion)
+        for g in differing:
+            units = an.units_of_group(g)
+            out.setdefault(str(g), {})[name] = [i for i, u in enumerate(units) if plan.keep_units[u]]
+    return out
+
+
+def _unit_list(ids: list[int], limit: int = 24) -> str:
+    return ", ".join(map(str, ids[:limit])) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
 def report_lines(summary: dict) -> list[str]:
     per = summary["targets"]
     names = list(per)
@@ -163,6 +187,17 @@ def report_lines(summary: dict) -> list[str]:
         cells = [("-" if k is None else f"{k}" + (f" ({100 * k / width:.0f} %)" if width else "")) for k in kept]
         differs = "yes" if len({k for k in kept if k is not None}) > 1 else ""
         lines.append(f"| {g}{f' (of {width})' if width else ''} | " + " | ".join(cells) + f" | {differs} |")
+    kept = summary.get("kept_units") or {}
+    if kept:
+        lines += ["", "## Which units each target keeps where they differ", "",
+                  "Unit indices within the group (0 = the group's first channel), kept by one target and not by "
+                  "another:", ""]
+        for g, by in kept.items():
+            union = set().union(*map(set, by.values()))
+            for name, ids in by.items():
+                only_others = sorted(union - set(ids))
+                lines.append(f"- group {g}, {name} keeps {len(ids)}; drops what another keeps: "
+                             f"{_unit_list(only_others) or 'nothing'}")
     return lines + [""]
 
 
