@@ -193,3 +193,32 @@ def test_cluster_errors_are_one_line(case, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)   # import distributed -> ImportError
     with pytest.raises(GraphpruneError, match=r"--cluster needs Dask distributed.*graphprune\[cluster\]"):
         gc.connect("tcp://127.0.0.1:1")
+
+
+def test_scheduler_lost_is_one_line(dask_cluster, case):
+    """The scheduler killed mid-search (last: it ends this module's cluster): one line naming
+    --resume, not a traceback; what was measured is in the journal."""
+    import signal
+    import _slow_job
+    from graphprune.search import objectives as obj
+    mp, dp, tmp, _ = case
+    out = tmp / "scheduler-killed"
+
+    def killer():
+        journal = out / "journal.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 4:
+                os.killpg(dask_cluster.scheduler.pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=killer, daemon=True)
+    mp_ = pytest.MonkeyPatch()
+    mp_.setattr(obj, "evaluate_job", _slow_job.slow_evaluate_job)
+    try:
+        t.start()
+        with pytest.raises(GraphpruneError, match=r"--cluster: the cluster failed a candidate's evaluation .*--resume"):
+            run_optimize(opts(mp, dp, out, cluster=dask_cluster.address), log=lambda m: None)
+    finally:
+        mp_.undo()
+    assert len(records(out)) >= 3

@@ -98,7 +98,7 @@ class ClusterExecutor:
 
     def submit(self, fn, *args, **kwargs):
         from graphprune.search.cluster.worker import run_job
-        return self.client.submit(run_job, self.token, fn, args, kwargs, pure=False)
+        return ClusterJob(self.client.submit(run_job, self.token, fn, args, kwargs, pure=False))
 
     def slots(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
@@ -117,6 +117,32 @@ class ClusterExecutor:
 
     def __exit__(self, *exc):
         self.shutdown()
+
+
+class ClusterJob:
+    """A Dask future whose cluster failures read as one line: the scheduler gone, a job that
+    killed its workers too often (KilledWorker), a cancelled job. The job's own exceptions
+    (a GraphpruneError, a bug) come through unchanged, as from the process pool."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def result(self, timeout=None):
+        from concurrent.futures import CancelledError
+        try:
+            return self.future.result(timeout)
+        except GraphpruneError:
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, (CancelledError, OSError)) or type(exc).__module__.startswith("distributed")):
+                raise
+            text = " ".join(str(exc).split())[:200]
+            raise GraphpruneError(f"--cluster: the cluster failed a candidate's evaluation ({type(exc).__name__}: "
+                                  f"{text}); every candidate measured so far is in the journal: rerun with --resume"
+                                  ) from None
+
+    def done(self) -> bool:
+        return self.future.done()
 
 
 def journal_batch(st) -> int | None:
