@@ -106,8 +106,8 @@ def final_measurement(st: RunState) -> None:
     st.log(st.final["text"])
 
 
-STAGES = (stages.validate_options, cluster.connect_stage, stages.load_inputs, stages.open_outdir, stages.start_executor, stages.baseline,
-          stages.sensitivity, stages.holdout_and_surrogate, stages.search, stages.front_and_choice,
+STAGES = (stages.validate_options, cluster.connect_stage, stages.load_inputs, stages.open_outdir,
+          stages.start_executor, stages.baseline, stages.sensitivity, stages.holdout_and_surrogate, stages.search, stages.front_and_choice,
           recovery.recovery_stage, final_measurement, outputs.write_outputs)
 
 

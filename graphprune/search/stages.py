@@ -23,9 +23,9 @@ from graphprune.search.journal import Journal
 from graphprune.search.latency import resolve_latency
 from graphprune.search.options import validate
 from graphprune.search.outdir import JOURNAL_NAME, OutdirLock, check_outdir
-from graphprune.search.quality_store import attach as attach_quality_store
 from graphprune.search.pareto import Constraints, choose_best, front
 from graphprune.search.quality import info_text, value_text
+from graphprune.search.quality_store import attach as attach_quality_store
 from graphprune.search.space import build_space, parse_bounds
 from graphprune.search.surrogate import Surrogate, prediction_error
 
