@@ -4,7 +4,7 @@
 it, runs the rest (rewrite + error + counts) on the executor, then measures their
 latency one at a time in this process and appends each record (fsync'd) before
 moving on, so a kill loses at most the candidate being measured. On a device farm
-(latency_slots > 1: onnxruntime over RPC, several devices under the key) up to
+(latency_slots > 1: several devices under the RPC key) up to
 latency_slots candidates are timed at once, each on its own device, and each record is
 appended as its timing ends: a kill then loses at most the candidates being timed.
 """

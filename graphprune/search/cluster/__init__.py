@@ -185,10 +185,11 @@ def connect_stage(st) -> None:
 
 
 def device_slots(st) -> int:
-    """Devices under the RPC key that can time candidates at once: onnxruntime over RPC only
-    (a TVM candidate is compiled in this process first, one at a time); 1 otherwise."""
+    """Devices under the RPC key that can time candidates at once (onnxruntime or TVM over RPC;
+    a TVM candidate is compiled in this process first, one compile at a time, and timed on its
+    device while the next one compiles); 1 without a tracker."""
     spec = st.spec
-    if not (spec.rpc_tracker and spec.backend == "ort"):
+    if not spec.rpc_tracker:
         return 1
     from graphprune.targets.measure_rpc import check_key
     from graphprune.targets import get_target
