@@ -147,3 +147,30 @@ def test_report_names_the_units_each_target_keeps(tmp_path):
     dropped = sorted(set(k1["arm-a72"]) - set(k1["x86"]))
     assert f"- group 1, x86 keeps 8; drops what another keeps: {', '.join(map(str, dropped))}" in text
     assert "- group 1, arm-a72 keeps 16; drops what another keeps: nothing" in text
+
+
+def test_quality_store_reads_back_what_a_kill_left(tmp_path):
+    """The shared store: results read back; a last line cut by a kill dropped (computed again), a
+    complete last line without its newline kept; a store for other inputs refused in one line."""
+    from graphprune.search.quality_store import QualityStore
+    head = {"model_sha": "a", "data": "b", "criterion": "l1", "metric": "accuracy", "input_shapes": None,
+            "bn_recalibrate": None}
+    path = tmp_path / "q.jsonl"
+    q = QualityStore(path, head)
+    q.put("8-8", {"error": 0.25, "macs": 10, "params": 3, "param_bytes": 12, "model": b"not stored"})
+    q.put("8-8", {"error": 0.5})   # first result wins: one line per configuration
+    q.close()
+    with open(path, "a") as f:
+        f.write('{"key":"4-8","error":0.5,"macs":5,"params":2,"param_bytes":8}')   # no newline
+    q = QualityStore(path, head)
+    assert q.get("8-8") == {"error": 0.25, "macs": 10, "params": 3, "param_bytes": 12} and q.get("4-8")["macs"] == 5
+    q.close()
+    with open(path, "a") as f:
+        f.write('{"key":"4-4","err')   # torn by a kill
+    q = QualityStore(path, head)
+    assert q.get("4-4") is None and q.hits == 0
+    q.put("4-4", {"error": 0.75, "macs": 2, "params": 1, "param_bytes": 4})
+    q.close()
+    assert [json.loads(ln)["key"] for ln in path.read_text().splitlines()[1:]] == ["8-8", "4-8", "4-4"]
+    with pytest.raises(GraphpruneError, match=r"written for other inputs \(data differ\)"):
+        QualityStore(path, {**head, "data": "c"})
