@@ -54,8 +54,9 @@ def case(tmp_path_factory):
 
 
 def opts(mp, dp, out, **kw) -> OptimizeOptions:
-    return OptimizeOptions(model=str(mp), data=str(dp), outdir=str(out), budget=8, repeats=3, channel_step=4,
-                           holdout=2, progress=False, max_error_increase=0.4, threads=1, seed=3, **kw)
+    base = dict(budget=8, repeats=3, channel_step=4, holdout=2, progress=False, max_error_increase=0.4, threads=1,
+                seed=3)
+    return OptimizeOptions(model=str(mp), data=str(dp), outdir=str(out), **{**base, **kw})
 
 
 def records(out: Path) -> list[dict]:
@@ -92,6 +93,35 @@ def test_cluster_run_is_the_serial_run(dask_cluster, case):
         assert sum(v["jobs"] for v in counts.values()) == len(records(out))   # one job per record, none repeated
         assert c.run(lambda: sorted(__import__("graphprune.search.cluster.worker").search.cluster.worker
                                     ._PARKED)) == {a: [] for a in counts}   # the run's plugin was removed
+
+
+def test_recovery_tries_fine_tune_on_the_cluster(dask_cluster, case):
+    """--epochs with --recovery-slack on the cluster: the tries are fine-tuned on the workers, all
+    at once, and the driver applies the sequential rule to them: the same delivery, reason and
+    recovered accuracy as fine-tuning them one by one in this process."""
+    from distributed import Client
+    from graphprune.search.cluster.worker import worker_counts
+    mp, dp, tmp, _ = case
+    rec = dict(epochs=1.0, recovery_slack=0.3, recovery_tries=2, finetune_steps=1, max_error_increase=0.05,
+               objectives="macs,error",   # a choice that does not hang on 0.04 ms timings of a tiny model
+               budget=4)
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        jobs_before = sum(v["jobs"] for v in c.run(worker_counts).values())
+    serial = run_optimize(opts(mp, dp, tmp / "rec-serial", **{**rec, "workers": 2}), executor=SerialExecutor(),
+                          log=lambda m: None)
+    lines = []
+    s = run_optimize(opts(mp, dp, tmp / "rec-cluster", cluster=dask_cluster.address, **rec), log=lines.append)
+    assert any("fine-tune(s) started at once on the cluster" in ln for ln in lines), "\n".join(lines)
+    assert s["delivered"] == serial["delivered"] and s["choice_reason"] == serial["choice_reason"]
+    for k in ("recovery", "recovery_rejected"):   # whichever the rule gave, it gave it on both
+        assert (s.get(k) or {}).get("accuracy_after") == (serial.get(k) or {}).get("accuracy_after"), (k, s.get(k))
+    assert "recovered best score first" in s["choice_reason"] or "recovery-aware" in s["choice_reason"]
+    assert " % -> " in s["choice_reason"], s["choice_reason"]   # tries were fine-tuned: accuracy before -> after
+    with Client(dask_cluster.address, set_as_default=False) as c:
+        jobs = sum(v["jobs"] for v in c.run(worker_counts).values()) - jobs_before
+    evaluated = [r for r in records(tmp / "rec-cluster") if r["type"] == "measured"]
+    started = next(ln for ln in lines if "started at once" in ln)
+    assert jobs == len(evaluated) + int(started.split()[1])   # every evaluation and every fine-tune ran there
 
 
 def test_callers_own_client_as_the_executor(dask_cluster, case):

@@ -144,6 +144,9 @@ class ClusterJob:
     def done(self) -> bool:
         return self.future.done()
 
+    def cancel(self) -> None:
+        self.future.cancel()
+
 
 def journal_batch(st) -> int | None:
     """The batch an existing journal was written with (--resume), from its header line."""
