@@ -1,7 +1,7 @@
 """Scaling optimize out: candidate evaluations on a Dask cluster, latency on a device farm.
 
 `--cluster tcp://HOST:PORT` runs the evaluation jobs (rewrite, quality on the data, BN
-recalibration) on a running Dask distributed cluster instead of this host's process pool
+recalibration) and recovery's fine-tunes (cluster.recovery_jobs) on a running Dask distributed cluster instead of this host's process pool
 (`--workers N`, the one-machine path; both at once are refused). Why Dask: its Client has
 concurrent.futures' submit() -> Future, which is the executor interface the search already
 uses; the scheduler re-runs the tasks of a worker that dies on another worker; workers can
