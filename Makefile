@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml tools/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,cluster]'
 	$(PIP) install -q --no-deps zennit==0.5.1
 	$(PIP) uninstall -q -y torchvision 2>/dev/null || true
 	touch $(STAMP)

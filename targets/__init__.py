@@ -16,6 +16,7 @@ with graphprune installed without its dependencies can run `graphprune device-se
 """
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from graphprune.errors import GraphpruneError
@@ -205,12 +206,19 @@ def _measure_ort(m, tgt: Target, rpc_tracker, rpc_key, repeats, warmup, threads,
                        note=note)
 
 
+# TVM's ONNX importer and build are not thread-safe (two imports at once in one process fail):
+# measurements from several threads (a device farm timing candidates at once) compile one at a
+# time, and time on their devices in parallel while the next one compiles.
+_COMPILE_LOCK = threading.Lock()
+
+
 def _measure_tvm(m, tgt: Target, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes,
                  tune_time=None, progress: bool = False):
     from graphprune.targets.compile import compile_model as _compile
-    compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
-                        rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated), tune_time=tune_time,
-                        progress=progress)
+    with _COMPILE_LOCK:
+        compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
+                            rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated), tune_time=tune_time,
+                            progress=progress)
     if rpc_tracker:
         from graphprune.targets.measure_rpc import measure_rpc
         return measure_rpc(compiled, m, rpc_tracker, rpc_key, repeats=repeats, warmup=warmup,

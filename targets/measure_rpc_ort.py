@@ -120,7 +120,7 @@ def measure_ort_rpc(model: onnx.ModelProto, tracker_addr: str, key: str, target:
     return stats(answer["samples_ms"], backend="ort", target=target, tuned=False,
                  tuning="onnxruntime on the device (no TVM tuning)", device=f"rpc:{key}@{dev}", emulated=emulated,
                  input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=int(answer["threads"]),
-                 device_info=answer["device"])
+                 device_info={**answer["device"], "timed": [answer.get("started"), answer.get("finished")]})
 
 
 def measure_many_ort(models, tracker_addr: str, key: str, parallel: int | None = None, **kw) -> list:

@@ -288,6 +288,68 @@ def test_optimize_times_candidates_on_the_device(farm, tmp_path):
     assert onnx.load(out / "best.onnx").graph.node
 
 
+def _farm_case(tmp_path, hw: int = 32):
+    """The search tests' tiny ResNet at 32x32 (about 1 ms a run): a timing lasts long enough next
+    to the RPC overheads (tracker, upload, session) for two at once to be seen overlapping."""
+    from test_search_common import self_labelled_data, tiny_resnet
+    m = tiny_resnet(0, hw=hw)
+    onnx.save(m, tmp_path / "m.onnx")
+    x, y = self_labelled_data(m, 48, hw=hw)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    return tmp_path / "m.onnx", tmp_path / "d.npz"
+
+
+def _optimize_on_farm(tmp_path, farm, out, **kw):
+    """optimize timed by the farm's two devices; (summary, measured records, wall seconds)."""
+    from graphprune.search.optimize import OptimizeOptions, run_optimize
+    mp, dp = _farm_case(tmp_path)
+    o = OptimizeOptions(model=str(mp), data=str(dp), outdir=str(out), budget=4, repeats=100, channel_step=8,
+                        holdout=2, progress=False, max_error_increase=0.4, backend="ort", rpc_tracker=farm.address,
+                        rpc_key=KEY, threads=1, **kw)
+    t0 = time.monotonic()
+    s = run_optimize(o, log=lambda m: None)
+    recs = [json.loads(ln) for ln in (out / "journal.jsonl").read_text().splitlines()[1:]]
+    return s, [r for r in recs if r["type"] == "measured"], time.monotonic() - t0
+
+
+def _overlapping_pairs(recs):
+    """Pairs of candidates whose timed runs on the devices (each device's own clock, from the end of
+    the warm-up to the last run; one host here) overlap."""
+    w = lambda r: r["latency_device_window"]  # noqa: E731
+    return [(a, b) for i, a in enumerate(recs) for b in recs[i + 1:] if max(w(a)[0], w(b)[0]) < min(w(a)[1], w(b)[1])]
+
+
+def test_optimize_times_two_candidates_at_once_on_two_devices(farm, tmp_path):
+    """With two devices under the key, optimize proposes two candidates at a time and times them
+    at the same time (their timed runs overlap) on different devices, never two on one device."""
+    _wait_free(farm, 2)
+    s, recs, _ = _optimize_on_farm(tmp_path, farm, tmp_path / "out")
+    head = json.loads((tmp_path / "out" / "journal.jsonl").read_text().splitlines()[0])
+    assert head["batch"] == 2 and head["workers"] == 1
+    devices = {r["latency_device"] for r in recs}
+    assert len(devices) == 2 and all(d.startswith(f"rpc:{KEY}@127.0.0.1:") for d in devices)
+    pairs = _overlapping_pairs(recs)
+    assert len(pairs) >= 2, [(r["key"], r["latency_device"], r["latency_device_window"]) for r in recs]
+    assert all(a["latency_device"] != b["latency_device"] for a, b in pairs)   # a device is never shared
+    assert s["front"]
+
+
+def test_optimize_with_a_frozen_device_pays_one_timeout(farm, tmp_path):
+    """One of the two devices SIGSTOPped (still registered): the candidate handed to it costs one
+    --timeout (3 s), then the live device times everything and the search finishes."""
+    _wait_free(farm, 2)
+    frozen = farm.procs[2]
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        s, recs, _ = _optimize_on_farm(tmp_path, farm, tmp_path / "out", timeout=3.0)
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    assert len({r["latency_device"] for r in recs}) == 1 and s["front"]
+    slow = [r for r in recs if r["latency_finished"] - r["latency_started"] >= 3.0]
+    assert len(slow) == 1, [(r["key"], r["latency_finished"] - r["latency_started"]) for r in recs]
+    _wait_free(farm, 2, within=30)   # back after SIGCONT: the next tests find two devices
+
+
 def test_hung_device_costs_a_timeout_not_a_hang(farm):
     """One device frozen with SIGSTOP stays registered: the work still finishes on the other.
     The tracker hands out free devices in turn, so the frozen one is handed out once: exactly one

@@ -108,6 +108,9 @@ def test_optimize_measures_with_tvm_over_rpc(cluster, tmp_path, monkeypatch):
     timed = [r for r in recs if r.get("latency_ms") is not None]
     assert timed and all(r["latency_backend"] == "tvm" and r["latency_device"].startswith(f"rpc:{KEY}@")
                          and r["latency_tuning"] == "untuned" for r in timed)
+    # two servers under the key: two candidates proposed at a time, compiled here one at a time
+    # (TVM's importer is not thread-safe) and timed on the two devices
+    assert json.loads((out / "journal.jsonl").read_text().splitlines()[0])["batch"] == 2
 
 
 @pytest.mark.slow

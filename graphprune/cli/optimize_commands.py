@@ -28,14 +28,16 @@ def register(sub) -> None:
     g.add_argument("--channel-order", choices=("rgb", "bgr"), help="channel order (default rgb)")
     g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout (default nchw)")
     g = p.add_argument_group("latency (as `graphprune bench`)")
-    g.add_argument("--target", default="x86")
-    g.add_argument("--backend", choices=["ort", "tvm"], default="ort")
-    g.add_argument("--rpc-tracker", metavar="HOST:PORT")
-    g.add_argument("--rpc-key", metavar="KEY")
+    g.add_argument("--target", default="x86", help="target, or a comma list searched in one run (docs/scaling.md)")
+    g.add_argument("--backend", default="ort", help="ort or tvm; a comma list aligned with --target")
+    g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="a comma list aligned with --target ('' = this host)")
+    g.add_argument("--rpc-key", metavar="KEY", help="a comma list aligned with --target")
     g.add_argument("--tune-trials", type=int, default=0, metavar="N")
     g.add_argument("--repeats", type=int, default=30, help="timed runs per candidate (median reported)")
     g.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads when timing (default: the cores available, as bench)")
+    g.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds per RPC attempt: a hung device costs this once, then another device (default 60)")
     g.add_argument("--stand-in", metavar="TARGET",
                    help="measure on this target instead when --target has no reachable device; every output "
                         "is labelled as stand-in timings")
@@ -51,7 +53,11 @@ def register(sub) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--optimizer", default="DE", help="nevergrad optimizer name (DE, TwoPointsDE, NGOpt, CMA, ...)")
     g.add_argument("--budget", type=int, default=60, help="candidates the optimizer proposes (default 60)")
-    g.add_argument("--workers", type=int, default=1, help="parallel evaluations (latency is always timed alone)")
+    g.add_argument("--workers", type=int, default=None, help="parallel evaluations on this host (latency is always "
+                                                             "timed alone; default 1)")
+    g.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="evaluate candidates on a running Dask cluster (pip install graphprune[cluster]; "
+                        "not with --workers; docs/scaling.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "metadata", "random"],
                    help="which channels go within a group (metadata: `graphprune importance` scores)")
@@ -101,6 +107,14 @@ def _recovery_without_labels(args: argparse.Namespace) -> dict:
             "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples}
 
 
+def _workers(args: argparse.Namespace) -> int:
+    from graphprune.errors import GraphpruneError
+    if args.cluster and args.workers is not None:
+        raise GraphpruneError("--cluster and --workers exclude each other: --workers N is this host's process pool, "
+                              "--cluster evaluates on the cluster's workers")
+    return 1 if args.workers is None else args.workers
+
+
 def optimize(args: argparse.Namespace) -> int:
     from graphprune.errors import GraphpruneError
     from graphprune.inputs import parse_input_shapes
@@ -114,9 +128,10 @@ def optimize(args: argparse.Namespace) -> int:
     o = OptimizeOptions(
         model=args.model, data=args.data, outdir=args.output, target=args.target, backend=args.backend,
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
-        threads=args.threads, stand_in=args.stand_in, targets_file=args.targets_file, objectives=args.objectives,
+        threads=args.threads, timeout=args.timeout, stand_in=args.stand_in, targets_file=args.targets_file, objectives=args.objectives,
         max_error_increase=args.max_error_increase, latency_budget_ms=parse_duration_ms(args.latency_budget),
-        prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=args.workers,
+        prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=_workers(args),
+        cluster=args.cluster,
         seed=args.seed, criterion=args.criterion, channel_step=args.channel_step, min_keep=args.min_keep,
         group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
         epochs=args.epochs, recovery_slack=args.recovery_slack,
@@ -124,6 +139,11 @@ def optimize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,
         size=args.size, mean=args.mean, std=args.std, scale=args.scale, channel_order=args.channel_order,
         layout=args.layout, input_shapes=parse_input_shapes(args.input_shape), **_recovery_without_labels(args))
+    from graphprune.search.multitarget import is_multi
+    if is_multi(o):
+        s = run_optimize(o, log=_stderr)
+        print(dumps(s) if args.json else "\n".join(multi_lines(s, o.outdir)))
+        return 0
     s = run_optimize(o)
     s.pop("_measured", None)
     if args.json:
@@ -132,6 +152,21 @@ def optimize(args: argparse.Namespace) -> int:
     for line in summary_lines(s, o.outdir):
         print(line)
     return 0
+
+
+def _stderr(msg: str) -> None:
+    import sys
+    print(msg, file=sys.stderr, flush=True)
+
+
+def multi_lines(s: dict, outdir: str | None) -> list[str]:
+    """One line per target of a multi-target run, then where the comparison is."""
+    lines = []
+    for name, e in s["targets"].items():
+        sp = f", {e['speedup']:.2f}x faster (final)" if e.get("speedup") else ""
+        lines.append(f"{name}: chosen {e['chosen']}, {e['latency_ms']:.3f} ms in the search, error {e['error']:.4f}"
+                     f"{sp}; front {len(e['front'])}; {e['quality_shared']} of {e['measured']} quality results shared")
+    return lines + [f"wrote {outdir}/<target>/ (best.onnx, pareto.json, report.md) and {outdir}/report.md"]
 
 
 def summary_lines(s: dict, outdir: str) -> list[str]:

@@ -43,7 +43,8 @@ def resolve_latency(o: OptimizeOptions) -> tuple[obj.LatencySpec, int, str]:
     spec = obj.LatencySpec(target=tgt.name, backend=o.backend, rpc_tracker=o.rpc_tracker, rpc_key=o.rpc_key,
                            tune_trials=o.tune_trials, repeats=o.repeats,
                            threads=o.threads if on_device_ort else resolve_threads(o.threads),
-                           power_w=power, stand_in=stand.name if stand else None, targets_file=o.targets_file)
+                           power_w=power, stand_in=stand.name if stand else None, targets_file=o.targets_file,
+                           timeout=o.timeout)
     if stand:
         label = f"STAND-IN: measured on {stand.name} ({o.backend}, this host), not on {tgt.name}"
     elif o.rpc_tracker:
@@ -83,7 +84,8 @@ def compare_final(original, delivered, spec: obj.LatencySpec, seed: int = 0) -> 
         from graphprune.targets import measure_latency
         kw = dict(target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                   rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats, threads=spec.threads,
-                  targets_file=spec.targets_file, cache=False, input_shapes=spec.input_shapes)
+                  targets_file=spec.targets_file, cache=False, input_shapes=spec.input_shapes,
+                  timeout=spec.timeout)
         a, b = measure_latency(original, **kw), measure_latency(delivered, **kw)
         lo = max(a.median_ms - a.spread_ms / 2, 1e-9) / (b.median_ms + b.spread_ms / 2)
         hi = (a.median_ms + a.spread_ms / 2) / max(b.median_ms - b.spread_ms / 2, 1e-9)

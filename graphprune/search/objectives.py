@@ -151,6 +151,7 @@ class LatencySpec:
     stand_in: str | None = None      # the target actually measured when the requested one has no device
     input_shapes: dict | None = None  # dynamic inputs timed at these dims (--input-shape, else the data's)
     targets_file: str | None = None
+    timeout: float = 60.0            # per RPC attempt; not in to_json: it changes no measured value
 
     @property
     def measured_target(self) -> str:
@@ -168,9 +169,12 @@ def measure(model: onnx.ModelProto, spec: LatencySpec) -> dict:
     from graphprune.targets import measure_latency
     r = measure_latency(model, target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                         rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats,
-                        threads=spec.threads, targets_file=spec.targets_file, input_shapes=spec.input_shapes)
+                        threads=spec.threads, targets_file=spec.targets_file, input_shapes=spec.input_shapes,
+                        timeout=spec.timeout)
     out = {"latency_ms": r.median_ms, "latency_spread_ms": r.spread_ms, "latency_backend": r.backend,
            "latency_device": r.device, "latency_tuning": r.tuning, "latency_cached": r.cached,
            "latency_emulated": r.emulated}
+    if r.device_info and r.device_info.get("timed") and not r.cached:   # the device's clock: warm-up end -> last run
+        out["latency_device_window"] = r.device_info["timed"]
     out["energy_mj"] = r.median_ms * spec.power_w if spec.power_w else None
     return out

@@ -31,6 +31,7 @@ class OptimizeOptions:
     repeats: int = 30
     threads: int | None = None          # None: graphprune.targets.measure_local.default_threads(), as bench
     stand_in: str | None = None
+    timeout: float = 60.0               # seconds per RPC attempt (a hung device costs this, then another device)
     targets_file: str | None = None
     objectives: str = "latency,error"
     max_error_increase: float | None = None
@@ -39,6 +40,8 @@ class OptimizeOptions:
     optimizer: str = DEFAULT_OPTIMIZER
     budget: int = 60
     workers: int = 1
+    cluster: str | None = None          # Dask scheduler address: evaluations on its workers (search/cluster/)
+    quality_store: str | None = None    # JSONL of quality results shared by several targets' searches (multitarget)
     seed: int = 0
     criterion: str = "l1"
     channel_step: int | None = None
@@ -170,6 +173,8 @@ def validate(o: OptimizeOptions) -> list[str]:
     if o.backend not in ("ort", "tvm"):
         raise GraphpruneError(f"unknown backend {o.backend!r} (use ort or tvm)")
     resolve_threads(o.threads)
+    if not _finite("--timeout", o.timeout) > 0:
+        raise GraphpruneError(f"--timeout must be a positive number of seconds, got {o.timeout}")
     _validate_recovery(o)
     _validate_distillation(o)
     for name in o.prefer:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from graphprune.errors import GraphpruneError
-from graphprune.search import outputs, recovery, stages
+from graphprune.search import cluster, outputs, recovery, stages
 from graphprune.search.latency import compare_final, final_text
 from graphprune.search.options import OptimizeOptions
 from graphprune.search.outdir import drop_if_header_only
@@ -31,6 +31,9 @@ class RunState:
     log: Callable[[str], None]
     executor: Any = None
     own_executor: bool = False
+    cluster: Any = None         # --cluster: this run's distributed.Client (graphprune.search.cluster)
+    batch: int = 1              # candidates proposed at a time: --workers, cluster threads, devices
+    latency_slots: int = 1      # candidates timed at once (devices under the RPC key)
     t_start: float = field(default_factory=time.time)
     notes: list = field(default_factory=list)
     # validate / load
@@ -84,6 +87,10 @@ class RunState:
             drop_if_header_only(self.journal, self.journal.created, self.log)
         if self.own_executor and self.executor is not None:
             self.executor.shutdown()
+        if self.cluster is not None:
+            self.cluster.close()
+        if getattr(self.ev, "quality", None) is not None:
+            self.ev.quality.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -99,14 +106,18 @@ def final_measurement(st: RunState) -> None:
     st.log(st.final["text"])
 
 
-STAGES = (stages.validate_options, stages.load_inputs, stages.open_outdir, stages.start_executor, stages.baseline,
-          stages.sensitivity, stages.holdout_and_surrogate, stages.search, stages.front_and_choice,
+STAGES = (stages.validate_options, cluster.connect_stage, stages.load_inputs, stages.open_outdir,
+          stages.start_executor, stages.baseline, stages.sensitivity, stages.holdout_and_surrogate, stages.search, stages.front_and_choice,
           recovery.recovery_stage, final_measurement, outputs.write_outputs)
 
 
 def run_optimize(o: OptimizeOptions, executor=None, log=None) -> dict:
     """Run every stage; returns the summary pareto.json holds (plus "_measured": every record).
-    Raises GraphpruneError (after writing the outputs) when nothing meets the constraints."""
+    Raises GraphpruneError (after writing the outputs) when nothing meets the constraints.
+    Several targets (`target="x86,arm-a72"`, ...): one search each, see search/multitarget.py."""
+    from graphprune.search.multitarget import is_multi, run_multi
+    if is_multi(o):
+        return run_multi(o, executor=executor, log=log)
     st = RunState(o, log or (lambda msg: print(msg, file=sys.stderr, flush=True)), executor=executor)
     try:
         for stage in STAGES:

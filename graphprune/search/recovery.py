@@ -49,9 +49,11 @@ def recover(st, record) -> tuple[object, dict | None]:
     if cfg == {a.gid: a.units for a in space.axes}:
         st.log("recovery skipped: the chosen configuration is the original model")
         return build(cfg), None
-    pruned, rcv = finetune(st.model, st.an, cfg, o.criterion, st.train, st.x, st.y, epochs=o.epochs,
-                           steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size, seed=o.seed, log=st.log,
-                           **recovery_options(st), before=build(cfg))
+    from graphprune.search.cluster import recovery_jobs
+    started = recovery_jobs.take(st, record["key"])   # --cluster: fine-tuned on a worker
+    pruned, rcv = started if started is not None else finetune(
+        st.model, st.an, cfg, o.criterion, st.train, st.x, st.y, epochs=o.epochs, steps=o.finetune_steps, lr=o.lr,
+        batch_size=o.batch_size, seed=o.seed, log=st.log, **recovery_options(st), before=build(cfg))
     rcv.update(obj.measure(pruned, st.spec))
     rcv["text"] = (f"pruned in {rcv['steps']} step(s), BN statistics recomputed and {rcv['epochs_per_step']:.2f} "
                    f"epoch(s) of training ({rcv['objective_text']}) after each, then {rcv['final_epochs']:.2f} "
@@ -177,6 +179,11 @@ def _as_try(d: Delivery):
 
 
 def recovery_stage(st) -> None:
-    d, st.choice_reason = choose_delivery(st)
+    from graphprune.search.cluster import recovery_jobs
+    recovery_jobs.start(st)   # --cluster: the fine-tunes the rule may need, all at once on the workers
+    try:
+        d, st.choice_reason = choose_delivery(st)
+    finally:
+        recovery_jobs.cancel_rest(st)
     st.delivery = d
     st.chosen = d.record if d is not None else None

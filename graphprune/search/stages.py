@@ -16,6 +16,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.inputs import input_shape_text
 from graphprune.search import objectives as obj
 from graphprune.search import sensitivity as sens
+from graphprune.search.cluster import is_dask_client, make_cluster_executor
 from graphprune.search.evaluate import Evaluator
 from graphprune.search.executor import make_executor
 from graphprune.search.journal import Journal
@@ -24,6 +25,7 @@ from graphprune.search.options import validate
 from graphprune.search.outdir import JOURNAL_NAME, OutdirLock, check_outdir
 from graphprune.search.pareto import Constraints, choose_best, front
 from graphprune.search.quality import info_text, value_text
+from graphprune.search.quality_store import attach as attach_quality_store
 from graphprune.search.space import build_space, parse_bounds
 from graphprune.search.surrogate import Surrogate, prediction_error
 
@@ -143,6 +145,8 @@ def open_outdir(st) -> None:
               "sensitivity_ratios": list(o.sensitivity_ratios), "holdout": o.holdout,
               "uniform_ratios": list(o.uniform_ratios), "max_error_increase": o.max_error_increase,
               "latency_budget_ms": o.latency_budget_ms, "recovery_slack": o.recovery_slack}
+    if st.batch != o.workers:   # --cluster, a device farm: candidates proposed at a time
+        header["batch"] = st.batch
     if st.metric.name != "accuracy":   # journals from before --metric (all accuracy) stay resumable
         header["metric"] = st.metric.name
     if o.input_shapes:   # the analysis (the space's groups) depends on them
@@ -165,13 +169,17 @@ def start_executor(st) -> None:
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref, o.input_shapes)
     calib = bn_calibration_samples(st)
     candidates.configure(calib, o.batch_size)
-    if st.executor is None:
+    if st.executor is None or is_dask_client(st.executor):
         st.own_executor = True
         args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref,
                 o.input_shapes)
-        st.executor = (make_executor(o.workers, candidates.init_worker, args + (calib, o.batch_size))
-                       if calib is not None else make_executor(o.workers, obj.init_worker, args))
+        init, args = (candidates.init_worker, args + (calib, o.batch_size)) if calib is not None else (obj.init_worker,
+                                                                                                      args)
+        st.executor = (make_cluster_executor(st, init, args) if st.cluster is not None or st.executor is not None
+                       else make_executor(o.workers, init, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
+    st.ev.latency_slots = st.latency_slots
+    attach_quality_store(st)   # several targets in one run: quality evaluated once (search/multitarget.py)
     if calib is not None:
         st.ev.job = candidates.evaluate_job
 
@@ -309,7 +317,7 @@ def search(st) -> None:
         return counts_cache[k]
 
     st.search = Search(space, st.ev, st.objectives, st.base, cons, Surrogate(), st.margins, o.optimizer, o.budget,
-                       o.workers, o.seed, exact_counts=exact_counts, progress=progress)
+                       st.batch, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
     st.measured = st.search.run(st.measured)
     bar.close()
