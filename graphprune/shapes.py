@@ -51,14 +51,14 @@ def _body_reads(graph: onnx.GraphProto) -> set:
 
 
 def _localize_small_constants(graph: onnx.GraphProto) -> None:
-    """Move each small initializer that only one If/Loop body reads into that body.
+    """Move each small initializer that only If/Loop bodies read into the bodies that read it.
 
     Why: onnx's shape inference reads constant *values* (Reshape targets, Pad widths, Slice
     bounds) only from the graph being inferred, not from the outer scope, and graphprune's
     export keeps every constant in the main graph. Inside a body, an outer-scope Pad width
     makes every shape after it unknown, and with it the rank tests (`if x.dim() == 3`) that
     TorchScript exports as nested Ifs (silero-vad). Moved one level at a time, recursively;
-    a constant read by the graph's own nodes or by several bodies stays where it is."""
+    a constant the graph's own nodes read stays where it is."""
     own = {i for n in graph.node for i in n.input} | {i.name for i in graph.input}
     bodies = [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     if not bodies:
@@ -67,8 +67,9 @@ def _localize_small_constants(graph: onnx.GraphProto) -> None:
     keep = []
     for t in graph.initializer:
         users = [b for b, r in zip(bodies, reads) if t.name in r]
-        if t.name not in own and len(users) == 1 and _elements(t) <= _KEEP_ELEMENTS:
-            users[0].initializer.append(t)
+        if t.name not in own and users and _elements(t) <= _KEEP_ELEMENTS:
+            for body in users:  # sibling bodies (then/else) are separate scopes: each gets its copy
+                body.initializer.append(t)
         else:
             keep.append(t)
     if len(keep) != len(graph.initializer):
