@@ -25,6 +25,7 @@ class Evaluator:
         self.n_reused = 0         # answered from the journal
         self.on_record = on_record
         self.job = obj.evaluate_job   # graphprune.search.candidates.evaluate_job with --bn-recalibrate
+        self.after_measure = None     # model -> more fields, measured after latency (--quantize: RAPL energy)
 
     def known(self, config: dict[int, int]) -> dict | None:
         return self.journal.get("measured", self.space.key(config))
@@ -56,6 +57,8 @@ class Evaluator:
                    "config": {str(g): int(v) for g, v in configs[i].items()}, **extra[i], **res}
             if self.measure_latency:
                 rec.update(obj.measure(model, self.spec))
+            if self.after_measure:
+                rec.update(self.after_measure(model))
             rec["t"] = time.time()
             self.journal.append(rec)
             self.n_measured += 1
