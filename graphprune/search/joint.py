@@ -42,16 +42,20 @@ def objectives(o, names: list[str]) -> list[str]:
 
 
 def check_target(st) -> None:
-    """The target must declare int8 among its `precisions` (targets/builtin.json)."""
+    """The target, and a stand-in measured for it, must declare int8 among their `precisions`
+    (targets/builtin.json): an int8 model searched for a target that computes it in float is
+    searched for the wrong latencies."""
     if not enabled(st.o):
         return
     from graphprune.targets import get_target
-    tgt = get_target(st.spec.measured_target, [st.o.targets_file] if st.o.targets_file else None)
-    have = getattr(tgt, "precisions", None)
-    if not have or "int8" not in have:
-        raise GraphpruneError(f"--quantize: target {tgt.name!r} does not declare int8 support (its precisions: "
-                              f"{', '.join(have) if have else 'not stated'}); add \"precisions\": [\"fp32\", "
-                              "\"int8\"] to its targets file if its runtime has int8 kernels")
+    extra = [st.o.targets_file] if st.o.targets_file else None
+    for name in dict.fromkeys([st.spec.target, st.spec.measured_target]):
+        tgt = get_target(name, extra)
+        have = tgt.precisions
+        if not have or "int8" not in have:
+            raise GraphpruneError(f"--quantize: target {tgt.name!r} does not declare int8 support (its precisions: "
+                                  f"{', '.join(have) if have else 'not stated'}); add \"precisions\": [\"fp32\", "
+                                  "\"int8\"] to its targets file if its runtime has int8 kernels")
 
 
 def prepare(st) -> None:
@@ -169,8 +173,12 @@ def add_summary(st, s: dict) -> None:
     d = st.delivery
     delivered = None
     if d is not None and d.model is not None:
-        if not precision_of(d.model):   # the original (every layer fp32) records it too
-            record_precision(d.model, graph_precision(d.model), format="fp32")
+        if not precision_of(d.model):   # the original (every layer fp32) records it too, on a copy
+            import onnx
+            copy = onnx.ModelProto()
+            copy.CopyFrom(d.model)
+            record_precision(copy, graph_precision(copy), format="fp32")
+            d.model = copy
         delivered = graph_precision(d.model)
     s["energy_note"] = f"energy_uj per inference: {st.joint['energy_text']}"
     s["quantize"] = {"mode": st.joint["mode"], "calibration": st.joint["calibration"],

@@ -43,7 +43,7 @@ def validate_options(st) -> None:
     joint.check_target(st)
     if "energy_mj" in st.objectives and not st.spec.power_w:
         raise GraphpruneError(f"target {st.spec.measured_target!r} states no power_w: energy cannot be estimated")
-    if o.train_data and o.epochs <= 0:
+    if o.train_data and o.epochs <= 0 and o.quantize == "off":   # --quantize calibrates on it
         st.log(f"note: --train-data {o.train_data} is not used without --epochs > 0")
 
 
