@@ -186,3 +186,34 @@ def test_cli_unknown_precision_is_one_line(tmp_path, capsys):
     assert rc == 2 and err == ["graphprune: error: unknown --quantize 'fp8'; choose from off, int8, mixed"]
     assert not (tmp_path / "out").exists()
     assert PRECISION_KEY == "graphprune.precision"
+
+
+def test_recovery_fine_tunes_fp32_then_quantizes(tmp_path):
+    case = write_case(tmp_path, n=128)
+    out = tmp_path / "out"
+    s = run_optimize(_opts(case, out, quantize="int8", epochs=0.5, finetune_steps=1, max_error_increase=0.9,
+                           objectives="latency,error", budget=1, holdout=0, calibration_samples=16,
+                           group_bounds="0:0.25:0.5"),   # every candidate prunes
+                     log=lambda m: None)
+    best = onnx.load(str(out / "best.onnx"))
+    assert set(graph_precision(best).values()) == {"int8"} == set(precision_of(best).values())
+    r = s["recovery"]   # the chosen candidate prunes something: fine-tuned in fp32, then quantized
+    assert s["chosen"]["config"]["0"] <= 8 and s["chosen"]["int8_layers"] == 5
+    assert {"fp32_accuracy_before", "fp32_accuracy_after"} <= set(r) and "then quantized" in r["text"]
+    assert r["accuracy_before"] == pytest.approx(1 - s["chosen"]["error"])
+    assert s["delivered"]["accuracy"] == pytest.approx(r["accuracy_after"])
+
+
+def test_search_starts_from_the_all_int8_configurations(tiny):
+    from types import SimpleNamespace
+
+    from graphprune.search import joint
+    from graphprune.search.optimizer import make_optimizer
+    space = _space(tiny[0], "mixed").restrict({-1: 1})   # conv1 bounded to fp32 by its sensitivity
+    uniform = {a.gid: (a.choices[0] if a.gid >= 0 else prec.INT8) for a in space.axes}
+    st = SimpleNamespace(joint={"mode": "mixed"}, space=space, u_recs=[{"config": {str(k): v for k, v in uniform.items()}}],
+                         search=SimpleNamespace(opt=make_optimizer("DE", space.dims, 10, 1, 0)))
+    joint.suggest(st)
+    first, second = (space.decode(st.search.opt.ask().value) for _ in range(2))
+    assert first == {**uniform, -1: prec.FP32}
+    assert second == {**space.full(), -2: 0, -3: 0, -4: 0, -5: 0}   # quantize only; conv1 stays fp32

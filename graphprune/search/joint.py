@@ -121,6 +121,21 @@ def attach(st) -> None:
            f"{st.joint['calibration']}; energy {st.joint['energy_text']}")
 
 
+def suggest(st) -> None:
+    """The optimizer's first asks: every layer int8 at full width (quantize only) and the uniform
+    baselines (uniform pruning, every layer int8; already measured, so answered from the
+    journal). Why: in mixed mode a random start has half the layers fp32, and each fp32
+    island costs a dequantize/quantize pair and a float kernel; a budget of tens of
+    candidates then never reaches the all-int8 region the quantize-only point shows is good.
+    Deterministic, so --resume replays it."""
+    if st.joint is None:
+        return
+    space = st.space
+    full_int8 = {a.gid: (a.units if a.gid >= 0 else a.choices[0]) for a in space.axes}
+    for cfg in [full_int8] + [{int(k): v for k, v in r["config"].items()} for r in st.u_recs]:
+        st.search.opt.suggest(space.encode(cfg))
+
+
 def counts(st, cfg: dict) -> dict:
     """The search's exact counts (screening) with precision projected (no quantizing)."""
     out = prec.exact_counts(cfg)

@@ -318,6 +318,7 @@ def search(st) -> None:
     st.search = Search(space, st.ev, st.objectives, st.base, cons, Surrogate(), st.margins, o.optimizer, o.budget,
                        o.workers, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
+    joint.suggest(st)              # --quantize: the optimizer starts from the all-int8 baselines
     st.measured = st.search.run(st.measured)
     bar.close()
     st.prospective = prospective_error(st.measured)
