@@ -188,6 +188,7 @@ def test_cli_unknown_precision_is_one_line(tmp_path, capsys):
     assert PRECISION_KEY == "graphprune.precision"
 
 
+@pytest.mark.slow   # torch fine-tuning: 20 s to minutes on a shared 2-core host
 def test_recovery_fine_tunes_fp32_then_quantizes(tmp_path):
     case = write_case(tmp_path, n=128)
     out = tmp_path / "out"
