@@ -218,3 +218,16 @@ def test_search_starts_from_the_all_int8_configurations(tiny):
     first, second = (space.decode(st.search.opt.ask().value) for _ in range(2))
     assert first == {**uniform, -1: prec.FP32}
     assert second == {**space.full(), -2: 0, -3: 0, -4: 0, -5: 0}   # quantize only; conv1 stays fp32
+
+
+def test_opset_below_13_is_converted_before_per_channel_quantization(tiny):
+    from graphprune.passes import QuantizeInt8Pass
+    from graphprune.runtime import run
+    old = tiny_resnet(0)
+    old.opset_import[0].version = 11   # every op of the tiny model means the same at 11 (u2netp is opset 11)
+    q = QuantizeInt8Pass(tiny[1][:32]).run(old)
+    assert old.opset_import[0].version == 11   # the input is not modified
+    assert q.opset_import[0].version == 13 and set(graph_precision(q).values()) == {"int8"}
+    dq_axis = [a.i for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert dq_axis   # per-channel scales, which need opset 13
+    assert run(q, {"x": tiny[1][:4]})[0].shape == (4, 4)
