@@ -231,3 +231,22 @@ def test_opset_below_13_is_converted_before_per_channel_quantization(tiny):
     dq_axis = [a.i for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
     assert dq_axis   # per-channel scales, which need opset 13
     assert run(q, {"x": tiny[1][:4]})[0].shape == (4, 4)
+
+
+def test_bench_joint_sorts_candidates_into_the_three_fronts():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_joint as bj
+    space = {"groups": [{"id": 0, "units": 8}, {"id": -1, "units": 1}]}
+    rec = lambda key, cfg, lat, size, err, int8: {"key": key, "config": cfg, "latency_ms": lat, "size_bytes": size,  # noqa: E731
+                                                  "error": err, "int8_layers": int8}
+    searches = {"prune": {"space": {"groups": space["groups"][:1]},
+                          "_measured": [rec("8", {"0": 8}, 1.0, 400, 0.1, 0), rec("4", {"0": 4}, 0.6, 200, 0.2, 0)]},
+                "joint_mixed": {"space": space, "_measured": [
+                    rec("8-1", {"0": 8, "-1": 1}, 1.0, 400, 0.1, 0),      # the original: no family
+                    rec("8-0", {"0": 8, "-1": 0}, 0.5, 100, 0.1, 1),      # quantize only
+                    rec("4-0", {"0": 4, "-1": 0}, 0.3, 50, 0.3, 1)]}}     # joint
+    fr = bj.front_points(searches)
+    assert fr == {"prune only": [(1.0, 400, 90.0), (0.6, 200, 80.0)], "quantize only": [(0.5, 100, 90.0)],
+                  "joint": [(0.3, 50, 70.0)]}
+    pts = [(1.0, 4, 90.0), (0.6, 2, 80.0), (0.7, 3, 70.0), (0.5, 1, 80.0)]
+    assert bj._front(pts, 0) == [(0.5, 1, 80.0), (1.0, 4, 90.0)]
