@@ -68,8 +68,7 @@ def write_data(out: Path, n_val: int, n_train: int):
 def calibration(train, n: int, seed: int):
     """The sample optimize --quantize calibrates on (graphprune.search.joint.prepare)."""
     from graphprune.search.precision import _CALIB_SEED
-    idx = np.sort(np.random.default_rng(seed + _CALIB_SEED).permutation(len(train.x))[:n])
-    return train.x[idx]
+    return train.subsample(n, seed + _CALIB_SEED).x
 
 
 def run_search(model: str, out: Path, mode: str, args) -> dict:

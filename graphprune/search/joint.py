@@ -11,7 +11,6 @@ quantized model) fails in validate/load, before OUTDIR is touched.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from graphprune.errors import GraphpruneError
 from graphprune.search import precision as prec
@@ -63,6 +62,7 @@ def prepare(st) -> None:
     st.joint = None
     if not enabled(st.o):
         return
+    from graphprune.data.dataset import Dataset
     from graphprune.quant.calibration import calibration_feeds
     from graphprune.quant.precision import check_float_model
     o = st.o
@@ -70,26 +70,22 @@ def prepare(st) -> None:
     train, source = st.train, "the training data (--train-data)" if o.train_data else None
     if train is None and o.train_data:
         from graphprune.search.stages import _load
-        train = _load(o, st.model, o.train_data, "--train-data", o.calibration_samples)
+        train = _load(o, st.model, o.train_data, "--train-data")
     if train is not None and source is None:
         source = "the part of --data held out for fine-tuning"
     if train is None:
-        x, source = st.x, "--data (no --train-data: the samples the quality is judged on)"
-    else:
-        x = train.x
-    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    idx = np.sort(np.random.default_rng(o.seed + prec._CALIB_SEED).permutation(n)[:o.calibration_samples])
-    sample = {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+        train, source = Dataset(st.x, None), "--data (no --train-data: the samples the quality is judged on)"
+    seed = o.seed + prec._CALIB_SEED
+    sample = train.subsample(o.calibration_samples, seed)   # Dataset.subsample: what tools can reproduce
     try:
-        calib = calibration_feeds(st.model, sample)
+        calib = calibration_feeds(st.model, sample.x)
     except GraphpruneError as exc:
         raise GraphpruneError(f"--quantize: no usable calibration data: {exc}") from None
-    st.space = prec.joint_space(st.space, st.model, o.quantize)
+    text = (f"{len(sample)} samples of {source}, fixed seed {seed}; MinMax, per-channel symmetric int8 weights, "
+            "uint8 activations (onnxruntime quantize_static, QDQ)")
+    st.space = prec.joint_space(st.space, st.model, o.quantize, text)
     st.user_space = st.space
-    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib,
-                "calibration": f"{len(idx)} samples of {source}, fixed seed {o.seed + prec._CALIB_SEED}; "
-                               "MinMax, per-channel symmetric int8 weights, uint8 activations (onnxruntime "
-                               "quantize_static, QDQ)"}
+    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text}
 
 
 def wrap_initializer(st, init, args):

@@ -52,6 +52,7 @@ class JointSpace(SearchSpace):
     """SearchSpace whose axes with negative ids are precision axes ({0: int8, 1: fp32})."""
     mode: str = "int8"
     layers: dict = field(default_factory=dict)   # precision axis id -> [quantizable node names]
+    calibration: str = ""                         # how candidates are calibrated (in the journal header)
 
     def snap(self, gid: int, kept: float) -> int:
         if gid >= 0:
@@ -63,16 +64,17 @@ class JointSpace(SearchSpace):
     def restrict(self, lower: dict[int, int]) -> "JointSpace":
         """Sensitivity bounds; in int8 mode the precision axis is never bounded to fp32."""
         keep = {g: v for g, v in lower.items() if g >= 0 or self.mode == "mixed"}
-        return JointSpace(super().restrict(keep).axes, self.step, self.min_keep, self.mode, self.layers)
+        return JointSpace(super().restrict(keep).axes, self.step, self.min_keep, self.mode, self.layers,
+                          self.calibration)
 
     def to_json(self) -> dict:
         out = super().to_json()
         out["quantize"] = {"mode": self.mode, "axes": {str(g): v for g, v in self.layers.items()},
-                           "choices": {"0": "int8", "1": "fp32"}}
+                           "choices": {"0": "int8", "1": "fp32"}, "calibration": self.calibration}
         return out
 
 
-def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str) -> JointSpace:
+def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibration: str = "") -> JointSpace:
     """`space` plus the precision axes of `mode` for `model`'s quantizable layers."""
     from graphprune.quant import quantizable_nodes
     layers = quantizable_nodes(model)
@@ -84,7 +86,7 @@ def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str) -> JointS
     else:
         axes = {-(i + 1): [n] for i, n in enumerate(layers)}
         extra = [Axis(g, 1, 1, [INT8, FP32], names) for g, names in axes.items()]
-    return JointSpace(list(space.axes) + extra, space.step, space.min_keep, mode, axes)
+    return JointSpace(list(space.axes) + extra, space.step, space.min_keep, mode, axes, calibration)
 
 
 def split(config: dict) -> tuple[dict[int, int], dict[int, int]]:
