@@ -212,7 +212,8 @@ def test_search_starts_from_the_all_int8_configurations(tiny):
     from graphprune.search.optimizer import make_optimizer
     space = _space(tiny[0], "mixed").restrict({-1: 1})   # conv1 bounded to fp32 by its sensitivity
     uniform = {a.gid: (a.choices[0] if a.gid >= 0 else prec.INT8) for a in space.axes}
-    st = SimpleNamespace(joint={"mode": "mixed"}, space=space, u_recs=[{"config": {str(k): v for k, v in uniform.items()}}],
+    st = SimpleNamespace(joint={"mode": "mixed"}, space=space,
+                         u_recs=[{"config": {str(k): v for k, v in uniform.items()}}],
                          search=SimpleNamespace(opt=make_optimizer("DE", space.dims, 10, 1, 0)))
     joint.suggest(st)
     first, second = (space.decode(st.search.opt.ask().value) for _ in range(2))
@@ -237,8 +238,8 @@ def test_bench_joint_sorts_candidates_into_the_three_fronts():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import bench_joint as bj
     space = {"groups": [{"id": 0, "units": 8}, {"id": -1, "units": 1}]}
-    rec = lambda key, cfg, lat, size, err, int8: {"key": key, "config": cfg, "latency_ms": lat, "size_bytes": size,  # noqa: E731
-                                                  "error": err, "int8_layers": int8}
+    def rec(key, cfg, lat, size, err, int8):
+        return {"key": key, "config": cfg, "latency_ms": lat, "size_bytes": size, "error": err, "int8_layers": int8}
     searches = {"prune": {"space": {"groups": space["groups"][:1]},
                           "_measured": [rec("8", {"0": 8}, 1.0, 400, 0.1, 0), rec("4", {"0": 4}, 0.6, 200, 0.2, 0)]},
                 "joint_mixed": {"space": space, "_measured": [

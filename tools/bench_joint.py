@@ -91,7 +91,7 @@ def run_search(model: str, out: Path, mode: str, args) -> dict:
     return s
 
 
-def evaluate(m: onnx.ModelProto, val, held, rounds_lat: list[float]) -> dict:
+def evaluate(m: onnx.ModelProto, val, held) -> dict:
     from graphprune.cost import estimate_energy, model_size
     from graphprune.quant import graph_precision
     from graphprune.quant.check import run_batched
@@ -132,7 +132,7 @@ def bench_model(name: str, args, val, held, train) -> dict:
             models[label] = delivered[k]
     shape = {base.graph.input[0].name: [1, *val.x.shape[1:]]}
     lat = latencies(models, args.rounds, args.lat_repeats, shape)
-    rows = [{"method": k, "ms": lat[k], **evaluate(m, val, held, [])} for k, m in models.items()]
+    rows = [{"method": k, "ms": lat[k], **evaluate(m, val, held)} for k, m in models.items()]
     fronts = front_points(searches)
     plot(name, fronts, rows, Path(args.out) / f"bench_joint_{name}.png")
     return {"model": name, "rows": rows, "fronts": fronts,
@@ -249,7 +249,8 @@ def main() -> int:
         import shutil
         update_section(DOC, "bench-joint", md, title="# Joint pruning + quantization benchmark\n")
         for r in results:
-            shutil.copy(Path(args.out) / f"bench_joint_{r['model']}.png", ROOT / "docs" / f"bench_joint_{r['model']}.png")
+            png = f"bench_joint_{r['model']}.png"
+            shutil.copy(Path(args.out) / png, ROOT / "docs" / png)
     return 0
 
 
