@@ -42,6 +42,7 @@ from graphprune.quant.precision import (check_float_model, graph_precision, reco
                                         resolve_exclusions)
 
 _EXTERNAL = 1_800_000_000   # protobuf's 2 GiB limit, with margin: above it files keep weights aside
+QDQ_OPSET = 13              # DequantizeLinear's `axis` (per-channel scales) exists from opset 13
 
 
 class QuantizeInt8Pass(Pass):
@@ -68,6 +69,7 @@ class QuantizeInt8Pass(Pass):
 
         check_float_model(model)
         excluded = resolve_exclusions(model, self.precision, self.exclude)
+        model = _opset_at_least(model, QDQ_OPSET)
         feeds = calibration_feeds(model, self.data)
         big = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL
         with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
@@ -115,6 +117,22 @@ class QuantizeInt8Pass(Pass):
             raise
         except Exception as exc:
             raise GraphpruneError(f"onnxruntime could not quantize the model: {_first(exc)}") from None
+
+
+def _opset_at_least(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """`model` converted to ai.onnx opset `version` when it is older (onnx.version_converter).
+    Why: onnxruntime's quantizer writes per-channel DequantizeLinear with an `axis`
+    attribute whatever the model's opset, and below 13 onnxruntime rejects that model
+    (PP-OCRv4's detector is opset 12, rembg's u2netp opset 11)."""
+    have = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if have >= version:
+        return model
+    from onnx import version_converter
+    try:
+        return version_converter.convert_version(model, version)
+    except Exception as exc:
+        raise GraphpruneError(f"the model's opset {have} is below {version}, which int8 QDQ needs, and ONNX's "
+                              f"version converter failed: {_first(exc)}") from None
 
 
 def _all_shapes_known(model: onnx.ModelProto) -> bool:

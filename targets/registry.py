@@ -41,6 +41,7 @@ class Target:
     rpc_key: str | None = None
     channel_step: int = 8
     power_w: float | None = None
+    precisions: tuple | None = None   # arithmetic the target's runtime has fast kernels for (fp32, fp16, int8)
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +105,8 @@ class Target:
     def to_json(self) -> dict[str, Any]:
         out = {"description": self.description, "tvm": self.tvm, "cc": self.cc, "rpc_key": self.rpc_key,
                "channel_step": self.channel_step, "power_w": self.power_w}
+        if self.precisions is not None:
+            out["precisions"] = list(self.precisions)
         if self.host is not None:
             out["host"] = self.host
         out.update(self.extra)
@@ -126,7 +129,8 @@ def _user_files() -> list[Path]:
     return files
 
 
-_KNOWN = ("description", "tvm", "host", "cc", "rpc_key", "channel_step", "power_w")
+_KNOWN = ("description", "tvm", "host", "cc", "rpc_key", "channel_step", "power_w", "precisions")
+_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _read_json(path: Path):
@@ -168,6 +172,10 @@ def _field_error(spec: dict) -> str | None:
     if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float))
                               or not math.isfinite(power) or power <= 0):
         return f"power_w: must be a positive number of watts or null (got {power!r})"
+    precisions = spec.get("precisions")
+    if precisions is not None and (not isinstance(precisions, list) or not precisions
+                                   or any(p not in _PRECISIONS for p in precisions)):
+        return f"precisions: must be a non-empty list of {', '.join(_PRECISIONS)} or null (got {precisions!r})"
     return None
 
 
@@ -196,6 +204,7 @@ def _parse_file(path: Path) -> dict[str, Target]:
             name=name, tvm=spec["tvm"], description=spec.get("description") or "", host=spec.get("host"),
             cc=spec.get("cc"), rpc_key=spec.get("rpc_key", name), channel_step=spec.get("channel_step", 8),
             power_w=None if power is None else float(power), source=str(path),
+            precisions=None if spec.get("precisions") is None else tuple(spec["precisions"]),
             extra={k: v for k, v in spec.items() if k not in _KNOWN},
         )
     return out

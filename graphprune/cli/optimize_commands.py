@@ -84,6 +84,7 @@ def register(sub) -> None:
     g.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate (default 0.01)")
     g.add_argument("--batch-size", type=int, default=64)
     _add_recovery_without_labels(p)
+    _add_quantize(p)
     g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
     p.set_defaults(func=optimize)
 
@@ -102,9 +103,20 @@ def _add_recovery_without_labels(p) -> None:
                    help="samples of the training data (else --data) for --bn-recalibrate (default 256)")
 
 
+def _add_quantize(p) -> None:
+    g = p.add_argument_group("joint pruning + quantization (docs/quantization.md)")
+    g.add_argument("--quantize", default="off", metavar="{off,int8,mixed}",
+                   help="off (default): prune only; int8: every candidate is the pruned model quantized int8 "
+                        "(QDQ, calibrated); mixed: fp32/int8 per quantizable layer is searched with the channels")
+    g.add_argument("--calibration-samples", type=int, default=256, metavar="N",
+                   help="--quantize: calibration samples, a fixed-seed subset of --train-data (else of the "
+                        "part held out for fine-tuning, else of --data) (default 256)")
+
+
 def _recovery_without_labels(args: argparse.Namespace) -> dict:
     return {"distill_weight": args.distill_weight, "temperature": args.temperature,
-            "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples}
+            "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples,
+            "quantize": args.quantize, "calibration_samples": args.calibration_samples}
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -190,5 +202,7 @@ def summary_lines(s: dict, outdir: str) -> list[str]:
                      f"{q(1 - d[m.get('key', 'accuracy')])}")
     if s.get("final"):
         lines.append(f"speed-up: {s['final']['text']}")
+    from graphprune.search.joint import console_lines
+    lines += console_lines(s)
     lines.append(f"wrote {outdir}/best.onnx, pareto.json, pareto.png, report.md")
     return lines

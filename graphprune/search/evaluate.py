@@ -32,6 +32,7 @@ class Evaluator:
         self.latency_slots = 1        # candidates timed at once (a device farm: the devices under the key)
         self.quality = None           # a QualityStore shared with other targets' searches (multitarget)
         self.build = None             # config -> model in this process, for quality-store hits
+        self.after_measure = None     # model -> more fields, measured after latency (--quantize: RAPL energy)
 
     def known(self, config: dict[int, int]) -> dict | None:
         return self.journal.get("measured", self.space.key(config))
@@ -79,9 +80,12 @@ class Evaluator:
         return rec, model
 
     def _timed(self, rec: dict, model) -> dict:
-        rec["latency_started"] = time.time()
-        rec.update(obj.measure(model, self.spec))
-        rec["latency_finished"] = time.time()
+        if self.measure_latency:
+            rec["latency_started"] = time.time()
+            rec.update(obj.measure(model, self.spec))
+            rec["latency_finished"] = time.time()
+        if self.after_measure:
+            rec.update(self.after_measure(model))
         return rec
 
     def _keep(self, rec: dict) -> None:
@@ -95,8 +99,7 @@ class Evaluator:
         """One candidate at a time: its evaluation, its latency, its journal line."""
         done = {}
         for _, (rec, model) in built:
-            if self.measure_latency:
-                self._timed(rec, model)
+            self._timed(rec, model)
             self._keep(rec)
             done[rec["key"]] = rec
         return done

@@ -6,7 +6,11 @@ error       1 - the quality metric (graphprune.metrics: accuracy, agreement, fid
 latency_ms  median latency on the target (graphprune.targets.measure_latency)
 macs        multiply-accumulates at batch 1 (graphprune.count)
 param_bytes bytes of the float initializers
+size_bytes  bytes of the deployed model, every stored tensor at its precision (graphprune.cost.size;
+            with --quantize the QDQ model's int8 weights, scales and zero points)
 energy_mj   ESTIMATE = latency x the target's stated power_w (not measured)
+energy_uj   with --quantize: per inference, RAPL-measured where readable, else estimated by the
+            Horowitz ISSCC 2014 model (graphprune.cost.energy); `energy_label` says which
 
 The evaluation job (rewrite + error + counts) runs on an executor with the model,
 its analysis and the data loaded once per worker; latency is measured in the
@@ -21,17 +25,17 @@ import onnx
 
 from graphprune.errors import GraphpruneError
 
-OBJECTIVES = ("latency_ms", "error", "macs", "param_bytes", "energy_mj")
+OBJECTIVES = ("latency_ms", "error", "macs", "param_bytes", "size_bytes", "energy_mj", "energy_uj")
 ALIASES = {"latency": "latency_ms", "error": "error", "accuracy": "error", "macs": "macs", "flops": "macs",
-           "params": "param_bytes", "param_bytes": "param_bytes", "size": "param_bytes",
-           "energy": "energy_mj", "latency_ms": "latency_ms", "energy_mj": "energy_mj"}
+           "params": "param_bytes", "param_bytes": "param_bytes", "size": "size_bytes", "size_bytes": "size_bytes",
+           "energy": "energy_mj", "latency_ms": "latency_ms", "energy_mj": "energy_mj", "energy_uj": "energy_uj"}
 
 
 def parse_objectives(text: str) -> list[str]:
     out = []
     for name in [s.strip() for s in text.split(",") if s.strip()]:
         if name not in ALIASES:
-            raise GraphpruneError(f"unknown objective {name!r} (choose from latency, error, macs, params, energy)")
+            raise GraphpruneError(f"unknown objective {name!r} (choose from latency, error, macs, params, size, energy)")
         if ALIASES[name] not in out:
             out.append(ALIASES[name])
     if len(out) < 2:
@@ -118,6 +122,14 @@ def init_worker(model_bytes: bytes, data_path: str | None, x=None, y=None, crite
 
 
 def build(config: dict[int, int]) -> onnx.ModelProto:
+    """The candidate of `config`: pruned, and with --quantize quantized as its precision axes say
+    (graphprune.search.precision)."""
+    if _STATE.get("joint") is not None:
+        return _STATE["joint"](config)
+    return prune_only(config)
+
+
+def prune_only(config: dict[int, int]) -> onnx.ModelProto:
     import graphprune as gp
     an = _STATE["analysis"]
     if all(config[g] == an.group(g).units for g in config):
@@ -133,8 +145,9 @@ def evaluate_job(config: dict[int, int]) -> dict:
     c = gp.count(pruned)
     from graphprune.metrics import evaluate
     err = 1.0 - evaluate(pruned, _STATE["x"], _STATE["metric"], _STATE["ref"], _STATE["y"], _STATE["threads"])
+    from graphprune.cost import model_size
     return {"error": err, "macs": c.macs, "params": c.params, "param_bytes": c.param_bytes,
-            "model": pruned.SerializeToString()}
+            "size_bytes": model_size(pruned).bytes, "model": pruned.SerializeToString()}
 
 
 @dataclass

@@ -89,12 +89,12 @@ class Search:
         p = {"error": float(err[0])}
         if lat is not None:
             p["latency_ms"] = float(lat[0])
-        if any(o not in p for o in self.objectives if o not in ("macs", "param_bytes", "energy_mj")):
-            return None
         if self.b_power and "latency_ms" in p:
             p["energy_mj"] = p["latency_ms"] * self.b_power
         if counts is not None:
             p.update(counts)
+        if any(o not in p for o in self.objectives):
+            return None
         return p
 
     @property

@@ -74,6 +74,9 @@ class OptimizeOptions:
     temperature: float = 4.0             # distillation temperature for classifier outputs
     bn_recalibrate: bool = False         # judge every search candidate after BN recalibration
     bn_samples: int = 256                # samples the search's BN recalibration runs on
+    # -- joint prune + quantize search (graphprune.search.joint; docs/quantization.md) --
+    quantize: str = "off"                # off | int8 | mixed
+    calibration_samples: int = 256       # fixed-seed calibration subset of the training data
 
 
 def parse_duration_ms(text: str | None) -> float | None:
@@ -149,6 +152,8 @@ def resolve_threads(threads: int | None) -> int:
 def validate(o: OptimizeOptions) -> list[str]:
     """Every check that needs no file; returns the objectives. Raises GraphpruneError (one line)."""
     objectives = obj.parse_objectives(o.objectives)
+    from graphprune.search import joint
+    objectives = joint.objectives(o, objectives)   # --quantize: energy at precision; backend checked
     from graphprune.inputs import check_seed, check_shape_values
     check_shape_values(o.input_shapes)   # against the model once it is read (stages.load_inputs)
     check_seed(o.seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from graphprune.search import joint
 from graphprune.search import report as rep
 from graphprune.search import sensitivity as sens
 from graphprune.search.latency import threads_text
@@ -60,6 +61,7 @@ def write_outputs(st) -> None:
     from graphprune.metadata import set_json
     o, out, d = st.o, st.out, st.delivery
     s = summary(st)
+    joint.add_summary(st, s)   # --quantize: precision, calibration, energy label
     if d is not None:
         meta = {"configuration": st.chosen["config"], "key": st.chosen["key"], "target": st.spec.target,
                 "latency_label": st.label, "metric": st.metric_info, "original": slim(st.base, st.metric_info["key"]),
@@ -81,10 +83,11 @@ def write_outputs(st) -> None:
     rep.plot(out / "pareto.png", st.measured, st.fr, st.base, st.u_recs, st.chosen,
              ({"latency_ms": rcv["latency_ms"], "error": 1 - rcv["accuracy_after"]} if rcv else None),
              st.label, f"{Path(o.model).name} on {st.spec.target}"
-             + (f" (STAND-IN {st.spec.stand_in})" if st.spec.stand_in else ""), criterion=o.criterion,
+             + (f" (STAND-IN {st.spec.stand_in})" if st.spec.stand_in else "") + joint.plot_note(st),
+             criterion=o.criterion,
              ylabel=f"{st.metric_info['name']} {'[%]' if st.metric_info['percent'] else 'x 100'} vs "
                     f"{st.metric_info['reference']}")
-    rep.atomic_write_text(out / "report.md", rep.markdown(s))
+    rep.atomic_write_text(out / "report.md", rep.markdown(s) + joint.report_section(s))
     s["_measured"] = st.measured
     st.summary = s
 

@@ -54,6 +54,7 @@ class RunState:
     ref: Any = None             # the original model's reduced outputs on x (computed once)
     space: Any = None
     user_space: Any = None
+    joint: dict = None          # --quantize: graphprune.search.joint's state (None: pruning only)
     # OUTDIR
     lock: Any = None
     journal: Any = None

@@ -43,6 +43,9 @@ def recover(st, record) -> tuple[object, dict | None]:
     from graphprune.search.candidates import build
     from graphprune.search.finetune import recover as finetune
     o, space = st.o, st.space
+    if getattr(st, "joint", None) is not None:   # --quantize: fine-tune the pruned fp32 model, then quantize
+        from graphprune.search.joint import recover as joint_recover
+        return joint_recover(st, record)
     cfg = {int(k): v for k, v in record["config"].items()}
     if o.epochs <= 0:
         return build(cfg), None

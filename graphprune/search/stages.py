@@ -14,6 +14,7 @@ import numpy as np
 
 from graphprune.errors import GraphpruneError
 from graphprune.inputs import input_shape_text
+from graphprune.search import joint
 from graphprune.search import objectives as obj
 from graphprune.search import sensitivity as sens
 from graphprune.search.cluster import is_dask_client, make_cluster_executor
@@ -41,9 +42,10 @@ def validate_options(st) -> None:
                        or o.latency_budget_ms is not None)
     st.out = check_outdir(o.outdir, o.model, o.resume)
     st.spec, st.step, st.label = resolve_latency(o)
+    joint.check_target(st)
     if "energy_mj" in st.objectives and not st.spec.power_w:
         raise GraphpruneError(f"target {st.spec.measured_target!r} states no power_w: energy cannot be estimated")
-    if o.train_data and o.epochs <= 0:
+    if o.train_data and o.epochs <= 0 and o.quantize == "off":   # --quantize calibrates on it
         st.log(f"note: --train-data {o.train_data} is not used without --epochs > 0")
 
 
@@ -71,6 +73,7 @@ def load_inputs(st) -> None:
     resolve_metric(st)
     st.space = build_space(st.an, st.step, o.min_keep, parse_bounds(o.group_bounds))
     st.user_space = st.space   # the user's bounds; the sensitivity bounds only steer the search
+    joint.prepare(st)          # --quantize: calibration sample, precision axes
 
 
 def _load(o, model, path: str, option: str, samples=None):
@@ -173,8 +176,9 @@ def start_executor(st) -> None:
         st.own_executor = True
         args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref,
                 o.input_shapes)
-        init, args = (candidates.init_worker, args + (calib, o.batch_size)) if calib is not None else (obj.init_worker,
-                                                                                                      args)
+        init, args = (candidates.init_worker, args + (calib, o.batch_size)) if calib is not None else \
+            (obj.init_worker, args)
+        init, args = joint.wrap_initializer(st, init, args)
         st.executor = (make_cluster_executor(st, init, args) if st.cluster is not None or st.executor is not None
                        else make_executor(o.workers, init, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
@@ -182,6 +186,7 @@ def start_executor(st) -> None:
     attach_quality_store(st)   # several targets in one run: quality evaluated once (search/multitarget.py)
     if calib is not None:
         st.ev.job = candidates.evaluate_job
+    joint.attach(st)   # --quantize: candidates built and judged as deployed
 
 
 def bn_calibration_samples(st):
@@ -311,6 +316,8 @@ def search(st) -> None:
 
     def exact_counts(cfg):
         k = space.key(cfg)
+        if k not in counts_cache and getattr(st, "joint", None) is not None:
+            counts_cache[k] = joint.counts(st, cfg)
         if k not in counts_cache:
             c = gp.count(obj.build(cfg))
             counts_cache[k] = {"macs": c.macs, "param_bytes": c.param_bytes}
@@ -319,6 +326,7 @@ def search(st) -> None:
     st.search = Search(space, st.ev, st.objectives, st.base, cons, Surrogate(), st.margins, o.optimizer, o.budget,
                        st.batch, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
+    joint.suggest(st)              # --quantize: the optimizer starts from the all-int8 baselines
     st.measured = st.search.run(st.measured)
     bar.close()
     st.prospective = prospective_error(st.measured)
