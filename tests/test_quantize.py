@@ -14,16 +14,18 @@ from graphprune.quant.check import compare
 RNG = np.random.default_rng(0)
 
 
-def _w(*shape):
-    return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+def _w(*shape, rng=None):
+    return ((rng or RNG).standard_normal(shape) * 0.3).astype(np.float32)
 
 
-def small_cnn(batch="N", bn=False):
-    """conv1 -> relu -> conv2 (-> BN) -> relu -> GAP -> flatten -> fc, named nodes."""
+def small_cnn(batch="N", bn=False, rng=None):
+    """conv1 -> relu -> conv2 (-> BN) -> relu -> GAP -> flatten -> fc, named nodes. Weights from
+    `rng` (default: this module's generator, so they depend on which tests ran before)."""
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
              helper.make_node("Relu", ["a"], ["ar"], name="relu1"),
              helper.make_node("Conv", ["ar", "w2", "b2"], ["b"], pads=[1, 1, 1, 1], name="conv2")]
-    inits = {"w1": _w(8, 3, 3, 3), "b1": _w(8), "w2": _w(16, 8, 3, 3), "b2": _w(16), "fc": _w(5, 16), "fcb": _w(5)}
+    inits = {"w1": _w(8, 3, 3, 3, rng=rng), "b1": _w(8, rng=rng), "w2": _w(16, 8, 3, 3, rng=rng), "b2": _w(16, rng=rng),
+             "fc": _w(5, 16, rng=rng), "fcb": _w(5, rng=rng)}
     last = "b"
     if bn:
         nodes.append(helper.make_node("BatchNormalization", ["b", "g", "beta", "mu", "var"], ["bn"], name="bn2"))
