@@ -235,3 +235,21 @@ def test_cli_writes_the_model(tmp_path, capsys):
     onnx.checker.check_model(d, full_check=True)
     assert [n.op_type for n in d.graph.node][-1] == "If"
     assert session(d).run(None, {"x": x[:1]})[0].shape == (1, CLASSES)
+
+
+def test_tvm_compiles_and_agrees_with_onnxruntime_on_both_paths(built):
+    """The one ONNX model compiles with TVM's Relax importer (If, TopK, Gather of weights) and
+    gives onnxruntime's scores on exiting and gated inputs alike."""
+    from graphprune.targets import compile_model
+    from graphprune.targets.measure_local import run_tvm_local
+    _, x, _, r = built
+    with torch.no_grad():
+        conf = torch.softmax(r.net.branch_logits(r.net.features(torch.from_numpy(x))), 1).max(1).values.numpy()
+    model = with_threshold(r.model, float(np.median(conf)))
+    scores, exits = predictions(model, x)
+    compiled = compile_model(model, "x86")
+    picks = list(np.flatnonzero(exits)[:3]) + list(np.flatnonzero(~exits)[:3])
+    assert len(picks) == 6
+    for i in picks:
+        got = run_tvm_local(compiled, {"x": x[i:i + 1]})[0]
+        assert np.abs(got - scores[i]).max() <= 1e-5 * np.abs(scores[i]).max(), i
