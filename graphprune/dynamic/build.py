@@ -106,7 +106,16 @@ def make_split(m: onnx.ModelProto, o: DynamicOptions):
 def build_dynamic(model, data, options: DynamicOptions | None = None) -> DynamicResult:
     """Build the dynamic model of an ONNX classifier from labelled `data` (Dataset or (x, y))."""
     o = options or DynamicOptions()
+    return next(build_budgets(model, data, o, [o.budget]))[1]
+
+
+def build_budgets(model, data, o: DynamicOptions, budgets):
+    """Yield (budget, DynamicResult) for each budget; the importance, the trunk and the trained
+    branch head are computed once and shared (they do not depend on the budget), each
+    budget's rest starts from the original weights and is fine-tuned on its own."""
     check_options(o)
+    for b in budgets:
+        check_options(DynamicOptions(**{**asdict(o), "budget": b}))
     from graphprune.data import as_dataset
     if getattr(data, "y", 1) is None or (isinstance(data, (tuple, list)) and data[1] is None):
         raise GraphpruneError("dynamic pruning trains the branch on labelled data: the data has no labels y")
@@ -115,19 +124,25 @@ def build_dynamic(model, data, options: DynamicOptions | None = None) -> Dynamic
     split = make_split(m, o)
     if int(ds.y.max()) >= split.classes:
         raise GraphpruneError(f"label {int(ds.y.max())} is out of range for a model with {split.classes} classes")
-    net, rest_m = _torch_side(m, split, ds, o)
+    trunk, head, tables, rest_m = _shared_parts(m, split, ds, o)
     train = ds.subsample(o.samples, o.seed)
-    from graphprune.dynamic.gated import finetune
-    losses = finetune(net, train, o.epochs, o.batch_size, o.lr, o.seed, o.progress)
-    return DynamicResult(export_net(m, split, net, rest_m, o), net, split, losses)
+    from graphprune.bridge import to_torch
+    from graphprune.dynamic.gated import DynamicNet, finetune
+    from graphprune.dynamic.graph import split_model
+    for b in budgets:
+        ob = DynamicOptions(**{**asdict(o), "budget": b})
+        sb = split_model(m, split.branch, b)
+        net = DynamicNet(trunk, to_torch(rest_m), head, sb.gates, tables, o.k, o.threshold)
+        losses = finetune(net, train, o.epochs, o.batch_size, o.lr, o.seed, o.progress)
+        yield b, DynamicResult(export_net(m, sb, net, rest_m, ob), net, sb, losses)
 
 
-def _torch_side(m, split, ds, o: DynamicOptions):
-    """(DynamicNet with the trained head, the rest's ONNX sub-model) before fine-tuning."""
+def _shared_parts(m, split, ds, o: DynamicOptions):
+    """(trunk module, trained head, integer tables, the rest's ONNX sub-model): all budget-independent."""
     import torch
 
     from graphprune.bridge import to_torch
-    from graphprune.dynamic.gated import DynamicNet, train_head
+    from graphprune.dynamic.gated import train_head
     from graphprune.dynamic.selection import integer_table
     from graphprune.importance import compute_importance
     torch.manual_seed(o.seed)
@@ -140,7 +155,7 @@ def _torch_side(m, split, ds, o: DynamicOptions):
     trunk = to_torch(extract(m, [i.name for i in _graph_inputs(m)], split.rest_inputs))
     rest_m = extract(m, split.rest_inputs, [split.output])
     head = train_head(trunk, ds.subsample(o.samples, o.seed), split.classes, steps=o.head_steps, seed=o.seed)
-    return DynamicNet(trunk, to_torch(rest_m), head, split.gates, tables, o.k, o.threshold), rest_m
+    return trunk, head, tables, rest_m
 
 
 def _graph_inputs(m):
