@@ -253,3 +253,8 @@ def test_tvm_compiles_and_agrees_with_onnxruntime_on_both_paths(built):
     for i in picks:
         got = run_tvm_local(compiled, {"x": x[i:i + 1]})[0]
         assert np.abs(got - scores[i]).max() <= 1e-5 * np.abs(scores[i]).max(), i
+
+
+def test_with_threshold_refuses_a_model_that_is_not_dynamic():
+    with pytest.raises(GraphpruneError, match="not a graphprune dynamic model"):
+        with_threshold(_cnn(), 2.0)
