@@ -78,11 +78,22 @@ def _data(model, n=96, seed=1):
 _FAST = dict(samples=96, importance_samples=32, epochs=1, batch_size=16, head_steps=60, progress=False)
 
 
-@pytest.fixture(scope="module")
-def built():
+def _build(head_grid=1):
     m = _cnn()
     x, y = _data(m)
-    return m, x, y, build_dynamic(m, (x, y), DynamicOptions(k=2, threshold=0.5, budget=0.5, **_FAST))
+    return m, x, y, build_dynamic(m, (x, y), DynamicOptions(k=2, threshold=0.5, budget=0.5, head_grid=head_grid,
+                                                            **_FAST))
+
+
+@pytest.fixture(scope="module")
+def built():
+    return _build()
+
+
+@pytest.fixture(scope="module")
+def built_grid():
+    """The head on a 2 x 2 AveragePool grid of the branch map instead of its global average."""
+    return _build(head_grid=2)
 
 
 def test_graph_split_and_gates():
@@ -94,8 +105,9 @@ def test_graph_split_and_gates():
         [("c3", "bn3", "b3o", "c4", 8, 4), ("c5", None, "c5o", "fc", 6, 3)]
 
 
-def test_onnx_equals_torch_on_every_input_both_paths(built):
-    m, x, y, r = built
+@pytest.mark.parametrize("which", ["built", "built_grid"])
+def test_onnx_equals_torch_on_every_input_both_paths(which, request):
+    m, x, y, r = request.getfixturevalue(which)
     with torch.no_grad():
         conf = torch.softmax(r.net.branch_logits(r.net.features(torch.from_numpy(x))), 1).max(1).values.numpy()
     thr = float(np.median(conf))   # half the inputs exit, half take the gated path

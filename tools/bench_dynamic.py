@@ -68,6 +68,8 @@ def _parser():
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--method", default="taylor")
     ap.add_argument("--branch-at", default=None)
+    ap.add_argument("--head-grid", type=int, default=1, help="branch head pooling grid (1: global average)")
+    ap.add_argument("--tag", default="", help="suffix of the docs section and plot (several runs of one model)")
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, dynamic and static alike")
     ap.add_argument("--static-ratios", default="0.2,0.3,0.4,0.5")
     ap.add_argument("--max-drop", type=float, default=0.01)
@@ -104,7 +106,7 @@ def evaluate_dynamic(model, test, args, paths, budget, thr):
 
 def run_dynamic(model_path, train, test, args):
     o = DynamicOptions(branch_at=args.branch_at, k=args.k, method=args.method, samples=args.train_samples,
-                       epochs=args.epochs, seed=args.seed, progress=False)
+                       epochs=args.epochs, seed=args.seed, progress=False, head_grid=args.head_grid)
     rows, models, info = [], {}, {}
     lat = test.x[:args.latency_samples]
     for b, res in build_budgets(model_path, (train.x, train.y), o, _floats(args.budgets)):
@@ -187,7 +189,8 @@ def markdown(res, args) -> str:
              f"Shared 2-core host: load average "
              f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end, so absolute times are noisy; "
              f"all models were timed in the same run. Dynamic: branch at `{d['branch']}`, k={args.k}, "
-             f"{args.method} per-class importance, {args.epochs:g} epoch(s) of fine-tuning; static: uniform L1 + "
+             f"{args.method} per-class importance, head on a {args.head_grid}x{args.head_grid} pooling grid, "
+             f"{args.epochs:g} epoch(s) of fine-tuning; static: uniform L1 + "
              f"`recover` ({args.epochs:g} epoch(s), BN re-calibration). Produced by "
              f"`{res['command']}` in {res['seconds']:.0f} s.", "",
              "| model | accuracy % | early exits % | average ms | longest path ms | bench ms (longest path) |",
@@ -262,7 +265,8 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(2)
     t0, load0 = time.time(), os.getloadavg()[0]
-    out = Path(args.out or f"out/bench_dynamic_{Path(args.model).stem}")
+    stem = Path(args.model).stem + args.tag
+    out = Path(args.out or f"out/bench_dynamic_{stem}")
     out.mkdir(parents=True, exist_ok=True)
     train = load_fashion_mnist("train").subsample(args.train_samples, args.seed)
     test = load_fashion_mnist("test").subsample(args.test_samples, args.seed)
@@ -284,14 +288,14 @@ def main(argv=None) -> int:
     (out / "bench_dynamic.json").write_text(json.dumps(res, indent=1, default=float))
     md = markdown(res, args)
     if plot(res, out / "bench_dynamic.png"):
-        md += f"\n![trade-off](bench_dynamic_{Path(args.model).stem}.png)\n"
+        md += f"\n![trade-off](bench_dynamic_{stem}.png)\n"
         if not args.no_docs:
-            (ROOT / "docs" / f"bench_dynamic_{Path(args.model).stem}.png").write_bytes(
+            (ROOT / "docs" / f"bench_dynamic_{stem}.png").write_bytes(
                 (out / "bench_dynamic.png").read_bytes())
     (out / "bench_dynamic.md").write_text(md)
     if not args.no_docs:
         from _docs import update_section
-        update_section(ROOT / "docs" / "dynamic.md", f"bench_dynamic_{Path(args.model).stem}", md,
+        update_section(ROOT / "docs" / "dynamic.md", f"bench_dynamic_{stem}", md,
                        title="# Dynamic pruning\n")
     print(md)
     return 0

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                    help="exit early when the branch's max softmax is >= this (default 0.9; > 1: never)")
     p.add_argument("--budget", type=float, default=0.5,
                    help="fraction of filters kept in each gated layer on the subset path (default 0.5)")
+    p.add_argument("--head-grid", type=int, default=1, help="the branch head pools the map to G x G cells before its "
+                                                            "linear layer (default 1: global average pooling)")
     p.add_argument("--method", default="taylor", help="XAI method of the per-class importance (default taylor)")
     p.add_argument("--samples", type=int, default=4000, help="training subset for the head and fine-tuning "
                                                              "(fixed seed; default 4000)")
@@ -57,7 +59,7 @@ def run_dynamic(args) -> int:
     o = DynamicOptions(branch_at=args.branch_at, k=args.k, threshold=args.threshold, budget=args.budget,
                        method=args.method.lower(), samples=args.samples, importance_samples=args.importance_samples,
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       progress=not args.no_progress)
+                       head_grid=args.head_grid, progress=not args.no_progress)
     check_options(o)
     check_run_options(args.samples, args.batch_size, args.seed, None)
     refuse_overwriting_input(args.output, args.model)

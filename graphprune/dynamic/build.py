@@ -32,6 +32,7 @@ class DynamicOptions:
     lr: float = 3e-4
     batch_size: int = 64
     head_steps: int = 300
+    head_grid: int = 1                  # the head pools the branch map to grid x grid cells (1: global)
     seed: int = 0
     progress: bool = True
 
@@ -64,6 +65,8 @@ def check_options(o: DynamicOptions) -> None:
         raise GraphpruneError(f"--samples must be a positive integer, got {o.samples!r}")
     if bad_int(o.importance_samples, 1) or bad_int(o.batch_size, 1) or bad_int(o.head_steps, 0):
         raise GraphpruneError("--importance-samples, --batch-size must be positive integers")
+    if bad_int(o.head_grid, 1) or o.head_grid > 16:
+        raise GraphpruneError(f"--head-grid must be an integer in 1 .. 16, got {o.head_grid!r}")
     if not math.isfinite(o.epochs) or o.epochs < 0 or not math.isfinite(o.lr) or o.lr <= 0:
         raise GraphpruneError(f"--epochs must be >= 0 and --lr > 0 (got {o.epochs!r}, {o.lr!r})")
 
@@ -124,20 +127,21 @@ def build_budgets(model, data, o: DynamicOptions, budgets):
     split = make_split(m, o)
     if int(ds.y.max()) >= split.classes:
         raise GraphpruneError(f"label {int(ds.y.max())} is out of range for a model with {split.classes} classes")
-    trunk, head, tables, rest_m = _shared_parts(m, split, ds, o)
+    from graphprune.dynamic.graph import head_pool, split_model
+    pool = head_pool(m, split.branch, o.head_grid)
+    trunk, head, tables, rest_m = _shared_parts(m, split, ds, o, pool)
     train = ds.subsample(o.samples, o.seed)
     from graphprune.bridge import to_torch
     from graphprune.dynamic.gated import DynamicNet, finetune
-    from graphprune.dynamic.graph import split_model
     for b in budgets:
         ob = DynamicOptions(**{**asdict(o), "budget": b})
         sb = split_model(m, split.branch, b)
-        net = DynamicNet(trunk, to_torch(rest_m), head, sb.gates, tables, o.k, o.threshold)
+        net = DynamicNet(trunk, to_torch(rest_m), head, sb.gates, tables, o.k, o.threshold, pool)
         losses = finetune(net, train, o.epochs, o.batch_size, o.lr, o.seed, o.progress)
         yield b, DynamicResult(export_net(m, sb, net, rest_m, ob), net, sb, losses)
 
 
-def _shared_parts(m, split, ds, o: DynamicOptions):
+def _shared_parts(m, split, ds, o: DynamicOptions, pool):
     """(trunk module, trained head, integer tables, the rest's ONNX sub-model): all budget-independent."""
     import torch
 
@@ -154,7 +158,8 @@ def _shared_parts(m, split, ds, o: DynamicOptions):
     tables = [integer_table(imp.per_class[g.producer], o.k) for g in split.gates]
     trunk = to_torch(extract(m, [i.name for i in _graph_inputs(m)], split.rest_inputs))
     rest_m = extract(m, split.rest_inputs, [split.output])
-    head = train_head(trunk, ds.subsample(o.samples, o.seed), split.classes, steps=o.head_steps, seed=o.seed)
+    head = train_head(trunk, ds.subsample(o.samples, o.seed), split.classes, steps=o.head_steps, seed=o.seed,
+                      pool=pool)
     return trunk, head, tables, rest_m
 
 
@@ -171,7 +176,7 @@ def export_net(m, split, net, rest_m, o: DynamicOptions) -> onnx.ModelProto:
             "gates": [{"conv": g.producer, "filters": g.channels, "kept": g.keep} for g in split.gates],
             "batch": 1, "options": {k: v for k, v in asdict(o).items() if k not in ("progress",)}}
     out = assemble(m, split, net.rest.write_back(rest_m), net.head.weight.detach().numpy(),
-                   net.head.bias.detach().numpy(), tables, o.k, o.threshold, meta)
+                   net.head.bias.detach().numpy(), tables, o.k, o.threshold, meta, pool=net.pool)
     _smoke(out)
     return out
 

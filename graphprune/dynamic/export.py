@@ -4,7 +4,7 @@ Main graph (batch 1: the input's first dim is fixed to 1, so a runtime refuses o
 batches instead of gating a whole batch by one sample's scores):
 
     trunk nodes (unchanged) -> branch tensor
-    GlobalAveragePool -> Flatten -> Gemm(head)             -> z (1, classes)
+    GlobalAveragePool (or AveragePool to a grid) -> Flatten -> Gemm(head) -> z (1, classes)
     Softmax -> ReduceMax (all axes) -> GreaterOrEqual(threshold) -> exit (bool scalar)
     If(exit) then: Identity(z)                                  (early exit: the branch's scores)
              else: TopK(z, k) -> class ids (k,)
@@ -124,7 +124,8 @@ def _gated_nodes(b: _Builder, rest_model, split, idx: list[str], rename: dict) -
 
 
 def assemble(model: onnx.ModelProto, split, rest_model: onnx.ModelProto, head_w: np.ndarray, head_b: np.ndarray,
-             tables, k: int, threshold: float, metadata: dict | None = None) -> onnx.ModelProto:
+             tables, k: int, threshold: float, metadata: dict | None = None, pool: tuple | None = None
+             ) -> onnx.ModelProto:
     """The dynamic ONNX model (see the module docstring). `model` is the normalised original,
     `rest_model` the (fine-tuned) rest as extracted for the torch side."""
     from graphprune import metadata as md
@@ -140,7 +141,10 @@ def assemble(model: onnx.ModelProto, split, rest_model: onnx.ModelProto, head_w:
         rename[t.name] = name
         outer.const(name, numpy_helper.to_array(t))
     z = "dyn/branch_logits"
-    head = [helper.make_node("GlobalAveragePool", [split.branch], ["dyn/pooled"], name="dyn/pool"),
+    pool_node = helper.make_node("GlobalAveragePool", [split.branch], ["dyn/pooled"], name="dyn/pool") \
+        if pool is None else helper.make_node("AveragePool", [split.branch], ["dyn/pooled"], name="dyn/pool",
+                                              kernel_shape=list(pool[0]), strides=list(pool[1]))
+    head = [pool_node,
             helper.make_node("Flatten", ["dyn/pooled"], ["dyn/features"], name="dyn/flatten", axis=1),
             helper.make_node("Gemm", ["dyn/features", outer.const("dyn/head/W", head_w.astype(np.float32)),
                                       outer.const("dyn/head/B", head_b.astype(np.float32))], [z],

@@ -27,8 +27,9 @@ class DynamicNet(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, rest: nn.Module, head: nn.Linear, gates, tables, k: int,
-                 threshold: float):
+                 threshold: float, pool: tuple | None = None):
         super().__init__()
+        self.pool = pool
         self.trunk, self.rest, self.head = trunk, rest, head
         self.gates, self.k, self.threshold = list(gates), int(k), float(threshold)
         for i, t in enumerate(tables):
@@ -57,7 +58,7 @@ class DynamicNet(nn.Module):
         return out if isinstance(out, tuple) else (out,)
 
     def branch_logits(self, feats) -> torch.Tensor:
-        return self.head(feats[0].mean(dim=(2, 3)))
+        return self.head(pooled(feats[0], self.pool))
 
     def subsets(self, z: torch.Tensor) -> torch.Tensor:
         """(N, k) class ids: the branch's top-k classes per sample."""
@@ -94,25 +95,32 @@ class DynamicNet(nn.Module):
         return torch.softmax(z, dim=1).max(dim=1).values >= self.threshold
 
 
-def _pooled(trunk: nn.Module, ds, batch_size: int) -> torch.Tensor:
+def pooled(x: torch.Tensor, pool: tuple | None) -> torch.Tensor:
+    """The head's input: global average (pool None) or an AveragePool grid, flattened (c, h, w)."""
+    if pool is None:
+        return x.mean(dim=(2, 3))
+    return F.avg_pool2d(x, kernel_size=pool[0], stride=pool[1]).flatten(1)
+
+
+def _pooled(trunk: nn.Module, ds, batch_size: int, pool: tuple | None) -> torch.Tensor:
     feats = []
     with torch.no_grad():
         for xb, _ in ds.batches(batch_size):
             out = trunk(torch.from_numpy(xb))
             out = out[0] if isinstance(out, tuple) else out
-            feats.append(out.mean(dim=(2, 3)))
+            feats.append(pooled(out, pool))
     return torch.cat(feats)
 
 
 def train_head(trunk: nn.Module, ds, classes: int, steps: int = 300, lr: float = 1e-2, batch_size: int = 256,
-               seed: int = 0, weight_decay: float = 1e-4) -> nn.Linear:
-    """Global average pooling + a linear layer on the frozen trunk's branch features.
+               seed: int = 0, weight_decay: float = 1e-4, pool: tuple | None = None) -> nn.Linear:
+    """Pooling (global, or a grid: `pool`) + a linear layer on the frozen trunk's branch features.
 
     The pooled features are computed once; the linear layer is then trained full-batch
     with Adam (a convex problem; a few hundred steps converge on thousands of samples).
     """
     torch.manual_seed(seed)
-    feats = _pooled(trunk, ds, batch_size)
+    feats = _pooled(trunk, ds, batch_size, pool)
     y = torch.from_numpy(ds.y)
     head = nn.Linear(feats.shape[1], classes)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)

@@ -237,5 +237,22 @@ def default_branch(model) -> str:
     return [t for t, b in near if b == b0][-1]
 
 
+def head_pool(model, branch: str, grid: int) -> tuple | None:
+    """(kernel, stride) of the AveragePool (no padding) that cuts the branch map into grid x grid
+    cells for the head, or None for grid 1 (global average pooling). Needs static H and W."""
+    if grid == 1:
+        return None
+    dims = _shapes(model).get(branch) or []
+    hw = dims[2:4] if len(dims) == 4 else []
+    if len(hw) != 2 or not all(hw) or min(hw) < grid:
+        raise GraphpruneError(f"--head-grid {grid} needs a branch map with static H, W >= {grid}; "
+                              f"{branch!r} is {dims}")
+    kernel = [-(-d // grid) for d in hw]
+    stride = [max(1, (d - k) // (grid - 1)) for d, k in zip(hw, kernel)]
+    if any((d - k) // s + 1 != grid for d, k, s in zip(hw, kernel, stride)):
+        raise GraphpruneError(f"--head-grid {grid}: no uniform pooling cuts {hw[0]}x{hw[1]} into {grid}x{grid}")
+    return kernel, stride
+
+
 def initializer_array(model, name: str):
     return numpy_helper.to_array(_inits(model)[name])
