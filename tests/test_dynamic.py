@@ -270,3 +270,13 @@ def test_tvm_compiles_and_agrees_with_onnxruntime_on_both_paths(built):
 def test_with_threshold_refuses_a_model_that_is_not_dynamic():
     with pytest.raises(GraphpruneError, match="not a graphprune dynamic model"):
         with_threshold(_cnn(), 2.0)
+
+
+def test_head_pool_grid():
+    from graphprune.dynamic.graph import head_pool
+    m = gp.load(_cnn())   # t2 is 4 x 4
+    assert head_pool(m, "t2", 1) is None
+    assert head_pool(m, "t2", 2) == ([2, 2], [2, 2])
+    assert head_pool(m, "t2", 3) == ([2, 2], [1, 1])
+    with pytest.raises(GraphpruneError, match="static H, W >= 5"):
+        head_pool(m, "t2", 5)
