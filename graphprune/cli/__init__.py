@@ -21,6 +21,7 @@ COMMANDS = [
     "graphprune.cli.optimize_commands",
     "graphprune.cli.importance_commands",
     "graphprune.cli.quantize_commands",
+    "graphprune.cli.dynamic_commands",
 ]
 
 

@@ -1,0 +1,85 @@
+"""`graphprune dynamic`: class-conditional dynamic filter pruning (DyFiP) into one ONNX model.
+
+    graphprune dynamic MODEL.onnx --data DATA -o OUT.onnx [--branch-at NODE_OR_TENSOR] [--k 3]
+        [--threshold 0.9] [--budget 0.5] [--method taylor] [--samples 4000] [--epochs 1]
+
+The output runs at batch 1 in any ONNX runtime: trunk, branch head, and an If that either
+returns the branch's scores (early exit) or runs the rest with per-input gathered filters.
+Labels are required (the branch is trained on them). Details: docs/dynamic.md.
+"""
+from __future__ import annotations
+
+import sys
+
+from graphprune.cli.options import add_no_progress
+from graphprune.errors import GraphpruneError
+
+_IMAGE_OPTIONS = ("size", "mean", "std", "channel_order", "layout", "scale")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("dynamic", help="per-input (class-conditional) filter pruning with an early exit, "
+                                              "as one ONNX model", description=__doc__.splitlines()[0])
+    p.add_argument("model", help="input .onnx classifier (one input, one (N, classes) output)")
+    p.add_argument("-o", "--output", required=True, help="the dynamic .onnx model to write")
+    p.add_argument("--data", required=True, help="labelled training data: .npz with x and y, or an image folder "
+                                                 "with one subfolder per class")
+    p.add_argument("--branch-at", help="node or tensor name where the branch attaches (default: the cut nearest "
+                                       "the middle of the convs)")
+    p.add_argument("--k", type=int, default=3, help="class subset size predicted by the branch (default 3)")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="exit early when the branch's max softmax is >= this (default 0.9; > 1: never)")
+    p.add_argument("--budget", type=float, default=0.5,
+                   help="fraction of filters kept in each gated layer on the subset path (default 0.5)")
+    p.add_argument("--head-grid", type=int, default=1, help="the branch head pools the map to G x G cells before its "
+                                                            "linear layer (default 1: global average pooling)")
+    p.add_argument("--method", default="taylor", help="XAI method of the per-class importance (default taylor)")
+    p.add_argument("--samples", type=int, default=4000, help="training subset for the head and fine-tuning "
+                                                             "(fixed seed; default 4000)")
+    p.add_argument("--importance-samples", type=int, default=256, help="samples scored for importance (default 256)")
+    p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs of the gated layers (default 1; "
+                                                             "0: none)")
+    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (Adam; default 3e-4)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    for opt in ("size", "mean", "std", "scale"):
+        p.add_argument(f"--{opt}", nargs="+" if opt == "size" else None, type=int if opt == "size" else str,
+                       help=f"image folder: as in `graphprune importance` ({opt})")
+    p.add_argument("--channel-order", choices=("rgb", "bgr"), help="image folder: channel order")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), help="image folder: tensor layout")
+    add_no_progress(p)
+    p.set_defaults(func=run_dynamic)
+
+
+def run_dynamic(args) -> int:
+    from graphprune.dynamic.build import DynamicOptions, check_options
+    from graphprune.importance.checks import check_run_options
+    from graphprune.modelio import read_model, refuse_overwriting_input, write_model
+
+    o = DynamicOptions(branch_at=args.branch_at, k=args.k, threshold=args.threshold, budget=args.budget,
+                       method=args.method.lower(), samples=args.samples, importance_samples=args.importance_samples,
+                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       head_grid=args.head_grid, progress=not args.no_progress)
+    check_options(o)
+    check_run_options(args.samples, args.batch_size, args.seed, None)
+    refuse_overwriting_input(args.output, args.model)
+    model = read_model(args.model)
+    from graphprune.data import load_for_model
+    data = load_for_model(args.data, model, **{k: getattr(args, k) for k in _IMAGE_OPTIONS}, seed=args.seed,
+                          require_labels=False)
+    if data.y is None:
+        raise GraphpruneError(f"--data {args.data}: labels y are needed (the branch is trained on them)")
+    if isinstance(data.x, dict):
+        raise GraphpruneError("dynamic pruning takes models with one input")
+
+    from graphprune.dynamic.build import build_dynamic
+    from graphprune.dynamic.measure import accuracy_and_exits
+    result = build_dynamic(model, data, o)
+    out = write_model(result.model, args.output, source=args.model)
+    acc, exits = accuracy_and_exits(result.model, data.subsample(1000, args.seed + 1))
+    g = result.split.gates
+    print(f"{out}: branch at {result.split.branch}, k={o.k}, threshold={o.threshold}; {len(g)} gated convs "
+          f"({', '.join(f'{x.keep}/{x.channels}' for x in g)} filters kept per input)")
+    print(f"on {min(1000, len(data))} of the training samples (onnxruntime, batch 1): accuracy {acc:.4f}, "
+          f"early exits {exits:.1%}", file=sys.stderr)
+    return 0

@@ -1,0 +1,305 @@
+#!/usr/bin/env python
+"""Dynamic (class-conditional) pruning vs the original and a static pruned model, measured.
+
+On a Fashion-MNIST example model:
+  (a) the original;
+  (b) a static pruned model at the dynamic model's accuracy: uniform L1 pruning
+      (`graphprune prune`'s rule) at each of --static-ratios, each recovered with
+      graphprune.search.finetune.recover (BN re-calibration + --epochs of training on the
+      same training samples), and the largest ratio whose recovered accuracy is at least
+      the dynamic model's kept;
+  (c) the dynamic model (`graphprune dynamic`) for every --budgets x --thresholds, each
+      budget fine-tuned --epochs on the same samples; the headline is the fastest (average
+      latency) configuration within --max-drop of the original's accuracy.
+Reported: accuracy and per-class accuracy on the test subset, the fraction of early
+exits, average latency over --latency-samples test images (each run alone at batch 1,
+timed one by one with bench's onnxruntime session) and the longest-path latency
+(`graphprune.targets.measure_latency`, as `graphprune bench`, with the gated path
+forced); for static models the two are the same path. --tvm also compiles (a), (b)
+and the headline (c) with TVM (untuned) and times them the same way.
+
+    nice -n 5 .venv/bin/python tools/bench_dynamic.py --model examples/fashion_mnist_vgg.onnx
+
+Writes OUT/bench_dynamic.json, .md (and .png with matplotlib), and the section
+`bench_dynamic_<model stem>` of docs/dynamic.md (tools/_docs.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import graphprune as gp  # noqa: E402
+from graphprune.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
+from graphprune.dynamic.build import DynamicOptions, build_budgets  # noqa: E402
+from graphprune.dynamic.export import with_threshold  # noqa: E402
+from graphprune.dynamic.measure import (average_latency_ort, average_latency_tvm, per_class_accuracy,  # noqa: E402
+                                        predictions)
+from graphprune.targets import measure_latency  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _floats(text):
+    return [float(v) for v in text.split(",") if v]
+
+
+def _parser():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="examples/fashion_mnist_vgg.onnx")
+    ap.add_argument("-o", "--out", default=None, help="default out/bench_dynamic_<model stem>")
+    ap.add_argument("--train-samples", type=int, default=4000)
+    ap.add_argument("--test-samples", type=int, default=2000)
+    ap.add_argument("--latency-samples", type=int, default=500)
+    ap.add_argument("--budgets", default="0.25,0.5,0.75")
+    ap.add_argument("--thresholds", default="0.5,0.8,0.9,0.95,0.99,2")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--method", default="taylor")
+    ap.add_argument("--branch-at", default=None)
+    ap.add_argument("--head-grid", type=int, default=1, help="branch head pooling grid (1: global average)")
+    ap.add_argument("--tag", default="", help="suffix of the docs section and plot (several runs of one model)")
+    ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, dynamic and static alike")
+    ap.add_argument("--static-ratios", default="0.2,0.3,0.4,0.5")
+    ap.add_argument("--max-drop", type=float, default=0.01)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--tvm", action="store_true", help="also time (a), (b) and the headline (c) with TVM (untuned)")
+    ap.add_argument("--tvm-samples", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-docs", action="store_true", help="do not write docs/dynamic.md")
+    return ap
+
+
+def evaluate_static(model, test, args, name):
+    """Accuracy, per-class accuracy and latency of a one-path model."""
+    scores, _ = predictions(model, test.x, dynamic=False)
+    pred = scores.argmax(1)
+    avg = average_latency_ort(model, test.x[:args.latency_samples], threads=args.threads)
+    return {"name": name, "accuracy": float((pred == test.y).mean()),
+            "per_class": per_class_accuracy(pred, test.y, 10), "avg_ms": avg, "longest_ms": avg,
+            "bench_ms": measure_latency(model, repeats=args.repeats, threads=args.threads, cache=False).median_ms,
+            "exit": 0.0}
+
+
+def evaluate_dynamic(model, test, args, paths, budget, thr):
+    scores, exits = predictions(model, test.x)
+    pred = scores.argmax(1)
+    return {"name": f"dynamic budget {budget:g}, threshold {thr:g}", "budget": budget, "threshold": thr,
+            "accuracy": float((pred == test.y).mean()), "per_class": per_class_accuracy(pred, test.y, 10),
+            "exit": float(exits.mean()), "exit_correct": float((pred[exits] == test.y[exits]).mean())
+            if exits.any() else None,
+            "avg_ms": average_latency_ort(model, test.x[:args.latency_samples], threads=args.threads),
+            **paths}
+
+
+def run_dynamic(model_path, train, test, args):
+    o = DynamicOptions(branch_at=args.branch_at, k=args.k, method=args.method, samples=args.train_samples,
+                       epochs=args.epochs, seed=args.seed, progress=False, head_grid=args.head_grid)
+    rows, models, info = [], {}, {}
+    lat = test.x[:args.latency_samples]
+    for b, res in build_budgets(model_path, (train.x, train.y), o, _floats(args.budgets)):
+        info = {"branch": res.split.branch, "gates": [(g.producer, g.keep, g.channels) for g in res.split.gates]}
+        log(f"dynamic budget {b}: built (fine-tune losses {[round(v, 4) for v in res.losses]})")
+        gated, exit_ = with_threshold(res.model, 2.0), with_threshold(res.model, 0.0)
+        paths = {"longest_ms": average_latency_ort(gated, lat, threads=args.threads),
+                 "exit_ms": average_latency_ort(exit_, lat, threads=args.threads),
+                 "bench_ms": measure_latency(gated, repeats=args.repeats, threads=args.threads, cache=False).median_ms,
+                 "bench_exit_ms": measure_latency(exit_, repeats=args.repeats, threads=args.threads,
+                                                  cache=False).median_ms}
+        longest = paths["longest_ms"]
+        for thr in _floats(args.thresholds):
+            m = with_threshold(res.model, thr)
+            row = evaluate_dynamic(m, test, args, paths, b, thr)
+            models[(b, thr)] = m
+            rows.append(row)
+            log(f"  threshold {thr}: acc {row['accuracy']:.4f}, exits {row['exit']:.1%}, avg {row['avg_ms']:.3f} ms, "
+                f"longest {longest:.3f} ms")
+    return rows, models, info
+
+
+def run_static(model_path, train, test, args, log_fn):
+    from graphprune.search.finetune import recover
+    model = gp.load(model_path)
+    an = gp.analyse(model)
+    rows, models = [], {}
+    for r in _floats(args.static_ratios):
+        cfg = gp.choose(an, ratio=r, criterion="l1").config()
+        rec, rep = recover(model, an, {int(k): v for k, v in cfg.items()}, "l1", train, test.x, test.y,
+                           epochs=args.epochs, steps=1, lr=0.01, seed=args.seed, log=log_fn)
+        row = evaluate_static(rec, test, args, f"static uniform L1 {r:g}")
+        row.update(ratio=r, accuracy_before=rep["accuracy_before"])
+        rows.append(row)
+        models[r] = rec
+        log(f"static ratio {r}: acc {row['accuracy']:.4f} (before recovery {rep['accuracy_before']:.4f}), "
+            f"{row['avg_ms']:.3f} ms")
+    return rows, models
+
+
+def pick(orig, dyn_rows, static_rows, max_drop):
+    """Headline dynamic: fastest on average within max_drop of the original (else the most accurate);
+    static: the largest ratio at least as accurate as it (else the most accurate static)."""
+    ok = [r for r in dyn_rows if r["accuracy"] >= orig["accuracy"] - max_drop]
+    dyn = min(ok, key=lambda r: r["avg_ms"]) if ok else max(dyn_rows, key=lambda r: r["accuracy"])
+    ok_s = [r for r in static_rows if r["accuracy"] >= dyn["accuracy"]]
+    static = max(ok_s, key=lambda r: r["ratio"]) if ok_s else max(static_rows, key=lambda r: r["accuracy"])
+    return dyn, static, bool(ok), bool(ok_s)
+
+
+def tvm_rows(orig_m, static_m, dyn_m, test, args):
+    """Untuned TVM timings of the three models: average over data and bench's median (longest path)."""
+    out = {}
+    for name, m, dynamic in (("original", orig_m, False), ("static", static_m, False), ("dynamic", dyn_m, True)):
+        x = test.x[:args.tvm_samples]
+        row = {"avg_ms": average_latency_tvm(m, x)}
+        row["longest_ms"] = measure_latency(with_threshold(m, 2.0) if dynamic else m, backend="tvm",
+                                            repeats=args.repeats // 4, cache=False).median_ms
+        if dynamic:
+            row["exit_ms"] = measure_latency(with_threshold(m, 0.0), backend="tvm", repeats=args.repeats // 4,
+                                             cache=False).median_ms
+        out[name] = row
+        log(f"tvm {name}: {row}")
+    return out
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def markdown(res, args) -> str:
+    o, s, d = res["original"], res["static"], res["dynamic"]
+    dd = d["row"]
+    lines = [f"Model `{Path(args.model).name}`, Fashion-MNIST: trained on {args.train_samples} training images, "
+             f"evaluated on {args.test_samples} test images (fixed seed {args.seed}). onnxruntime on this host "
+             f"({args.threads} thread, bench's session options); average latency = mean over "
+             f"{args.latency_samples} test images, each run alone at batch 1 (fastest of 5 passes per image); "
+             f"longest path = the same with the gated path forced (threshold 2); bench = `measure_latency`'s median "
+             f"of {args.repeats} runs on its random input (the gated path forced), as `graphprune bench`. "
+             f"Shared 2-core host: load average "
+             f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end, so absolute times are noisy; "
+             f"all models were timed in the same run. Dynamic: branch at `{d['branch']}`, k={args.k}, "
+             f"{args.method} per-class importance, head on a {args.head_grid}x{args.head_grid} pooling grid, "
+             f"{args.epochs:g} epoch(s) of fine-tuning; static: uniform L1 + "
+             f"`recover` ({args.epochs:g} epoch(s), BN re-calibration). Produced by "
+             f"`{res['command']}` in {res['seconds']:.0f} s.", "",
+             "| model | accuracy % | early exits % | average ms | longest path ms | bench ms (longest path) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in (("(a) original", o), (f"(b) static, uniform L1 ratio {s['row']['ratio']:g}", s["row"]),
+                    (f"(c) dynamic, budget {dd['budget']:g}, threshold {dd['threshold']:g}", dd)):
+        lines.append(f"| {name} | {_pct(r['accuracy'])} | {_pct(r['exit'])} | {r['avg_ms']:.3f} | "
+                     f"{r['longest_ms']:.3f} | {r['bench_ms']:.3f} |")
+    lines.append(f"\nEarly-exit path alone: {dd['exit_ms']:.3f} ms (bench {dd['bench_exit_ms']:.3f} ms). "
+                 "Headline (c) is the fastest configuration on "
+                 f"average within {100 * args.max_drop:g} pp of (a)" + ("" if d["within"] else
+                 " (none was: it is the most accurate one)") + "; (b) the largest ratio at least as accurate as (c)"
+                 + ("" if s["within"] else " (none was: it is the most accurate static one)") + ".")
+    if res.get("tvm"):
+        t = res["tvm"]
+        lines += ["", "TVM (untuned, this host; average over "
+                  f"{args.tvm_samples} test images, longest path as `bench --backend tvm --tune-trials 0`):", "",
+                  "| model | average ms | longest path ms |", "|---|---|---|"]
+        for k in ("original", "static", "dynamic"):
+            lines.append(f"| {k} | {t[k]['avg_ms']:.3f} | {t[k]['longest_ms']:.3f} |")
+        lines.append(f"\nTVM early-exit path alone: {t['dynamic']['exit_ms']:.3f} ms.")
+    lines += ["", "Per-class accuracy % (a) / (b) / (c):", "",
+              "| class | (a) | (b) | (c) | (c) - (a) pp |", "|---|---|---|---|---|"]
+    for c, name in enumerate(FASHION_MNIST_CLASSES):
+        a, b, cc = o["per_class"][c], s["row"]["per_class"][c], dd["per_class"][c]
+        lines.append(f"| {name} | {_pct(a)} | {_pct(b)} | {_pct(cc)} | {100 * (cc - a):+.1f} |")
+    lines += ["", "Trade-off of the dynamic model over budget and threshold (threshold 2: never exits):", "",
+              "| budget | threshold | accuracy % | early exits % | exits correct % | average ms | longest path ms |",
+              "|---|---|---|---|---|---|---|"]
+    for r in res["dynamic"]["rows"]:
+        lines.append(f"| {r['budget']:g} | {r['threshold']:g} | {_pct(r['accuracy'])} | {_pct(r['exit'])} | "
+                     f"{_pct(r['exit_correct'])} | {r['avg_ms']:.3f} | {r['longest_ms']:.3f} |")
+    lines += ["", "Static models tried:", "", "| uniform L1 ratio | accuracy before recovery % | after % | "
+              "average ms | bench ms |", "|---|---|---|---|---|"]
+    for r in res["static"]["rows"]:
+        lines.append(f"| {r['ratio']:g} | {_pct(r['accuracy_before'])} | {_pct(r['accuracy'])} | {r['avg_ms']:.3f} | "
+                     f"{r['bench_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = res["dynamic"]["rows"]
+    for b in sorted({r["budget"] for r in rows}):
+        rs = [r for r in rows if r["budget"] == b]
+        ax.plot([r["avg_ms"] for r in rs], [100 * r["accuracy"] for r in rs], "o-", label=f"dynamic, budget {b:g}")
+        ax.plot([rs[0]["longest_ms"]], [100 * min(r["accuracy"] for r in rs)], "x", color=ax.lines[-1].get_color())
+    st = res["static"]["rows"]
+    ax.plot([r["avg_ms"] for r in st], [100 * r["accuracy"] for r in st], "s--", color="gray",
+            label="static uniform L1")
+    o = res["original"]
+    ax.plot([o["avg_ms"]], [100 * o["accuracy"]], "k*", markersize=12, label="original")
+    ax.set_xlabel("average latency over the test images, ms (x: longest path of that budget)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title(f"{res['model']}: dynamic pruning trade-off (threshold varies along each line)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+    torch.set_num_threads(2)
+    t0, load0 = time.time(), os.getloadavg()[0]
+    stem = Path(args.model).stem + args.tag
+    out = Path(args.out or f"out/bench_dynamic_{stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_fashion_mnist("train").subsample(args.train_samples, args.seed)
+    test = load_fashion_mnist("test").subsample(args.test_samples, args.seed)
+    orig_m = gp.load(args.model)
+    orig = evaluate_static(orig_m, test, args, "original")
+    log(f"original: acc {orig['accuracy']:.4f}, avg {orig['avg_ms']:.3f} ms, bench {orig['bench_ms']:.3f} ms")
+    dyn_rows, dyn_models, info = run_dynamic(args.model, train, test, args)
+    st_rows, st_models = run_static(args.model, train, test, args, lambda m: log(f"(b) {m}"))
+    dyn, st, within, within_s = pick(orig, dyn_rows, st_rows, args.max_drop)
+    res = {"model": Path(args.model).name, "original": orig,
+           "dynamic": {"rows": dyn_rows, "row": dyn, "within": within, **info},
+           "static": {"rows": st_rows, "row": st, "within": within_s},
+           "command": "nice -n 5 .venv/bin/python tools/bench_dynamic.py " + shlex.join(argv or sys.argv[1:])}
+    if args.tvm:
+        res["tvm"] = tvm_rows(orig_m, st_models[st["ratio"]], dyn_models[(dyn["budget"], dyn["threshold"])], test,
+                              args)
+    res["seconds"], res["load"] = time.time() - t0, (load0, os.getloadavg()[0])
+    gp.save(dyn_models[(dyn["budget"], dyn["threshold"])], str(out / "dynamic.onnx"))
+    (out / "bench_dynamic.json").write_text(json.dumps(res, indent=1, default=float))
+    md = markdown(res, args)
+    if plot(res, out / "bench_dynamic.png"):
+        md += f"\n![trade-off](bench_dynamic_{stem}.png)\n"
+        if not args.no_docs:
+            (ROOT / "docs" / f"bench_dynamic_{stem}.png").write_bytes(
+                (out / "bench_dynamic.png").read_bytes())
+    (out / "bench_dynamic.md").write_text(md)
+    if not args.no_docs:
+        from _docs import update_section
+        update_section(ROOT / "docs" / "dynamic.md", f"bench_dynamic_{stem}", md,
+                       title="# Dynamic pruning\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
