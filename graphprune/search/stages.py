@@ -311,6 +311,9 @@ def search(st) -> None:
     st.search = Search(space, st.ev, st.objectives, st.base, cons, Surrogate(), st.margins, o.optimizer, o.budget,
                        o.workers, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
+    if not st.search.screening:
+        st.log(f"note: --budget {o.budget} is below {o.optimizer}'s first population ({st.search.population}): "
+               "every candidate is measured, none screened by the surrogate")
     st.measured = st.search.run(st.measured)
     bar.close()
     st.prospective = prospective_error(st.measured)
