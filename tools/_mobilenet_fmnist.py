@@ -36,7 +36,8 @@ def upsample(x: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(out), np.float32)
 
 
-def _net(num_classes: int = 10):
+def net(num_classes: int = 10):
+    """The untrained torch module (MobileNetV2Small)."""
     import torch.nn as nn
 
     def cbr(cin, cout, k=1, s=1, groups=1, act=True):
@@ -93,14 +94,13 @@ def trained_model(size: int = 64, train_samples: int = 8000, epochs: int = 3, se
     import torch.nn.functional as F
 
     from graphprune.data import load_fashion_mnist
-    from graphprune.modelio import atomic_path
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tr = load_fashion_mnist("train")
     idx = np.sort(np.random.default_rng(seed).permutation(len(tr.x))[:train_samples])
     x, y = torch.from_numpy(upsample(tr.x[idx], size)), torch.from_numpy(tr.y[idx])
-    model = _net()
+    model = net()
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9, weight_decay=4e-5, nesterov=True)
     steps = epochs * math.ceil(len(x) / s["batch"])
     t0, step = time.time(), 0
@@ -118,15 +118,22 @@ def trained_model(size: int = 64, train_samples: int = 8000, epochs: int = 3, se
             opt.step()
             step += 1
         log(f"mnv2 training epoch {ep + 1}/{epochs}: last loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
+    export(model, path, size)
+    log(f"trained and exported {path} in {time.time() - t0:.0f} s")
+    return path
+
+
+def export(model, path: Path, size: int) -> None:
+    """ONNX with BatchNormalization kept (as tools/train_fashion_mnist.py), written atomically."""
+    import torch
+
+    from graphprune.modelio import atomic_path
     model.eval()
-    CACHE.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.onnx.export(model, torch.zeros(1, 1, size, size), str(tmp), dynamo=False, opset_version=17,
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    log(f"trained and exported {path} in {time.time() - t0:.0f} s")
-    return path
 
 
 def write_data(out: Path, size: int, val_samples: int, train_samples: int, seed: int = 0) -> tuple[Path, Path]:
