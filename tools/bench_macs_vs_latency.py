@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prefer-weight", type=float, default=10.0)
-    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the seeds that finished in an earlier run (OUT/seed<N>/bench_optimize.json) and "
+                         "resume the others' searches from their journals")
     ap.add_argument("--cache-dir", default=str(mnv2.CACHE), help="where the trained model is cached")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/ (a smoke run)")
     return ap
@@ -87,6 +89,10 @@ def one_seed(model, an, val, train, rows, base_err, args, seed: int, paths) -> d
     a = argparse.Namespace(**vars(args))
     a.seed, a.val, a.train, a.model = seed, str(paths[0]), str(paths[1]), str(args.model_path)
     out = Path(args.out) / f"seed{seed}"
+    done = out / "bench_optimize.json"
+    if args.resume and done.exists() and (out / "final_c.onnx").exists():   # this seed finished in an earlier run
+        log(f"seed {seed}: reusing {done}")
+        return json.loads(done.read_text())
     if not args.resume:
         for sub in ("a", "c"):
             shutil.rmtree(out / sub, ignore_errors=True)
