@@ -81,7 +81,7 @@ def settings_key(s: dict) -> str:
     return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def trained_model(size: int = 64, train_samples: int = 8000, epochs: int = 3, seed: int = 0, threads: int = 2,
+def trained_model(size: int = 64, train_samples: int = 8000, epochs: int = 3, seed: int = 0, threads: int = 1,
                   log=print) -> Path:
     """The cached ONNX file for these settings, training it first when absent (BatchNormalization kept)."""
     s = {"arch": "mnv2small", "blocks": BLOCKS, "size": size, "train_samples": train_samples, "epochs": epochs,

@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, default=64, help="input size the 28x28 images are upsampled to")
     ap.add_argument("--model-train-samples", type=int, default=6000)
     ap.add_argument("--model-epochs", type=int, default=2)
-    ap.add_argument("--val-samples", type=int, default=600)
-    ap.add_argument("--train-samples", type=int, default=1500, help="fine-tuning (recovery) samples")
+    ap.add_argument("--val-samples", type=int, default=500)
+    ap.add_argument("--train-samples", type=int, default=1000, help="fine-tuning (recovery) samples")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--method", default="lrp")
     ap.add_argument("--importance-samples", type=int, default=128)
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--final-repeats", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prefer-weight", type=float, default=10.0)
     ap.add_argument("--resume", action="store_true",
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     t0 = time.time()
     mnv2.CACHE = Path(args.cache_dir)
-    path = mnv2.trained_model(args.size, args.model_train_samples, args.model_epochs, log=log)
+    path = mnv2.trained_model(args.size, args.model_train_samples, args.model_epochs, threads=1, log=log)
     train_wall = time.time() - t0
     paths = mnv2.write_data(out / "data", args.size, args.val_samples, args.train_samples)
     from graphprune.data import load_for_model
