@@ -102,7 +102,9 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
         cur, rep, st = recalibrate_and_train(cur, per_step, seed + s)
         log(f"recovery step {s}/{steps}: pruned to {step_cfg}, {rep.text}, trained {per_step:.2f} epoch(s) "
             f"({goal.text}{', one sample at a time' if st.get('per_sample') else ''}), "
-            f"loss {st['loss_first']} -> {st['loss_last']}")
+            f"loss {st['loss_first']} -> {st['loss_last']}"
+            + "".join(f"; at lr {t['lr']:g} it diverged ({t['diverged']}), retrained at a tenth"
+                      for t in st.get("diverged_tries", [])))
         cur = gp.load(cur)
         cur_an = gp.analyse(cur)
     cur, _, _ = recalibrate_and_train(cur, final, seed + 100)
