@@ -28,7 +28,7 @@ def _freeze_bn(net) -> None:
 
 LR_TRIES = 3            # the learning rate, then a tenth of it, then a hundredth
 DIVERGE_BATCH = 10.0    # a batch loss this many times the first batch's: diverging, stop at once
-DIVERGE_END = 1.5       # the probe batch's loss after training over before it, above which training failed
+DIVERGE_END = 1.0       # the probe batch's loss after training over before it, above which training failed
 LOSS_TOL = 1e-6         # absolute slack: a student that starts equal to its teacher has a loss near 0
 
 
@@ -46,7 +46,8 @@ def train_epochs(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, ep
     start), climbed to loss 5.5 in 4 steps at lr 1e-3 and 7e-5 at 1e-4, and ended as a constant
     all-background map; at 1e-5 it stayed at 1e-11. So a try that diverges (a non-finite batch
     loss, a batch loss DIVERGE_BATCH times the first batch's, or a loss on the first batch after
-    training DIVERGE_END times the one before) is thrown away and training restarts from the
+    training above the one before: training that makes a batch it trained on worse has failed) is
+    thrown away and training restarts from the
     given model at a tenth of the learning rate, up to LR_TRIES tries; the last try is returned
     even if it diverged too (the caller's quality check then refuses it)."""
     if epochs <= 0 or len(x) == 0:
