@@ -143,3 +143,26 @@ def test_a_diverging_training_is_retried_at_a_tenth_of_the_learning_rate():
     assert st["lr"] == pytest.approx(5.0 / 10 ** len(st["diverged_tries"]))
     assert np.isfinite(st["loss_last"]) and kl(m) < kl(student)
     onnx.checker.check_model(m)
+
+
+def test_a_recovery_that_ends_worse_is_redone_at_a_tenth_of_the_learning_rate(monkeypatch):
+    """The retry rule of recover(), with the training replaced by a recorder: worse, worse, better."""
+    from graphprune.search import finetune
+    x = np.random.default_rng(0).normal(0.5, 2, (120, 3, 8, 8)).astype(np.float32)
+    teacher = _teacher(x)
+    an = gp.analyse(teacher)
+    cfg = {g.id: g.units // 2 for g in an.groups if g.prunable}
+    seen, after = [], iter([0.1, 0.2, 0.9])
+
+    def fake(model, an, config, criterion, train, x_eval, epochs, steps, lr, *rest):
+        seen.append(lr)
+        return model, {"accuracy_after": next(after)}
+    monkeypatch.setattr(finetune, "_recover_at", fake)
+    _, rep = recover(teacher, an, cfg, "l1", Dataset(x), x[:20], None, epochs=1, lr=0.3,
+                     error_fn=lambda m: 0.5)   # 0.5 before recovery
+    assert seen == pytest.approx([0.3, 0.03, 0.003]) and rep["lr"] == pytest.approx(0.003)
+    assert [t["accuracy_after"] for t in rep["worse_tries"]] == [0.1, 0.2]
+    after = iter([0.6])
+    seen.clear()
+    _, rep = recover(teacher, an, cfg, "l1", Dataset(x), x[:20], None, epochs=1, lr=0.3, error_fn=lambda m: 0.5)
+    assert seen == [0.3] and rep["worse_tries"] == [] and rep["lr"] == 0.3
