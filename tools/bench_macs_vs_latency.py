@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true",
                     help="reuse the seeds that finished in an earlier run (OUT/seed<N>/bench_optimize.json) and "
                          "resume the others' searches from their journals")
+    ap.add_argument("--channel-step", type=int, default=None,
+                    help="the searches' channel grid (default: the target's, 8 on x86); 1 lets them choose "
+                         "channel counts onnxruntime runs slowly, which only measured latency sees")
     ap.add_argument("--cache-dir", default=str(mnv2.CACHE), help="where the trained model is cached")
     ap.add_argument("--from-json", action="store_true",
                     help="measure nothing: rewrite the docs from OUT/result.json (a change of presentation)")
