@@ -138,6 +138,25 @@ def test_sigkill_mid_search_then_resume_loses_and_remeasures_nothing(case, tmp_p
     assert "resuming" in r.stderr
 
 
+def test_a_budget_below_the_first_population_measures_every_candidate(case, tmp_path, monkeypatch):
+    """Before DE's first population (30) is complete it learns nothing from told predictions: a budget
+    below it is random sampling, where a surrogate screening every candidate (as one over-predicting
+    latency did) left the search with nothing measured. Now each of the `budget` candidates is
+    evaluated: measured, or answered by an earlier measurement of the same configuration."""
+    from graphprune.search.optimizer import Search
+    monkeypatch.setattr(Search, "_promising", lambda self, p, measured: False)   # screens everything
+    logs = []
+    out = tmp_path / "small"
+    c = run_optimize(_opts(case, out, budget=10), log=logs.append)["counts"]
+    recs = [json.loads(l) for l in (out / "journal.jsonl").read_text().splitlines()[1:]]
+    assert c["asked"] == 10 and c["screened"] == 0
+    assert sum(r.get("phase") == "search" for r in recs) + c["duplicates"] == 10
+    assert any("--budget 10 is below DE's first population (30)" in m for m in logs)
+    # from the first population on, screening works as before (here: every new candidate screened)
+    c = run_optimize(_opts(case, tmp_path / "large", budget=30), log=lambda m: None)["counts"]
+    assert c["asked"] == 30 and c["screened"] + c["duplicates"] == 30 and c["screened"] > 0
+
+
 def test_macs_driven_search_times_only_the_front(case, tmp_path):
     out = tmp_path / "out"
     s = run_optimize(_opts(case, out, objectives="macs,error"), log=lambda m: None)

@@ -120,3 +120,49 @@ def test_a_pruned_model_recovers_its_fidelity_to_the_original_without_labels():
     assert m2.SerializeToString() == m.SerializeToString()
     with pytest.raises(GraphpruneError, match="without labels the models must be judged by a metric"):
         recover(teacher, an, cfg, "l1", train, x_eval, None, epochs=1)
+
+
+def test_a_diverging_training_is_retried_at_a_tenth_of_the_learning_rate():
+    """SGD at too large a learning rate (u2netp diverged from its own outputs at 1e-3 and 1e-4,
+    ending as a constant map): the try is thrown away and training restarts at lr/10, lr/100."""
+    from graphprune.recovery.distill import objective
+    from graphprune.recovery.train import LR_TRIES, train_epochs
+    x = np.random.default_rng(0).normal(0.5, 2, (200, 3, 8, 8)).astype(np.float32)
+    teacher = _teacher(x)
+    an = gp.analyse(teacher)
+    student = gp.prune(teacher, gp.choose(an, keep={g.id: g.units // 2 for g in an.groups if g.prunable}))
+    student = recalibrate_bn(student, x)[0]   # as recovery does before training
+    goal = objective([run(teacher, {"x": x})[0]], None, 1.0)
+
+    def kl(m):
+        return _kl_np(run(m, {"x": x})[0], goal.targets[0], 1.0)
+    m, st = train_epochs(student, x, None, 1.0, 0.05, 32, 0, objective=goal)
+    assert st["diverged_tries"] == [] and st["lr"] == 0.05 and kl(m) < kl(student)
+    m, st = train_epochs(student, x, None, 1.0, 5.0, 32, 0, objective=goal)
+    assert 1 <= len(st["diverged_tries"]) < LR_TRIES and st["diverged_tries"][0]["lr"] == 5.0
+    assert st["lr"] == pytest.approx(5.0 / 10 ** len(st["diverged_tries"]))
+    assert np.isfinite(st["loss_last"]) and kl(m) < kl(student)
+    onnx.checker.check_model(m)
+
+
+def test_a_recovery_that_ends_worse_is_redone_at_a_tenth_of_the_learning_rate(monkeypatch):
+    """The retry rule of recover(), with the training replaced by a recorder: worse, worse, better."""
+    from graphprune.search import finetune
+    x = np.random.default_rng(0).normal(0.5, 2, (120, 3, 8, 8)).astype(np.float32)
+    teacher = _teacher(x)
+    an = gp.analyse(teacher)
+    cfg = {g.id: g.units // 2 for g in an.groups if g.prunable}
+    seen, after = [], iter([0.1, 0.2, 0.9])
+
+    def fake(model, an, config, criterion, train, x_eval, epochs, steps, lr, *rest):
+        seen.append(lr)
+        return model, {"accuracy_after": next(after)}
+    monkeypatch.setattr(finetune, "_recover_at", fake)
+    _, rep = recover(teacher, an, cfg, "l1", Dataset(x), x[:20], None, epochs=1, lr=0.3,
+                     error_fn=lambda m: 0.5)   # 0.5 before recovery
+    assert seen == pytest.approx([0.3, 0.03, 0.003]) and rep["lr"] == pytest.approx(0.003)
+    assert [t["accuracy_after"] for t in rep["worse_tries"]] == [0.1, 0.2]
+    after = iter([0.6])
+    seen.clear()
+    _, rep = recover(teacher, an, cfg, "l1", Dataset(x), x[:20], None, epochs=1, lr=0.3, error_fn=lambda m: 0.5)
+    assert seen == [0.3] and rep["worse_tries"] == [] and rep["lr"] == 0.3

@@ -170,7 +170,7 @@ def _searches(scored_path: Path, args, out: Path) -> dict:
                   epochs=args.epochs, recovery_slack=args.recovery_slack, recovery_tries=args.recovery_tries,
                   train_data=args.train, finetune_steps=args.finetune_steps, lr=args.lr,
                   repeats=args.repeats, threads=args.threads, seed=args.seed, resume=args.resume,
-                  criterion="metadata", progress=False)
+                  criterion="metadata", progress=False, channel_step=getattr(args, "channel_step", None))
     runs = {}
     for name, objectives in (("a", "latency,error"), ("c", "macs,error")):
         ts = time.time()

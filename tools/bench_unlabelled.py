@@ -121,7 +121,8 @@ def _data(name, spec, args, out: Path):
 
 
 # budget: asks of the optimizer; most are screened by the surrogate at the cost of a MAC count, so it is
-# cheap, and a budget below DE's first population (24 for these) measured nothing
+# cheap; a budget below DE's first population (30) once measured nothing (the surrogate screened every
+# candidate); such a budget now measures every candidate (docs/optimize.md), 150 lets DE evolve
 DEFAULTS = {"val": 48, "train": 96, "epochs": 2.0, "repeats": 10, "recovery_slack": 0.1, "budget": 150, "lr": 0.01}
 
 

@@ -39,6 +39,13 @@ def make_optimizer(name: str, dims: int, budget: int, workers: int, seed: int):
     return ng.optimizers.registry[name](parametrization=param, budget=budget, num_workers=workers)
 
 
+def first_population(opt) -> int | None:
+    """How many candidates a population-based optimizer (nevergrad's DE family, PSO: `llambda`)
+    asks before it learns anything from the values it was told; None for the others."""
+    n = getattr(opt, "llambda", None)
+    return int(n) if isinstance(n, (int, np.integer)) and n > 0 else None
+
+
 @dataclass
 class SearchStats:
     asked: int = 0
@@ -57,6 +64,11 @@ class Search:
         self.constraints, self.sur, self.margins = constraints, surrogate, margins
         self.budget, self.workers, self.seed, self.refit_every = budget, max(1, workers), seed, refit_every
         self.opt = make_optimizer(optimizer, space.dims, budget, self.workers, seed)
+        # Screening tells the optimizer predicted values instead of measuring; that only pays once the
+        # optimizer learns from them. A budget below its first population is random sampling to the end,
+        # where screening could leave nothing measured: then every candidate is measured.
+        self.population = first_population(self.opt)
+        self.screening = self.population is None or budget >= self.population
         self.exact_counts = exact_counts          # config -> {"macs":..., "param_bytes":...} without measuring
         self.stats = SearchStats()
         self.progress = progress
@@ -156,7 +168,11 @@ class Search:
                     plan.append(["seen", next(r for r in measured if r["key"] == k)])
                     continue
                 p = self._predict(cfg)
-                plan.append(["screened", p] if p is not None and not self._promising(p, measured) else ["measure", p])
+                # a configuration the journal holds is answered from it, never screened (a resume with a
+                # larger budget replays what the first run measured)
+                screen = (self.screening and p is not None and self.ev.known(cfg) is None
+                          and not self._promising(p, measured))
+                plan.append(["screened", p] if screen else ["measure", p])
             idx = [i for i, (kind, _) in enumerate(plan) if kind == "measure"]
             before_new, before_reused = self.ev.n_measured, self.ev.n_reused
             recs = self.ev.evaluate([cfgs[i] for i in idx], "search",

@@ -327,6 +327,9 @@ def search(st) -> None:
                        st.batch, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
     joint.suggest(st)              # --quantize: the optimizer starts from the all-int8 baselines
+    if not st.search.screening:
+        st.log(f"note: --budget {o.budget} is below {o.optimizer}'s first population ({st.search.population}): "
+               "every candidate is measured, none screened by the surrogate")
     st.measured = st.search.run(st.measured)
     bar.close()
     st.prospective = prospective_error(st.measured)
