@@ -14,3 +14,15 @@ def update_section(path: Path, name: str, body: str, title: str = "# Importance 
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (for the line that says where a table was measured)."""
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -41,7 +41,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import cpu_name, update_section  # noqa: E402
 
 MODELS = ("fashion_mnist_resnet", "fashion_mnist_vgg")
 RUNS = {"prune": "off", "joint_int8": "int8", "joint_mixed": "mixed"}
@@ -237,7 +237,7 @@ def main() -> int:
         print(table(results[-1], len(val), len(held)), flush=True)
     load1 = os.getloadavg()
     Path(args.out, "bench_joint.json").write_text(json.dumps(results, indent=1))
-    md = (f"Measured by `nice -n 5 .venv/bin/python tools/bench_joint.py --budget {args.budget}` on {_cpu()} "
+    md = (f"Measured by `nice -n 5 .venv/bin/python tools/bench_joint.py --budget {args.budget}` on {cpu_name()} "
           f"({platform.machine()}), onnxruntime {ort.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}, "
           f"{time.time() - t0:.0f} s wall. Host shared with other jobs (load average {load0[0]:.1f} at the start, "
           f"{load1[0]:.1f} at the end, 2 cores): latencies are noisy. Searches: budget {args.budget}, seed "
@@ -252,16 +252,6 @@ def main() -> int:
             png = f"bench_joint_{r['model']}.png"
             shutil.copy(Path(args.out) / png, ROOT / "docs" / png)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import cpu_name, update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MD_OUT = ROOT / "docs" / "quantization.md"
@@ -98,7 +98,7 @@ def main() -> int:
         rows = [measure(v, base, m, test, base_logits, args.repeats) for v, m in variants(base, calib).items()]
         parts.append(table(name, rows))
         print(parts[-1], flush=True)
-    cpu = _cpu_name()
+    cpu = cpu_name()
     md = (f"Measured by `tools/bench_quantize.py` on {cpu} ({platform.machine()}), onnxruntime {ort.__version__}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}; calibration: {args.calib} training images; latency: batch 1, "
           f"1 intra-op thread, {args.repeats} runs. This host is shared with other jobs: latencies are noisy. "
@@ -107,16 +107,6 @@ def main() -> int:
     if not args.no_write:
         update_section(MD_OUT, "bench-quantize", md, title="# Quantization\n")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
