@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--samples", type=int, default=None, help="optimize --samples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sensitivity-ratios", default="0.25,0.5,0.75", help="optimize --sensitivity-ratios")
+    ap.add_argument("--holdout", type=int, default=6, help="optimize --holdout")
+    ap.add_argument("--reuse-base", metavar="DIR",
+                    help="a tuning folder (OUT/cache/tuning of an earlier run with the same model and threads) "
+                         "copied in before the TVM run: its base is replayed instead of tuned again")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/bench_optimize_tvm.*")
     return ap
 
@@ -66,7 +71,8 @@ def _run(args, backend: str, out: Path) -> dict:
     o = OptimizeOptions(model=args.model, data=args.val, outdir=str(out / backend), backend=backend,
                         threads=args.threads if backend == "ort" else None, repeats=args.repeats,
                         budget=args.budget, max_error_increase=args.max_drop, samples=args.samples, seed=args.seed,
-                        progress=backend == "tvm", **extra)
+                        progress=backend == "tvm", holdout=args.holdout,
+                        sensitivity_ratios=tuple(float(v) for v in args.sensitivity_ratios.split(",")), **extra)
     t0 = time.time()
     s = run_optimize(o, log=lambda m: log(f"({backend}) {m}"))
     s.pop("_measured", None)
@@ -84,12 +90,16 @@ def _spearman(a, b) -> float:
 def _replay_stats(recs: list[dict]) -> dict:
     """How the TVM run's latencies were made: tuned once (the first record), replayed after; the
     seconds per candidate from the journal's timestamps (rewrite + accuracy + compile + timing)."""
+    from graphprune.targets import get_target
+    from graphprune.targets.tuning.records import database_dir
+    runs = database_dir(get_target("x86")) / "base" / "tuning_runs.jsonl"
     tuned = [r for r in recs if r["latency_tuning"].startswith("tuned ")]
     later = recs[1:]
     ts = [r["t"] for r in recs]
     gaps = np.diff(ts) if len(ts) > 1 else np.array([])
     untuned = [r for r in later if "left untuned" in r["latency_tuning"]]
     return {"tuning": recs[0]["latency_tuning"] if recs else "", "tuned_runs": len(tuned),
+            "base_runs": [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else [],
             "replayed_candidates": len([r for r in later if "replayed from base traces" in r["latency_tuning"]]),
             "candidates_with_untuned_tasks": len(untuned), "measured": len(recs),
             "seconds_per_candidate_median": float(np.median(gaps)) if len(gaps) else None}
@@ -108,6 +118,7 @@ def _result(args, runs: dict, loads: tuple, t0: float, command: str) -> dict:
     common = sorted(set(ort_lat) & set(tvm_lat))
     res = {"model": args.model, "val": args.val, "samples": args.samples, "budget": args.budget,
            "tune_time": args.tune_time, "tune_trials": args.tune_trials, "threads": args.threads,
+           "reuse_base": args.reuse_base, "sensitivity_ratios": args.sensitivity_ratios, "holdout": args.holdout,
            "repeats": args.repeats, "max_drop": args.max_drop, "load_before": loads[0], "load_after": loads[1],
            "date": time.strftime("%Y-%m-%d"), "wall_min": (time.time() - t0) / 60, "command": command,
            "cpus": os.cpu_count(), "common_configs": len(common),
@@ -129,7 +140,9 @@ def _markdown(r: dict) -> str:
          f"{r['cpus']} CPUs, load average {r['load_before']:.1f} before and {r['load_after']:.1f} after (the host "
          f"is shared with other jobs); model {r['model']}, {r['samples'] or 'all'} validation samples, "
          f"optimize --budget {r['budget']} --max-error-increase {r['max_drop']} --repeats {r['repeats']}, no "
-         f"recovery; both runtimes on {r['threads']} thread(s). TVM run: {budget}, fresh cache.", "",
+         f"recovery; both runtimes on {r['threads']} thread(s). TVM run: {budget}, "
+         + ("fresh cache." if not r.get("reuse_base") else "the base tuned by an earlier run of this tool (below), "
+            "copied in and replayed, not tuned again."), "",
          "| backend | original ms | chosen | chosen acc. % | chosen ms (search) | final speed-up (side by side) "
          "| front size | measured | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for b, x in (("ort", o), ("tvm", t)):
@@ -138,8 +151,11 @@ def _markdown(r: dict) -> str:
         L.append(f"| {b} | {x['original_ms']:.3f} | {x['chosen']} | {100 * x['chosen_accuracy']:.2f} | "
                  f"{x['chosen_ms']:.3f} | {sp} | {len(x['front'])} | {x['counts']['measured_this_run']} | "
                  f"{x['wall_s']:.0f} |")
-    L += ["", f"TVM tuning: {rp['tuning']}.", "",
-          f"The base was tuned {rp['tuned_runs']} time(s) (by the original's measurement); "
+    base = "; ".join(f"{b['trials']} trials over {b['tasks']} tasks in {b['seconds']:.0f} s (budget "
+                     f"{b['trials_budget']} trials or {b['time_limit_s']:g} s, {b['pipeline']}, {b['time']})"
+                     for b in rp.get("base_runs", []))
+    L += ["", f"TVM base tuning runs in this cache: {base or 'none'}. The original's build: {rp['tuning']}.", "",
+          f"In this run the base was tuned {rp['tuned_runs']} time(s) (by the original's measurement); "
           f"{rp['replayed_candidates']} of the other {rp['measured'] - 1} candidates replayed its traces "
           f"({rp['candidates_with_untuned_tasks']} with some task left untuned), "
           f"median {rp['seconds_per_candidate_median'] or 0:.1f} s per candidate (rewrite, accuracy, TVM import, "
@@ -192,6 +208,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True)
     os.environ["GRAPHPRUNE_CACHE"] = str((out / "cache").resolve())
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    if args.reuse_base:
+        shutil.copytree(args.reuse_base, out / "cache" / "tuning")
     t0, load0 = time.time(), os.getloadavg()[0]
     runs = {b: _run(args, b, out) for b in ("ort", "tvm")}
     res = _result(args, runs, (load0, os.getloadavg()[0]), t0, command)
