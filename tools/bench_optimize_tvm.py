@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="a tuning folder (OUT/cache/tuning of an earlier run with the same model and threads) "
                          "copied in before the TVM run: its base is replayed instead of tuned again")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/bench_optimize_tvm.*")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: write the docs again from OUT/bench_optimize_tvm.json and .png")
     return ap
 
 
@@ -155,8 +157,9 @@ def _markdown(r: dict) -> str:
                      f"{b['trials_budget']} trials or {b['time_limit_s']:g} s, {b['pipeline']}, {b['time']})"
                      for b in rp.get("base_runs", []))
     L += ["", f"TVM base tuning runs in this cache: {base or 'none'}. The original's build: {rp['tuning']}.", "",
-          f"In this run the base was tuned {rp['tuned_runs']} time(s) (by the original's measurement); "
-          f"{rp['replayed_candidates']} of the other {rp['measured'] - 1} candidates replayed its traces "
+          (f"In this run the original's measurement tuned the base {rp['tuned_runs']} time(s); " if rp["tuned_runs"]
+           else "In this run the base was not tuned again; ")
+          + f"{rp['replayed_candidates']} of the other {rp['measured'] - 1} candidates replayed its traces "
           f"({rp['candidates_with_untuned_tasks']} with some task left untuned), "
           f"median {rp['seconds_per_candidate_median'] or 0:.1f} s per candidate (rewrite, accuracy, TVM import, "
           "replay, compile, timing).", "",
@@ -203,6 +206,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     command = " ".join(["tools/bench_optimize_tvm.py"] + [shlex.quote(a) for a in argv])
     out = Path(args.out)
+    if args.render:   # the text again from the last run's numbers (e.g. after a wording fix)
+        md = _markdown(json.loads((out / "bench_optimize_tvm.json").read_text()))
+        _write_doc(md, out / "bench_optimize_tvm.png")
+        print(md)
+        return 0
     if out.exists():
         shutil.rmtree(out)   # fresh journals and a fresh tuning base: the run tunes once, by itself
     out.mkdir(parents=True)
