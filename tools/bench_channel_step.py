@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     cache = work / "cache"
     if args.base_cache and not cache.exists():
         shutil.copytree(Path(args.base_cache) / "tuning", cache / "tuning")
-        shutil.rmtree(next((cache / "tuning").iterdir()) / "replayed", ignore_errors=True)   # replays made here
+        for old in next((cache / "tuning").iterdir()).glob("replayed*"):
+            shutil.rmtree(old)   # replays are made here
     os.environ["GRAPHPRUNE_CACHE"] = str(cache.resolve())
     target = _target(1)
     load0, t0 = os.getloadavg()[0], time.monotonic()
