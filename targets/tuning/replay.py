@@ -51,8 +51,8 @@ def refit(old: list[int], extent: int) -> list[int]:
     Why powers of two: the innermost factor of a conv's output channels is the vector width in the
     NHWC schedules (16 fp32 lanes with AVX-512). Taking any largest divisor turned a base factor of 16
     into 14 for 56 channels, 15 for 120 and 12 for 24, vectors the code generator splits or masks:
-    ResNet-18 at widths 24-56-120-248 replayed 8.5x slower than at 32-64-128-256
-    (tools/bench_channel_step.py); with 8 there, it ran at the same cost per MAC."""
+    ResNet-18 at widths 24-56-120-248 replayed at 9.1x onnxruntime's time against 2.3x at 32-64-128-256;
+    with 8 there, at 2.9x (tools/bench_channel_step.py, docs/latency.md)."""
     rest, new = extent, []
     for f in reversed(old[1:]):
         f = int(f)
