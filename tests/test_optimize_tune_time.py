@@ -90,11 +90,12 @@ def test_spec_label_and_journal_header_state_the_budget():
 
 
 def test_final_comparison_and_every_measurement_carry_the_budget(monkeypatch):
-    """compare_final (fresh TVM builds) and obj.measure (the search) pass the same budget, so the
-    final builds replay the same base instead of compiling untuned code or tuning again."""
+    """compare_final (both TVM builds, timed alternately) and obj.measure (the search) pass the same
+    budget, so the final builds replay the same base instead of compiling untuned code or tuning again."""
     import graphprune.targets as targets
+    import graphprune.targets.paired as paired
     from graphprune.search import objectives as obj
-    from graphprune.search.latency import compare_final
+    from graphprune.search.latency import compare_final, final_text
     from graphprune.targets.result import LatencyResult
     calls = []
 
@@ -102,12 +103,31 @@ def test_final_comparison_and_every_measurement_carry_the_budget(monkeypatch):
         calls.append({k: kw[k] for k in ("tune_trials", "tune_time")} | {"progress": kw.get("progress", False)})
         return LatencyResult(median_ms=2.0, spread_ms=0.1, repeats=5, backend="tvm", target="x86", tuned=True,
                              tuning="replayed", device="host")
+
+    def fake_paired(original, delivered, **kw):
+        calls.append({k: kw[k] for k in ("tune_trials", "tune_time")} | {"paired": (original, delivered)})
+        return {**paired.paired_stats([2.0, 2.1, 2.0], [1.0, 1.1, 1.0]), "method": "paired", "threads": 1,
+                "method_text": "alternating timed runs of both TVM builds in one process"}
     monkeypatch.setattr(targets, "measure_latency", fake)
+    monkeypatch.setattr(paired, "paired_tvm", fake_paired)
     spec = obj.LatencySpec(backend="tvm", repeats=5, tune_trials=0, tune_time=120.0, progress=True)
-    compare_final("orig", "pruned", spec)
+    f = compare_final("orig", "pruned", spec)
     obj.measure("cand", spec)
-    assert calls == [{"tune_trials": 0, "tune_time": 120.0, "progress": False}] * 2 + [
-        {"tune_trials": 0, "tune_time": 120.0, "progress": True}]
+    assert calls == [{"tune_trials": 0, "tune_time": 120.0, "paired": ("orig", "pruned")},
+                     {"tune_trials": 0, "tune_time": 120.0, "progress": True}]
+    assert f["verdict"] == "faster" and "3 alternating pairs in this process" in final_text(f)
+
+
+def test_paired_tvm_times_two_builds_alternately():
+    """The real thing on a tiny net (untuned builds): as many pairs as asked, medians and ratio
+    consistent with each other."""
+    from _latency_models import tiny_cnn
+    from graphprune.targets.paired import paired_tvm
+    f = paired_tvm(tiny_cnn(channels=16), tiny_cnn(channels=8), "x86", repeats=6)
+    assert f["pairs"] == 6 and f["method"] == "paired" and f["threads"] >= 1
+    assert f["original_ms"] > 0 and f["delivered_ms"] > 0
+    assert 0 < f["speedup_iqr"][0] <= f["speedup"] <= f["speedup_iqr"][1]
+    assert f["speedup_ci95"][0] <= f["speedup"] <= f["speedup_ci95"][1]
 
 
 @pytest.mark.slow

@@ -84,13 +84,18 @@ def threads_text(spec: obj.LatencySpec) -> str:
 def compare_final(original, delivered, spec: obj.LatencySpec, seed: int = 0) -> dict:
     """The delivered model against the original, both measured now (never from the cache).
 
-    onnxruntime on this host: paired, alternating runs in this process (targets.paired).
-    TVM (local or RPC): each compiled and measured fresh, back to back; labelled so, with the
+    onnxruntime or TVM on this host: paired, alternating runs in this process (targets.paired).
+    Over RPC: each compiled and measured fresh, back to back; labelled so, with the
     spread of the ratio bounded from the two interquartile ranges."""
     if spec.backend == "ort" and not spec.rpc_tracker:   # onnxruntime over RPC: back to back below
         from graphprune.targets.paired import paired_ort
         r = paired_ort(original, delivered, repeats=max(spec.repeats, 10), threads=spec.threads, seed=seed,
                        input_shapes=spec.input_shapes)
+    elif spec.backend == "tvm" and not spec.rpc_tracker:   # both builds in this process: alternating too
+        from graphprune.targets.paired import paired_tvm
+        r = paired_tvm(original, delivered, target=spec.measured_target, tune_trials=spec.tune_trials,
+                       tune_time=spec.tune_time, repeats=max(spec.repeats, 10), seed=seed,
+                       targets_file=spec.targets_file, input_shapes=spec.input_shapes)
     else:
         from graphprune.targets import measure_latency
         kw = dict(target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
