@@ -76,3 +76,41 @@ def paired_stats(original_ms, delivered_ms, seed: int = 0, n_boot: int = 2000) -
     return {"pairs": int(ratio.size), "original_ms": float(np.median(a)), "delivered_ms": float(np.median(b)),
             "speedup": float(q50), "speedup_iqr": [float(q25), float(q75)], "speedup_ci95": [float(lo), float(hi)],
             "verdict": verdict}
+
+
+def paired_tvm(original: onnx.ModelProto, delivered: onnx.ModelProto, target="x86", tune_trials: int = 0,
+               tune_time=None, repeats: int = 30, warmup: int = 5, seed: int = 0, targets_file=None,
+               input_shapes: dict[str, list[int]] | None = None) -> dict:
+    """The same alternating protocol for TVM on this host: both models compiled (tuned schedules
+    as in the search: the base's records, replayed onto the other), both VMs in this process, then
+    `repeats` pairs of one timed sample each (the VM's time_evaluator, enough runs per sample for
+    ~10 ms), order alternating. Why: compiled and timed back to back, the second model ran on a
+    quieter host and the original was once reported 1.61x faster than itself."""
+    import tvm
+    from tvm import relax
+    from graphprune.targets import compile_model
+    from graphprune.targets.measure_local import tvm_threads
+    if repeats < 1:
+        raise GraphpruneError(f"repeats must be >= 1, got {repeats}")
+    kw = dict(target=target, tune_trials=tune_trials, tune_time=tune_time, targets_file=targets_file,
+              input_shapes=input_shapes)
+    dev = tvm.cpu()
+    timers = []
+    for model in (original, delivered):
+        compiled = compile_model(model, **kw)
+        vm = relax.VirtualMachine(compiled.executable, dev)
+        feeds = random_inputs(model, seed, input_shapes=compiled.input_shapes or None)
+        vm.set_input("main", *[tvm.runtime.tensor(v, dev) for v in feeds.values()])
+        vm.invoke_stateful("main")   # lazy init, page faults
+        probe = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=max(1, warmup))("main")
+        number = max(1, min(100, int(10e-3 / max(probe.median, 1e-6))))
+        timers.append(vm.time_evaluator("invoke_stateful", dev, number=number, repeat=1, min_repeat_ms=0))
+    ta, tb = [], []
+    for i in range(repeats):
+        first, second = (0, 1) if i % 2 == 0 else (1, 0)
+        for k in (first, second):
+            (ta if k == 0 else tb).append(timers[k]("main").results[0] * 1e3)
+    out = paired_stats(ta, tb, seed=seed)
+    out.update(method="paired", method_text="alternating timed runs of both TVM builds in one process",
+               threads=tvm_threads())
+    return out

@@ -145,7 +145,7 @@ def database_for(mod, target: Target, trials: int, fresh: bool = False, rpc: RPC
     """(database, description) for compiling `mod`: exact tuned records, replayed base traces for
     tasks without one, and tuning of this model as the base when the target has no base yet
     (or fresh=True); with `rpc` that tuning times candidates on the devices under rpc.key."""
-    from graphprune.targets.tuning.replay import assemble
+    from graphprune.targets.tuning.replay import FOLDER, assemble
     tvm_target = target.tvm_target()
     fused = pipeline.tuning_module(mod, tvm_target)
     base_dir = database_dir(target) / "base"
@@ -156,7 +156,7 @@ def database_for(mod, target: Target, trials: int, fresh: bool = False, rpc: RPC
                                 progress=progress) + "; "
         base = json_db(base_dir)
     out, exact, replayed, untuned = assemble(_tasks(fused, tvm_target), tvm_target, base,
-                                             json_db(database_dir(target) / "replayed"))
+                                             json_db(database_dir(target) / FOLDER))
     how = f"{how_tuned}{exact} tasks with exact tuned records, {replayed} replayed from base traces"
     if untuned:
         how += f", {untuned} left untuned"

@@ -64,6 +64,8 @@ def test_arm_a72_tuned_over_rpc_on_emulated_server(qemu_cluster):
     assert tune._valid_records(ms.database.JSONDatabase(work_dir=str(base), module_equality="structural"))
     run = json.loads((base / "tuning_runs.jsonl").read_text().splitlines()[-1])
     assert run["runner"].startswith(f"rpc:{KEY}@") and run["emulated"] is True
+    from graphprune.targets.tuning import pipeline   # tuned through the NHWC + weight-prepack pipeline
+    assert run["pipeline"] == pipeline.PIPELINE == "nhwc-ohwi-prepack-1"
     compiled = compile_model(m, "arm-a72", tune_trials=4, rpc_tracker=qemu_cluster.address, rpc_key=KEY)
     assert compiled.tuned and "base tuned over RPC" in compiled.tuning and "left untuned" not in compiled.tuning
     _check_on_device(compiled, m, qemu_cluster, seed=5)

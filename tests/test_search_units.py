@@ -296,7 +296,8 @@ def test_paired_statistics_state_the_spread_and_only_claim_what_the_interval_sho
 
 
 def test_tvm_final_comparison_measures_both_fresh_and_says_so(monkeypatch):
-    """Without an alternating runner (TVM, RPC) both models are measured now, bypassing the cache."""
+    """Without an alternating runner (TVM or onnxruntime over RPC) both models are measured now,
+    bypassing the cache."""
     import graphprune.targets as targets
     from graphprune.search.latency import compare_final, final_text
     from graphprune.search.objectives import LatencySpec
@@ -308,7 +309,7 @@ def test_tvm_final_comparison_measures_both_fresh_and_says_so(monkeypatch):
         return LatencyResult(median_ms=2.0 if model == "orig" else 2.2, spread_ms=0.1, repeats=5, backend="tvm",
                              target="x86", tuned=False, tuning="untuned", device="host")
     monkeypatch.setattr(targets, "measure_latency", fake)
-    f = compare_final("orig", "pruned", LatencySpec(backend="tvm", repeats=5, threads=2))
+    f = compare_final("orig", "pruned", LatencySpec(backend="tvm", repeats=5, threads=2, rpc_tracker="127.0.0.1:9190"))
     assert calls == [("orig", False), ("pruned", False)] and f["method"] == "back-to-back"
     assert f["verdict"] == "slower" and "NOT faster" in final_text(f) and "back to back" in final_text(f)
 

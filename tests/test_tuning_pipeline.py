@@ -62,6 +62,23 @@ def test_allocation_concentrates_on_heavy_tasks():
     assert per_iter == budget.MAX_PER_ROUND and min(caps) >= per_iter
 
 
+@pytest.mark.parametrize("old,extent,new", [
+    ([2, 1, 2, 16], 56, [7, 1, 1, 8]),      # was [2, 1, 2, 14]: a 14-lane vector
+    ([1, 2, 2, 16], 120, [15, 1, 1, 8]),    # was [2, 2, 2, 15]
+    ([4, 1, 1, 16], 24, [3, 1, 1, 8]),      # was [2, 1, 1, 12]
+    ([1, 4, 2, 16], 248, [31, 1, 1, 8]),
+    ([1, 1, 2, 16], 48, [3, 1, 1, 16]),
+    ([2, 2, 4, 16], 240, [15, 1, 1, 16]),
+    ([1, 2, 2, 16], 64, [1, 2, 2, 16]),     # the base's own extent: its own decision
+    ([3, 5, 7], 105, [3, 5, 7]),            # factors that are not powers of two: any divisor
+    ([1, 6, 4], 36, [3, 3, 4]),
+])
+def test_replay_refit_keeps_power_of_two_factors(old, extent, new):
+    from graphprune.targets.tuning.replay import refit
+    got = refit(old, extent)
+    assert got == new and int(np.prod(got)) == extent
+
+
 def test_database_folder_and_cache_key_name_the_pipeline(monkeypatch):
     x86 = get_target("x86")
     now = records.database_dir(x86)

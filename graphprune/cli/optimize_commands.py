@@ -32,7 +32,11 @@ def register(sub) -> None:
     g.add_argument("--backend", default="ort", help="ort or tvm; a comma list aligned with --target")
     g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="a comma list aligned with --target ('' = this host)")
     g.add_argument("--rpc-key", metavar="KEY", help="a comma list aligned with --target")
-    g.add_argument("--tune-trials", type=int, default=0, metavar="N")
+    g.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials for tuning the original once (--backend tvm); candidates replay it")
+    g.add_argument("--tune-time", metavar="DURATION",
+                   help="time budget for that tuning, e.g. 90s, 20m, 1h (with --tune-trials: whichever ends "
+                        "first; alone: tune until it is up), with a progress bar")
     g.add_argument("--repeats", type=int, default=30, help="timed runs per candidate (median reported)")
     g.add_argument("--threads", type=int, default=None,
                    help="onnxruntime intra-op threads when timing (default: the cores available, as bench)")
@@ -140,6 +144,7 @@ def optimize(args: argparse.Namespace) -> int:
     o = OptimizeOptions(
         model=args.model, data=args.data, outdir=args.output, target=args.target, backend=args.backend,
         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, tune_trials=args.tune_trials, repeats=args.repeats,
+        tune_time=args.tune_time,
         threads=args.threads, timeout=args.timeout, stand_in=args.stand_in, targets_file=args.targets_file, objectives=args.objectives,
         max_error_increase=args.max_error_increase, latency_budget_ms=parse_duration_ms(args.latency_budget),
         prefer=parse_prefer(args.prefer), optimizer=args.optimizer, budget=args.budget, workers=_workers(args),

@@ -13,7 +13,7 @@ import os
 
 from graphprune.errors import GraphpruneError
 from graphprune.search import objectives as obj
-from graphprune.search.options import OptimizeOptions, resolve_threads
+from graphprune.search.options import OptimizeOptions, check_tune_time, resolve_threads
 
 
 def resolve_latency(o: OptimizeOptions) -> tuple[obj.LatencySpec, int, str]:
@@ -44,17 +44,28 @@ def resolve_latency(o: OptimizeOptions) -> tuple[obj.LatencySpec, int, str]:
                            tune_trials=o.tune_trials, repeats=o.repeats,
                            threads=o.threads if on_device_ort else resolve_threads(o.threads),
                            power_w=power, stand_in=stand.name if stand else None, targets_file=o.targets_file,
-                           timeout=o.timeout)
+                           timeout=o.timeout, tune_time=check_tune_time(o), progress=o.progress)
     if stand:
         label = f"STAND-IN: measured on {stand.name} ({o.backend}, this host), not on {tgt.name}"
     elif o.rpc_tracker:
-        how = f"tuned schedules, {o.tune_trials} trials for the base" if o.tune_trials else "untuned schedules"
-        how = "the device's own onnxruntime, graphprune device-server" if on_device_ort else how
+        how = "the device's own onnxruntime, graphprune device-server" if on_device_ort else tuning_text(spec)
         label = (f"measured on {tgt.name} devices by {'TVM' if o.backend == 'tvm' else o.backend} over RPC on key "
                  f"{o.rpc_key or tgt.rpc_key!r} (tracker {o.rpc_tracker}; {how})")
     else:
-        label = f"measured on {tgt.name} (this host, {o.backend})"
+        how = f"; {tuning_text(spec)}" if o.backend == "tvm" else ""
+        label = f"measured on {tgt.name} (this host, {o.backend}{how})"
     return spec, o.channel_step or tgt.channel_step, label + f"; {threads_text(spec)}"
+
+
+def tuning_text(spec: obj.LatencySpec) -> str:
+    """How TVM's schedules were chosen: the base (the first model timed, the original) is tuned once
+    within the trial and/or time budget, and every candidate replays its schedules."""
+    parts = ([f"{spec.tune_trials} trials"] if spec.tune_trials else []) + (
+        [f"{spec.tune_time:g} s"] if spec.tune_time is not None else [])
+    if not parts:
+        return "untuned schedules"
+    budget = " or ".join(parts) + (", whichever ends first" if len(parts) == 2 else "")
+    return f"schedules tuned for the base within {budget}, replayed onto candidates"
 
 
 def threads_text(spec: obj.LatencySpec) -> str:
@@ -73,19 +84,24 @@ def threads_text(spec: obj.LatencySpec) -> str:
 def compare_final(original, delivered, spec: obj.LatencySpec, seed: int = 0) -> dict:
     """The delivered model against the original, both measured now (never from the cache).
 
-    onnxruntime on this host: paired, alternating runs in this process (targets.paired).
-    TVM (local or RPC): each compiled and measured fresh, back to back; labelled so, with the
+    onnxruntime or TVM on this host: paired, alternating runs in this process (targets.paired).
+    Over RPC: each compiled and measured fresh, back to back; labelled so, with the
     spread of the ratio bounded from the two interquartile ranges."""
     if spec.backend == "ort" and not spec.rpc_tracker:   # onnxruntime over RPC: back to back below
         from graphprune.targets.paired import paired_ort
         r = paired_ort(original, delivered, repeats=max(spec.repeats, 10), threads=spec.threads, seed=seed,
                        input_shapes=spec.input_shapes)
+    elif spec.backend == "tvm" and not spec.rpc_tracker:   # both builds in this process: alternating too
+        from graphprune.targets.paired import paired_tvm
+        r = paired_tvm(original, delivered, target=spec.measured_target, tune_trials=spec.tune_trials,
+                       tune_time=spec.tune_time, repeats=max(spec.repeats, 10), seed=seed,
+                       targets_file=spec.targets_file, input_shapes=spec.input_shapes)
     else:
         from graphprune.targets import measure_latency
         kw = dict(target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                   rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats, threads=spec.threads,
                   targets_file=spec.targets_file, cache=False, input_shapes=spec.input_shapes,
-                  timeout=spec.timeout)
+                  timeout=spec.timeout, tune_time=spec.tune_time)
         a, b = measure_latency(original, **kw), measure_latency(delivered, **kw)
         lo = max(a.median_ms - a.spread_ms / 2, 1e-9) / (b.median_ms + b.spread_ms / 2)
         hi = (a.median_ms + a.spread_ms / 2) / max(b.median_ms - b.spread_ms / 2, 1e-9)

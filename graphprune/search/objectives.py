@@ -165,6 +165,8 @@ class LatencySpec:
     input_shapes: dict | None = None  # dynamic inputs timed at these dims (--input-shape, else the data's)
     targets_file: str | None = None
     timeout: float = 60.0            # per RPC attempt; not in to_json: it changes no measured value
+    tune_time: float | None = None   # seconds budgeting the base's tuning (tvm), with or without trials
+    progress: bool = False           # a progress bar while the base is tuned (never part of the journal)
 
     @property
     def measured_target(self) -> str:
@@ -175,6 +177,8 @@ class LatencySpec:
                                              "repeats", "threads", "power_w", "stand_in")}
         if self.input_shapes:   # only models with dynamic inputs: older journals stay resumable
             out["input_shapes"] = self.input_shapes
+        if self.tune_time is not None:   # likewise: only runs with --tune-time
+            out["tune_time_s"] = self.tune_time
         return out
 
 
@@ -183,7 +187,7 @@ def measure(model: onnx.ModelProto, spec: LatencySpec) -> dict:
     r = measure_latency(model, target=spec.measured_target, backend=spec.backend, rpc_tracker=spec.rpc_tracker,
                         rpc_key=spec.rpc_key, tune_trials=spec.tune_trials, repeats=spec.repeats,
                         threads=spec.threads, targets_file=spec.targets_file, input_shapes=spec.input_shapes,
-                        timeout=spec.timeout)
+                        timeout=spec.timeout, tune_time=spec.tune_time, progress=spec.progress)
     out = {"latency_ms": r.median_ms, "latency_spread_ms": r.spread_ms, "latency_backend": r.backend,
            "latency_device": r.device, "latency_tuning": r.tuning, "latency_cached": r.cached,
            "latency_emulated": r.emulated}

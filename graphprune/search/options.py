@@ -28,6 +28,7 @@ class OptimizeOptions:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     tune_trials: int = 0
+    tune_time: float | str | None = None   # the base's tuning time budget (tvm backend): seconds or '20m'
     repeats: int = 30
     threads: int | None = None          # None: graphprune.targets.measure_local.default_threads(), as bench
     stand_in: str | None = None
@@ -166,6 +167,7 @@ def validate(o: OptimizeOptions) -> list[str]:
     _int_at_least("--repeats", o.repeats, 1)
     _int_at_least("--holdout", o.holdout, 0)
     _int_at_least("--tune-trials", o.tune_trials, 0)
+    check_tune_time(o)
     if o.samples is not None:
         _int_at_least("--samples", o.samples, 1)
     if o.channel_step is not None:   # 0 used to fall back to the target's step silently
@@ -188,6 +190,18 @@ def validate(o: OptimizeOptions) -> list[str]:
     check_optimizer(o.optimizer)
     _validate_metric_name(o.metric)
     return objectives
+
+
+def check_tune_time(o: OptimizeOptions) -> float | None:
+    """--tune-time in seconds (None: no time budget). It budgets TVM's tuning of the base, so with
+    onnxruntime it would silently do nothing: refused, like a duration that is not one."""
+    if o.tune_time is None:
+        return None
+    from graphprune.targets.tuning.budget import parse_tune_time   # no TVM import
+    secs = parse_tune_time(o.tune_time, "--tune-time")
+    if o.backend != "tvm":
+        raise GraphpruneError("--tune-time budgets the tuning of TVM schedules: it needs --backend tvm")
+    return secs
 
 
 def _validate_metric_name(name: str | None) -> None:

@@ -1,7 +1,7 @@
 """The per-target tuning databases on disk.
 
 Databases live under $GRAPHPRUNE_CACHE/tuning/<target>-<hash>/: `base/` holds real tuning records
-(JSONDatabase), `replayed/` the replayed ones, so a rerun is instant. The hash covers the target's
+(JSONDatabase), `replayed-pow2/` (replay.FOLDER) the replayed ones, so a rerun is instant. The hash covers the target's
 TVM dict and the pipeline in use (pipeline.active()): records of tasks made by another Relax pipeline (the NCHW one
 before it) describe other PrimFuncs, so they live in another folder and are never mixed in.
 """
