@@ -206,16 +206,17 @@ def _measure_ort(m, tgt: Target, rpc_tracker, rpc_key, repeats, warmup, threads,
                        note=note)
 
 
-# TVM's ONNX importer and build are not thread-safe (two imports at once in one process fail):
-# measurements from several threads (a device farm timing candidates at once) compile one at a
-# time, and time on their devices in parallel while the next one compiles.
-_COMPILE_LOCK = threading.Lock()
+# TVM's ONNX importer, build and library export are not thread-safe (two imports at once in one
+# process fail; two export_library calls at once abort the process): measurements from several
+# threads (a device farm timing candidates at once) compile and export one at a time, and time on
+# their devices in parallel while the next one compiles. Re-entrant: compile_model may export.
+TVM_LOCK = threading.RLock()
 
 
 def _measure_tvm(m, tgt: Target, rpc_tracker, rpc_key, tune_trials, repeats, warmup, timeout, emulated, shapes,
                  tune_time=None, progress: bool = False):
     from graphprune.targets.compile import compile_model as _compile
-    with _COMPILE_LOCK:
+    with TVM_LOCK:
         compiled = _compile(m, tgt, tune_trials=tune_trials, input_shapes=shapes,  # tuning runs where it is measured
                             rpc=_rpc_tuning(tgt, rpc_tracker, rpc_key, timeout, emulated), tune_time=tune_time,
                             progress=progress)

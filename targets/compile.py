@@ -103,7 +103,8 @@ def export_library(compiled: Compiled, path: str | os.PathLike) -> Path:
             raise GraphpruneError(f"target {compiled.target.name!r} links with {compiled.target.cc}, "
                                   "which is not on PATH (Debian: apt-get install gcc-aarch64-linux-gnu)")
         kwargs["fcompile"] = cc.cross_compiler(compiled.target.cc)
-    with atomic_path(out, suffix=".so") as tmp:  # TVM picks the format by the suffix
+    from graphprune.targets import TVM_LOCK
+    with atomic_path(out, suffix=".so") as tmp, TVM_LOCK:  # TVM picks the format by the suffix
         try:
             compiled.executable.export_library(tmp, **kwargs)
         except Exception as exc:
