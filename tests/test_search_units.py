@@ -332,3 +332,25 @@ def test_surrogate_latency_never_extrapolates_beyond_4x_of_what_it_was_fitted_on
     from graphprune.search.surrogate import features
     raw = s.lat_model.predict(s._lat_features(features(F[:1]), macs[:1]))[0]
     assert inside[0] == pytest.approx(float(np.exp(raw)), rel=1e-12)
+
+
+def test_final_measurement_of_the_original_itself_is_no_verdict(monkeypatch):
+    """When no configuration within the bounds prunes anything, the delivered model is the
+    original's computation: a timing of 0.99x or 1.01x is noise, not 'slower' or 'faster'."""
+    from types import SimpleNamespace
+    from graphprune.search import pipeline
+    from graphprune.search.recovery import Delivery
+
+    timed = {"verdict": "slower", "speedup": 0.98, "speedup_iqr": (0.97, 0.99), "speedup_ci95": (0.975, 0.985),
+             "original_ms": 1.0, "delivered_ms": 1.02, "method": "paired", "pairs": 30, "threads_text": "1 thread"}
+    monkeypatch.setattr(pipeline, "compare_final", lambda *a, **k: dict(timed))
+    space = SimpleNamespace(full=lambda: {0: 8, 1: 16})
+    lines = []
+    for config, recovery, want in (({"0": 8, "1": 16}, None, "same model"), ({"0": 8, "1": 8}, None, "slower"),
+                                   ({"0": 8, "1": 16}, {"accuracy_after": 0.9}, "slower")):
+        st = SimpleNamespace(delivery=Delivery(record={"config": config}, model=None, error=0.1, recovery=recovery),
+                             model=None, spec=None, o=SimpleNamespace(seed=0), space=space, joint=None,
+                             log=lines.append)
+        pipeline.final_measurement(st)
+        assert st.final["verdict"] == want
+    assert "is the original" in lines[0] and "slower" not in lines[0] and "NOT faster" in lines[1]

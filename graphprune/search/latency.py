@@ -124,6 +124,8 @@ def final_text(f: dict) -> str:
            else f["method_text"])
     head = {"faster": f"the delivered model is {f['speedup']:.2f}x faster than the original",
             "slower": f"the delivered model is NOT faster: {f['speedup']:.2f}x the original's speed (slower)",
+            "same model": "the delivered model is the original (no configuration within the bounds prunes "
+                          f"anything): no speed-up; timed at {f['speedup']:.2f}x",
             }.get(f["verdict"], f"the delivered model is NOT measurably faster: {f['speedup']:.2f}x "
                                 f"(the spread includes 1.00x)")
     return (f"{head} ({spread}; {f['original_ms']:.3f} ms -> {f['delivered_ms']:.3f} ms medians; "

@@ -103,6 +103,10 @@ def final_measurement(st: RunState) -> None:
     if d is None:
         return
     st.final = compare_final(st.model, d.model, st.spec, st.o.seed)
+    cfg = {int(k): int(v) for k, v in d.record["config"].items()}
+    if cfg == st.space.full() and d.recovery is None and getattr(st, "joint", None) is None:
+        # the original's own computation: any difference the timing shows is noise, not a verdict
+        st.final["verdict"] = "same model"
     st.final["text"] = final_text(st.final)
     st.log(st.final["text"])
 
