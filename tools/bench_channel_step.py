@@ -42,7 +42,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402
-from bench_tvm_vs_ort import BasicBlock, _bn_conv, _maxdiff, _target  # noqa: E402
+from bench_tvm_vs_ort import BasicBlock, _bn_conv, _maxdiff, _target, export_net  # noqa: E402
 
 VARIANTS = {"m16": (32, 64, 128, 256), "m8-": (24, 56, 120, 248), "m16-": (16, 48, 112, 240),
             "m8+": (40, 72, 136, 264)}
@@ -67,17 +67,7 @@ class ResNet18Widths(nn.Module):
 
 
 def export(name: str, inner, folder: Path):
-    import onnx
-    torch.manual_seed(0)
-    net = ResNet18Widths(inner).eval()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = folder / f"resnet18_{name}.onnx"
-    torch.onnx.export(net, torch.randn(1, 3, 224, 224), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])
-    return onnx.load(str(path))
+    return export_net(lambda: ResNet18Widths(inner), folder / f"resnet18_{name}.onnx")
 
 
 def _measure(model, args, target) -> dict:

@@ -110,13 +110,17 @@ MODELS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
 
 
 def export(name: str, keep: float, folder: Path) -> onnx.ModelProto:
+    return export_net(lambda: MODELS[name](keep), folder / f"{name}_{keep}.onnx")
+
+
+def export_net(make, path: Path) -> onnx.ModelProto:
+    """`make()` built under seed 0, given random BN statistics, exported to `path` (224x224, batch 1)."""
     torch.manual_seed(0)
-    net = MODELS[name](keep).eval()
+    net = make().eval()
     for m in net.modules():  # non-trivial BN statistics, so folding is exercised
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    path = folder / f"{name}_{keep}.onnx"
     torch.onnx.export(net, torch.randn(1, 3, 224, 224), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"])
     return onnx.load(str(path))
