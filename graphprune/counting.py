@@ -101,11 +101,8 @@ def _weight_tensors(graph: onnx.GraphProto):
         for at in n.attribute:
             if n.op_type == "Constant" and at.name == "value" and at.type == onnx.AttributeProto.TENSOR \
                     and len(at.t.dims) >= 1:  # scalars (epsilons, sample rates) are no weights
-                t = onnx.TensorProto()
-                t.CopyFrom(at.t)
-                t.ClearField("raw_data")   # only name, type and dims are read
-                t.name = n.output[0]
-                yield t
+                # only name, type and dims are read: no copy of the weight's data
+                yield onnx.TensorProto(name=n.output[0], data_type=at.t.data_type, dims=at.t.dims)
             elif at.type == onnx.AttributeProto.GRAPH:
                 yield from _weight_tensors(at.g)
 
