@@ -97,36 +97,66 @@ def _one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def _attempt(lib_path: Path, feeds, tracker_addr, key, repeats, warmup, timeout, out: dict):
-    """One try: get a device, upload, load, time. Fills `out` (result or error)."""
-    import tvm
-    from tvm import relax, rpc
-    from graphprune.targets.measure_local import time_vm
-    t = _Tracker(tracker_addr, timeout)
+def _on_one_device(tracker_addr: str, key: str, timeout: float, fn, out: dict) -> None:
+    """One try: ask the tracker for a device under `key`, connect, out["value"] = fn(remote, out).
+    Fills out["device"] once one is handed out, and out["error"] (one line) when the try fails;
+    `fn` may mark out itself (e.g. a final refusal) and raise nothing."""
+    from tvm import rpc
+    t = None
     try:
+        t = _Tracker(tracker_addr, timeout)
         url, port, matchkey = t.request(key, timeout)
         out["device"] = f"{url}:{port}"
-        remote = rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1)
-        name = f"gp_{uuid.uuid4().hex[:12]}.so"
-        remote.upload(str(lib_path), name)
-        rlib = remote.load_module(name)
-        dev = remote.cpu(0)
-        vm = relax.VirtualMachine(rlib, dev)
-        args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        out["samples"] = time_vm(vm, dev, args, repeats, warmup)
-        try:
-            out["threads"] = int(remote.get_function("runtime.NumThreads")())
-        except Exception:  # a minimal runtime without it: the result says '?'
-            out["threads"] = None
-        remote.remove(name) if hasattr(remote, "remove") else None
+        value = fn(rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1), out)
+        if not out.get("final"):
+            out["value"] = value
     except TimeoutError:
         out["error"] = f"no free device under key {key!r} within {timeout:g} s"
     except GraphpruneError as exc:
         out["error"] = str(exc)
-    except Exception as exc:
+    except Exception as exc:  # reported as one line by the caller
         out["error"] = _one_line(exc)
     finally:
-        t.close()
+        if t is not None:
+            t.close()
+
+
+def try_on_devices(tracker_addr: str, key: str, timeout: float, fn, retries: int = 2) -> tuple[dict, list[str]]:
+    """Up to retries + 1 tries of fn(remote, out) (_on_one_device), each in a daemon thread
+    joined with `timeout`: a device that hangs or disappears costs one timeout, then the tracker
+    is asked again. Returns (out of the last try, one-line errors of the failed tries); out has
+    "value" on success, or "final" when fn marked a refusal that another device would repeat."""
+    errors: list[str] = []
+    out: dict = {}
+    for _ in range(retries + 1):
+        out = {}
+        th = threading.Thread(target=_on_one_device, args=(tracker_addr, key, timeout, fn, out), daemon=True)
+        th.start()
+        th.join(timeout)
+        if "value" in out or out.get("final"):
+            return out, errors
+        errors.append(out.get("error") or f"device {out.get('device', '?')} did not finish within {timeout:g} s")
+    return out, errors
+
+
+def _time_library(lib_path: Path, feeds, repeats: int, warmup: int):
+    """fn for try_on_devices: upload the library, load it, time it; (samples, runtime threads)."""
+    def run(remote, _out):
+        import tvm
+        from tvm import relax
+        from graphprune.targets.measure_local import time_vm
+        name = f"gp_{uuid.uuid4().hex[:12]}.so"
+        remote.upload(str(lib_path), name)
+        dev = remote.cpu(0)
+        vm = relax.VirtualMachine(remote.load_module(name), dev)
+        samples = time_vm(vm, dev, [tvm.runtime.tensor(v, dev) for v in feeds.values()], repeats, warmup)
+        try:
+            threads = int(remote.get_function("runtime.NumThreads")())
+        except Exception:  # a minimal runtime without it: the result says '?'
+            threads = None
+        remote.remove(name) if hasattr(remote, "remove") else None
+        return samples, threads
+    return run
 
 
 def measure_rpc(compiled, model, tracker_addr: str, key: str, repeats: int = 50, warmup: int = 5,
@@ -137,21 +167,15 @@ def measure_rpc(compiled, model, tracker_addr: str, key: str, repeats: int = 50,
     parse_address(tracker_addr)
     check_key(tracker_addr, key, timeout=min(timeout, 10.0))
     feeds = random_inputs(model, input_shapes=compiled.input_shapes or None)
-    errors = []
     with tempfile.TemporaryDirectory(prefix="graphprune-rpc-") as tmp:
         lib = export_library(compiled, Path(tmp) / "model.so")
-        for _ in range(retries + 1):
-            out: dict = {}
-            th = threading.Thread(target=_attempt, daemon=True,
-                                  args=(lib, feeds, tracker_addr, key, repeats, warmup, timeout, out))
-            th.start()
-            th.join(timeout)
-            if "samples" in out:
-                return stats(out["samples"], backend="tvm", target=compiled.target.name, tuned=compiled.tuned,
-                             tuning=compiled.tuning, device=f"rpc:{key}@{out.get('device', '?')}", emulated=emulated,
-                             input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=out.get("threads"))
-            errors.append(out.get("error") or f"device {out.get('device', '?')} did not finish within {timeout:g} s")
-    raise GraphpruneError(f"RPC measurement under key {key!r} failed {len(errors)} times; last: {errors[-1]}")
+        out, errors = try_on_devices(tracker_addr, key, timeout, _time_library(lib, feeds, repeats, warmup), retries)
+    if "value" not in out:
+        raise GraphpruneError(f"RPC measurement under key {key!r} failed {len(errors)} times; last: {errors[-1]}")
+    samples, threads = out["value"]
+    return stats(samples, backend="tvm", target=compiled.target.name, tuned=compiled.tuned, tuning=compiled.tuning,
+                 device=f"rpc:{key}@{out.get('device', '?')}", emulated=emulated,
+                 input_shapes={k: list(v.shape) for k, v in feeds.items()}, threads=threads)
 
 
 def measure_many(items, tracker_addr: str, key: str, parallel: int | None = None, **kw) -> list:
@@ -172,23 +196,9 @@ def measure_many(items, tracker_addr: str, key: str, parallel: int | None = None
 def on_device(tracker_addr: str, key: str, timeout: float, fn, what: str):
     """fn(remote session) on a device under `key`, in a daemon thread with a deadline: the
     result, or a one-line GraphpruneError naming `what` failed (a hung device costs `timeout`)."""
-    out: dict = {}
-
-    def work():
-        from tvm import rpc
-        t = _Tracker(tracker_addr, timeout)
-        try:
-            url, port, matchkey = t.request(key, timeout)
-            out["value"] = fn(rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1))
-        except Exception as exc:  # reported below as one line
-            out["error"] = _one_line(exc)
-        finally:
-            t.close()
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    th.join(timeout)
+    out, errors = try_on_devices(tracker_addr, key, timeout, lambda remote, _out: fn(remote), retries=0)
     if "value" not in out:
-        raise GraphpruneError(f"{what} on a device under {key!r} failed: {out.get('error', f'no answer in {timeout:g} s')}")
+        raise GraphpruneError(f"{what} on a device under {key!r} failed: {errors[-1]}")
     return out["value"]
 
 

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
 
 from graphprune.errors import GraphpruneError
-from graphprune.targets.measure_rpc import _one_line, _Tracker, check_key, parse_address
+from graphprune.targets.measure_rpc import check_key, parse_address, try_on_devices
 from graphprune.targets.result import LatencyResult, stats
 
 PREFIX = "graphprune.ort."  # graphprune.targets.device_server.PREFIX (not imported: it is the board's module)
-
-
-class _Missing(Exception):
-    """The device answered but has no graphprune functions (a plain TVM rpc_server)."""
 
 
 def encode_feeds(feeds: dict[str, np.ndarray]) -> bytes:
@@ -40,33 +35,20 @@ def encode_feeds(feeds: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _attempt(tracker_addr: str, key: str, timeout: float, name: str, args: tuple, out: dict) -> None:
-    """One try on one device: fills out["value"], or out["error"] / out["missing"]."""
-    from tvm import rpc
-    t = None
-    try:
-        t = _Tracker(tracker_addr, timeout)
-        url, port, matchkey = t.request(key, timeout)
-        out["device"] = f"{url}:{port}"
-        remote = rpc.connect(url, port, matchkey, session_timeout=int(timeout) + 1)
+def _call(name: str, args: tuple):
+    """fn for try_on_devices: graphprune.ort.<name>(*args) on the device; a device without the
+    function (a plain TVM rpc_server) marks out["final"] and out["missing"]: another device under
+    the key would answer the same."""
+    def run(remote, out):
         try:
             fn = remote.get_function(PREFIX + name)
         except AttributeError:
             fn = None
         if fn is None:
-            raise _Missing
-        out["value"] = fn(*args)
-    except _Missing:
-        out["missing"] = True
-    except TimeoutError:
-        out["error"] = f"no free device under key {key!r} within {timeout:g} s"
-    except GraphpruneError as exc:
-        out["error"] = str(exc)
-    except Exception as exc:
-        out["error"] = _one_line(exc)
-    finally:
-        if t is not None:
-            t.close()
+            out["final"] = out["missing"] = True
+            return None
+        return fn(*args)
+    return run
 
 
 def call_device(tracker_addr: str, key: str, name: str, args: tuple, timeout: float = 60.0,
@@ -75,19 +57,13 @@ def call_device(tracker_addr: str, key: str, name: str, args: tuple, timeout: fl
     bounded by (retries + 1) * timeout. One-line GraphpruneError when every try failed, or at
     once when the device has not the functions (it runs TVM's plain rpc_server)."""
     parse_address(tracker_addr)
-    errors = []
-    for _ in range(retries + 1):
-        out: dict = {}
-        th = threading.Thread(target=_attempt, args=(tracker_addr, key, timeout, name, args, out), daemon=True)
-        th.start()
-        th.join(timeout)
-        if "value" in out:
-            return out["value"], out["device"]
-        if out.get("missing"):
-            raise GraphpruneError(f"the device {out.get('device', '?')} under key {key!r} cannot time onnxruntime "
-                                  f"(a plain TVM RPC server): start it with `graphprune device-server --tracker "
-                                  f"{tracker_addr} --key {key}` (or targets/device_server.py on the board)")
-        errors.append(out.get("error") or f"device {out.get('device', '?')} did not finish within {timeout:g} s")
+    out, errors = try_on_devices(tracker_addr, key, timeout, _call(name, args), retries)
+    if "value" in out:
+        return out["value"], out["device"]
+    if out.get("missing"):
+        raise GraphpruneError(f"the device {out.get('device', '?')} under key {key!r} cannot time onnxruntime "
+                              f"(a plain TVM rpc_server): start it with `graphprune device-server --tracker "
+                              f"{tracker_addr} --key {key}` (or targets/device_server.py on the board)")
     raise GraphpruneError(f"onnxruntime over RPC under key {key!r} failed {len(errors)} times; last: {errors[-1]}")
 
 
