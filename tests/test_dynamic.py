@@ -82,7 +82,7 @@ def _build(head_grid=1):
     m = _cnn()
     x, y = _data(m)
     return m, x, y, build_dynamic(m, (x, y), DynamicOptions(k=2, threshold=0.5, budget=0.5, head_grid=head_grid,
-                                                            **_FAST))
+                                                            branch_at="middle", **_FAST))
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_cli_writes_the_model(tmp_path, capsys):
     x, y = _data(m, n=64)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     code, out, err = _gp(capsys, p, "--data", tmp_path / "d.npz", "-o", tmp_path / "o.onnx", "--k", "2",
-                         "--samples", "64", "--importance-samples", "16", "--epochs", "0.5", "--batch-size", "16",
+                         "--branch-at", "middle", "--samples", "64", "--importance-samples", "16", "--epochs", "0.5", "--batch-size", "16",
                          "--no-progress")
     assert code == 0, err
     assert "branch at t2" in out and "2 gated convs (4/8, 3/6 filters kept per input)" in out

@@ -119,9 +119,15 @@ def train_head(trunk: nn.Module, ds, classes: int, steps: int = 300, lr: float =
     The pooled features are computed once; the linear layer is then trained full-batch
     with Adam (a convex problem; a few hundred steps converge on thousands of samples).
     """
+    return fit_linear(_pooled(trunk, ds, batch_size, pool), torch.from_numpy(ds.y), classes, steps, lr, seed,
+                      weight_decay)
+
+
+def fit_linear(feats: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300, lr: float = 1e-2,
+               seed: int = 0, weight_decay: float = 1e-4) -> nn.Linear:
+    """The head's linear layer fitted full-batch (Adam) on pooled features; shared by the branch
+    search (graphprune.dynamic.branch_search), which fits one per candidate tensor."""
     torch.manual_seed(seed)
-    feats = _pooled(trunk, ds, batch_size, pool)
-    y = torch.from_numpy(ds.y)
     head = nn.Linear(feats.shape[1], classes)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
