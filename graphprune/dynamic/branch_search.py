@@ -55,7 +55,7 @@ def _features(m, names: list[str], output: str, x: np.ndarray, batch: int = 256)
     return [[o[j] for o in outs] for j in range(len(names))], np.concatenate([o[-1] for o in outs])
 
 
-def _pooled(chunks: list, pool) -> "torch.Tensor":  # noqa: F821
+def _pooled(chunks: list, pool):
     import torch
 
     from graphprune.dynamic.gated import pooled
@@ -135,15 +135,17 @@ def search_branch(m: onnx.ModelProto, ds, o, log=None) -> dict:
                 f"exit {row['exit_ms']:.3f} ms, gated {row['gated_ms']:.3f} ms, expected {row['avg_ms']:.3f} ms")
     orig_acc = float((orig_pred[n_fit:] == y[n_fit:]).mean())
     best, reason = pick(rows, orig_acc, o.branch_max_drop)
+    from graphprune.dynamic.probe import original_ms
     return {"branch": best["tensor"], "reason": reason, "rows": rows, "original_accuracy": orig_acc,
+            "original_ms": original_ms(m, o.latency_repeats, o.threads),
             "samples": {"fit": n_fit, "judged": len(sub) - n_fit}, "budget": o.budget, "threshold": o.threshold}
 
 
 def table(search: dict) -> str:
     """The candidates as a plain-text table (the CLI prints it)."""
     lines = [f"branch search ({search['samples']['fit']} samples fitted, {search['samples']['judged']} judged; "
-             f"original accuracy {100 * search['original_accuracy']:.2f} % on those; budget {search['budget']:g}, "
-             f"threshold {search['threshold']:g}):",
+             f"original accuracy {100 * search['original_accuracy']:.2f} % on those, latency "
+             f"{search['original_ms']:.3f} ms; budget {search['budget']:g}, threshold {search['threshold']:g}):",
              f"  {'tensor':<48} {'exit %':>7} {'exit ok %':>9} {'top-k %':>8} {'proxy acc %':>11} "
              f"{'exit ms':>8} {'gated ms':>8} {'avg ms':>8}"]
     for r in search["rows"]:
