@@ -118,6 +118,7 @@ def test_latency_target_reported_against_the_measured_longest_path():
     (["--branch-max-drop", "2"], "--branch-max-drop is an accuracy drop in [0, 1]"),
     (["--latency-repeats", "0"], "--latency-repeats must be a positive integer"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--max-subset-mib", "0"], "--max-subset-mib must be a positive number"),
     (["--branch-at", "t2", "--latency-budget-ms", "1e-6", "--latency-repeats", "2"], "out of reach")])
 def test_cli_one_line_errors_of_the_new_options(tmp_path, capsys, extra, needle):
     m = _cnn()
@@ -145,3 +146,53 @@ def test_cli_branch_auto_prints_the_candidates(tmp_path, capsys):
     meta = metadata.get_json(onnx.load(str(tmp_path / "o.onnx")), "graphprune.dynamic")
     assert meta["branch"] in ("p1", "t2", "r4") and meta["branch_search"]["branch"] == meta["branch"]
     assert f"branch at {meta['branch']}" in out
+
+
+def test_subset_rank_is_a_bijection_on_sets():
+    from itertools import combinations, permutations
+    from graphprune.dynamic.subsets import subset_rank
+    ranks = [subset_rank(c) for c in combinations(range(10), 3)]
+    assert sorted(ranks) == list(range(120))
+    assert {subset_rank(p) for p in permutations((7, 2, 5))} == {subset_rank((2, 5, 7))}
+
+
+def _random_probe():
+    """A gather-form probe with a random head and random tables, so that subsets differ."""
+    from graphprune.dynamic.selection import integer_table
+    m = gp.load(_cnn())
+    s = split_model(m, "t2", 0.5)
+    pm = probe.probe_model(m, s, 2)
+    rng = np.random.default_rng(3)
+    for t in pm.graph.initializer:
+        a = onnx.numpy_helper.to_array(t)
+        if t.name.endswith("/table"):
+            t.CopyFrom(onnx.numpy_helper.from_array(integer_table(rng.uniform(0, 1, a.shape), 2), t.name))
+        elif t.name in ("dyn/head/W", "dyn/head/B"):
+            t.CopyFrom(onnx.numpy_helper.from_array(rng.standard_normal(a.shape).astype(np.float32), t.name))
+    return m, s, pm
+
+
+def test_subset_dispatch_equals_the_gather_form_on_every_input():
+    from graphprune.dynamic.subsets import specialise
+    _, _, pm = _random_probe()
+    sp = specialise(pm)
+    onnx.checker.check_model(sp, full_check=True)
+    assert metadata.get_json(sp, "graphprune.dynamic")["dispatch"]["subsets"] == 6    # C(4, 2)
+    assert not any(t.name.endswith("/table") for t in sp.graph.initializer)          # no run-time selection left
+    x = np.random.default_rng(4).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    a, b = session(with_threshold(pm, 2.0)), session(with_threshold(sp, 2.0))
+    outs = [(a.run(None, {"x": x[i:i + 1]})[0], b.run(None, {"x": x[i:i + 1]})[0]) for i in range(len(x))]
+    for u, v in outs:
+        assert np.abs(u - v).max() <= 1e-5 * max(np.abs(u).max(), 1e-30)
+    assert len({np.round(u, 4).tobytes() for u, _ in outs}) > 1
+
+
+def test_subset_dispatch_size_limit():
+    _, s, pm = _random_probe()
+    from graphprune.dynamic.build import dispatch_form
+    with pytest.raises(GraphpruneError, match="subset dispatch needs 6 copies"):
+        dispatch_form(pm, DynamicOptions(dispatch="subsets", max_subset_mib=1e-6))
+    kept = dispatch_form(pm, DynamicOptions(dispatch="auto", max_subset_mib=1e-6))
+    d = metadata.get_json(kept, "graphprune.dynamic")["dispatch"]
+    assert d["form"] == "gather" and "subset dispatch needs" in d["why"]
+    assert any(t.name.endswith("/table") for t in kept.graph.initializer)

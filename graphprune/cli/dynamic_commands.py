@@ -41,6 +41,12 @@ def register(subparsers) -> None:
                    help="instead of --budget: the longest path <= this fraction of the original's measured latency")
     p.add_argument("--latency-repeats", type=int, default=30, help="runs per latency measurement (bench's median; "
                                                                  "default 30)")
+    p.add_argument("--dispatch", default="auto", choices=("auto", "gather", "subsets"),
+                   help="gated path: 'subsets' = one constant-weight copy of the gated layers per class subset "
+                        "(fast, large), 'gather' = weights gathered per input (small, slower); 'auto' (default): "
+                        "subsets when they fit --max-subset-mib")
+    p.add_argument("--max-subset-mib", type=float, default=256.0, help="size limit of the subsets' weights "
+                                                                       "(default 256)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the latency measurements "
                                                              "(default: bench's)")
     p.add_argument("--head-grid", type=int, default=1, help="the branch head pools the map to G x G cells before its "
@@ -76,7 +82,8 @@ def run_dynamic(args) -> int:
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                        head_grid=args.head_grid, progress=not args.no_progress, branch_max_drop=args.branch_max_drop,
                        latency_budget_ms=args.latency_budget_ms, latency_budget_fraction=args.latency_budget_fraction,
-                       latency_repeats=args.latency_repeats, threads=args.threads)
+                       latency_repeats=args.latency_repeats, threads=args.threads, dispatch=args.dispatch,
+                       max_subset_mib=args.max_subset_mib)
     check_options(o)
     check_run_options(args.samples, args.batch_size, args.seed, None)
     refuse_overwriting_input(args.output, args.model)
@@ -111,3 +118,9 @@ def _report_plan(result) -> None:
         print(table(result.branch_search))
     if result.latency:
         print(latency_line(result.latency))
+    from graphprune import metadata as md
+    from graphprune.dynamic.export import METADATA_KEY
+    d = (md.get_json(result.model, METADATA_KEY) or {}).get("dispatch") or {"form": "gather"}
+    print(f"gated path: {d['form']}" + (f" ({d['subsets']} class subsets, {d['bytes_per_subset'] / 2**20:.2f} MiB "
+                                        "of weights each)" if d["form"] == "subsets" else "")
+          + (f" ({d['why']})" if d.get("why") else ""))

@@ -126,7 +126,7 @@ def search_branch(m: onnx.ModelProto, ds, o, log=None) -> dict:
         with torch.no_grad():
             z = head(f[n_fit:]).numpy()
         row.update(judge(z, y[n_fit:], orig_pred[n_fit:], o.k, o.threshold))
-        row.update(probe_paths(m, s, o.k, pool, o.latency_repeats, o.threads))
+        row.update(probe_paths(m, s, o.k, pool, o.latency_repeats, o.threads, o))
         row["gated_convs"] = len(s.gates)
         row["avg_ms"] = row["exit"] * row["exit_ms"] + (1 - row["exit"]) * row["gated_ms"]
         rows.append(row)

@@ -40,6 +40,9 @@ class DynamicOptions:
     latency_budget_fraction: float | None = None  # ... or as a fraction of the original's latency
     latency_repeats: int = 30           # bench's median over this many runs, per probe measured
     threads: int | None = None          # onnxruntime threads of the measurements (None: bench's default)
+    dispatch: str = "auto"              # gated path: "gather" (weights gathered per input), "subsets" (one
+    max_subset_mib: float = 256.0       # constant-weight rest per class subset; graphprune.dynamic.subsets),
+    #                                     "auto": subsets when their weights fit max_subset_mib, else gather
 
 
 @dataclass
@@ -99,6 +102,10 @@ def check_search_options(o: DynamicOptions) -> None:
     if isinstance(o.latency_repeats, bool) or not isinstance(o.latency_repeats, (int, np.integer)) \
             or o.latency_repeats < 1:
         raise GraphpruneError(f"--latency-repeats must be a positive integer, got {o.latency_repeats!r}")
+    if o.dispatch not in ("auto", "gather", "subsets"):
+        raise GraphpruneError(f"--dispatch must be auto, gather or subsets; got {o.dispatch!r}")
+    if not _finite(o.max_subset_mib) or o.max_subset_mib <= 0:
+        raise GraphpruneError(f"--max-subset-mib must be a positive number, got {o.max_subset_mib!r}")
     if o.threads is not None and (isinstance(o.threads, bool) or not isinstance(o.threads, (int, np.integer))
                                   or o.threads < 1):
         raise GraphpruneError(f"--threads must be a positive integer, got {o.threads!r}")
@@ -223,8 +230,29 @@ def export_net(m, split, net, rest_m, o: DynamicOptions, extra: dict | None = No
             **{k: v for k, v in (extra or {}).items() if v is not None}}
     out = assemble(m, split, net.rest.write_back(rest_m), net.head.weight.detach().numpy(),
                    net.head.bias.detach().numpy(), tables, o.k, o.threshold, meta, pool=net.pool)
+    out = dispatch_form(out, o)
     _smoke(out)
     return out
+
+
+def dispatch_form(model: onnx.ModelProto, o: DynamicOptions) -> onnx.ModelProto:
+    """The gather-form model as o.dispatch asks: unchanged (gather), or one constant-weight rest per
+    class subset (graphprune.dynamic.subsets); 'auto' keeps the gather form when the subsets' weights
+    exceed o.max_subset_mib, and says so in the metadata."""
+    from graphprune import metadata as md
+    from graphprune.dynamic.export import METADATA_KEY
+    from graphprune.dynamic.subsets import specialise
+    if o.dispatch == "gather":
+        return model
+    try:
+        return specialise(model, int(o.max_subset_mib * 2 ** 20))
+    except GraphpruneError as exc:
+        if o.dispatch == "subsets":
+            raise
+        meta = md.get_json(model, METADATA_KEY) or {}
+        meta["dispatch"] = {"form": "gather", "why": str(exc)}
+        md.set_json(model, METADATA_KEY, meta)
+        return model
 
 
 def _smoke(model: onnx.ModelProto) -> None:

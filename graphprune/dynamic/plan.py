@@ -47,7 +47,7 @@ def plan(m: onnx.ModelProto, ds, o, budgets, log=None) -> tuple[str, list, dict 
     from graphprune.dynamic.probe import budget_for_latency
     target, how = latency_target(m, o)
     pool = head_pool(m, branch, o.head_grid)
-    info = budget_for_latency(m, branch, o.k, pool, target, o.latency_repeats, o.threads, log=_log_fn(o, log))
+    info = budget_for_latency(m, branch, o.k, pool, target, o.latency_repeats, o.threads, log=_log_fn(o, log), o=o)
     return branch, [info["budget"]], search, {**how, **info}
 
 

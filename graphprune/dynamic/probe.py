@@ -24,8 +24,9 @@ from graphprune.errors import GraphpruneError
 BISECTION_STEPS = 7
 
 
-def probe_model(m: onnx.ModelProto, split, k: int, pool: tuple | None = None) -> onnx.ModelProto:
-    """The dynamic model of `split` with the original weights, a zero head and index-order tables."""
+def probe_model(m: onnx.ModelProto, split, k: int, pool: tuple | None = None, o=None) -> onnx.ModelProto:
+    """The dynamic model of `split` with the original weights, a zero head and index-order tables, in
+    the dispatch form o (a DynamicOptions) asks for (default: the gather form)."""
     from graphprune.dynamic.export import assemble
     from graphprune.dynamic.graph import _shapes
     from graphprune.dynamic.selection import integer_table
@@ -33,8 +34,12 @@ def probe_model(m: onnx.ModelProto, split, k: int, pool: tuple | None = None) ->
     feats = c if pool is None else c * _pool_cells(m, split.branch, pool)
     tables = [integer_table(np.zeros((split.classes, g.channels)), k) for g in split.gates]
     rest = _rest(m, split)
-    return assemble(m, split, rest, np.zeros((split.classes, feats), np.float32),
-                    np.zeros(split.classes, np.float32), tables, k, 0.5, None, pool=pool)
+    out = assemble(m, split, rest, np.zeros((split.classes, feats), np.float32),
+                   np.zeros(split.classes, np.float32), tables, k, 0.5, None, pool=pool)
+    if o is None:
+        return out
+    from graphprune.dynamic.build import dispatch_form
+    return dispatch_form(out, o)
 
 
 def _pool_cells(m, branch, pool) -> int:
@@ -57,9 +62,9 @@ def path_ms(model: onnx.ModelProto, threshold: float, repeats: int, threads: int
                                  cache=False).median_ms)
 
 
-def probe_paths(m, split, k: int, pool, repeats: int, threads: int | None) -> dict:
+def probe_paths(m, split, k: int, pool, repeats: int, threads: int | None, o=None) -> dict:
     """{'exit_ms', 'gated_ms'}: the early-exit path and the gated (longest) path of `split`, measured."""
-    pm = probe_model(m, split, k, pool)
+    pm = probe_model(m, split, k, pool, o)
     return {"exit_ms": path_ms(pm, 0.0, repeats, threads), "gated_ms": path_ms(pm, 2.0, repeats, threads)}
 
 
@@ -69,7 +74,7 @@ def original_ms(m: onnx.ModelProto, repeats: int, threads: int | None) -> float:
 
 
 def budget_for_latency(m, branch: str, k: int, pool, target_ms: float, repeats: int = 30,
-                       threads: int | None = None, log=None) -> dict:
+                       threads: int | None = None, log=None, o=None) -> dict:
     """The largest kept fraction whose measured longest path is <= target_ms (bisection).
 
     Returns {'budget', 'target_ms', 'probe_ms' (the chosen fraction's probe), 'steps': [(fraction,
@@ -82,7 +87,7 @@ def budget_for_latency(m, branch: str, k: int, pool, target_ms: float, repeats: 
         s = split_model(m, branch, f)
         keeps = tuple(g.keep for g in s.gates)
         if keeps not in cache:
-            cache[keeps] = probe_paths_gated(m, s, k, pool, repeats, threads)
+            cache[keeps] = probe_paths_gated(m, s, k, pool, repeats, threads, o)
             steps.append((f, list(keeps), cache[keeps]))
             if log:
                 log(f"latency budget: fraction {f:.4f} (filters kept per gated conv: {', '.join(map(str, keeps))}) -> "
@@ -112,5 +117,5 @@ def _ms(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else f"{v:.3g}"
 
 
-def probe_paths_gated(m, split, k, pool, repeats, threads) -> float:
-    return path_ms(probe_model(m, split, k, pool), 2.0, repeats, threads)
+def probe_paths_gated(m, split, k, pool, repeats, threads, o=None) -> float:
+    return path_ms(probe_model(m, split, k, pool, o), 2.0, repeats, threads)
