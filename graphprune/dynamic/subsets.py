@@ -77,24 +77,33 @@ def _leaf(body, weight_gathers, consts, idx, tag: str, out_name: str) -> onnx.Gr
         new.CopyFrom(n)
         new.input[:] = [f"{i}@{tag}" if i in values else i for i in n.input]
         nodes.append(new)
+    # the weights live in the leaf graph: onnxruntime pre-packs a subgraph's own initializers, not
+    # outer-scope ones read from a subgraph (measured: 0.44 vs 0.64 ms on the VGG example)
     return helper.make_graph(nodes, f"subset_{tag}", [], [helper.make_tensor_value_info(out_name, TensorProto.FLOAT,
                                                                                         None)], inits)
 
 
-def _tree(leaves: list, lo: int, hi: int, s: str, out: str) -> list[onnx.NodeProto]:
-    """Nodes computing `out` from the leaf graphs lo .. hi-1, chosen by the subset index s."""
-    mid = (lo + hi) // 2
+def _fill_tree(graph: onnx.GraphProto, leaves: list, lo: int, hi: int, s: str, out: str) -> None:
+    """Append to `graph` the nodes computing `out` from leaves lo .. hi-1, chosen by the subset index s.
 
-    def side(a, b):
-        if b - a == 1:
-            return leaves[a]
-        name = f"dyn/tree/{a}_{b}"
-        return helper.make_graph(_tree(leaves, a, b, s, name), f"tree_{a}_{b}", [],
-                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+    Built in place, each leaf copied once into its final position (nesting finished graphs with
+    make_graph copies every subtree again at every level: 5 s instead of 0.5 s for 120 leaves)."""
+    mid = (lo + hi) // 2
     cond = f"dyn/tree/{lo}_{hi}/less"
-    return [helper.make_node("Less", [s, f"dyn/tree/mid{mid}"], [cond], name=cond),
-            helper.make_node("If", [cond], [out], name=f"dyn/tree/{lo}_{hi}/if",
-                             then_branch=side(lo, mid), else_branch=side(mid, hi))]
+    graph.node.append(helper.make_node("Less", [s, f"dyn/tree/mid{mid}"], [cond], name=cond))
+    empty = helper.make_graph([], "empty", [], [])
+    node = graph.node.add()
+    node.CopyFrom(helper.make_node("If", [cond], [out], name=f"dyn/tree/{lo}_{hi}/if", then_branch=empty,
+                                   else_branch=empty))
+    for attr in node.attribute:
+        a, b = (lo, mid) if attr.name == "then_branch" else (mid, hi)
+        if b - a == 1:
+            attr.g.CopyFrom(leaves[a])
+            continue
+        name = f"dyn/tree/{a}_{b}"
+        attr.g.name = f"tree_{a}_{b}"
+        attr.g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        _fill_tree(attr.g, leaves, a, b, s, name)
 
 
 def _index_nodes(k: int, classes: int) -> tuple[list, list]:
@@ -149,11 +158,16 @@ def specialise(model: onnx.ModelProto, max_bytes: int = DEFAULT_MAX_BYTES) -> on
     index_nodes, index_inits = _index_nodes(k, classes)
     mids = {(lo + hi) // 2 for lo, hi in _spans(0, len(subsets))}
     tree_inits = [numpy_helper.from_array(np.array(m, np.int64), f"dyn/tree/mid{m}") for m in sorted(mids)]
-    new_else = helper.make_graph(index_nodes + _tree(leaves, 0, len(subsets), "dyn/subset", out_name),
-                                 "gated_rest_by_subset", [], list(else_g.output))
-    for a in ifn.attribute:
-        if a.name == "else_branch":
-            a.g.CopyFrom(new_else)
+    outputs = list(else_g.output)
+    else_g.Clear()
+    else_g.name = "gated_rest_by_subset"
+    else_g.node.extend(index_nodes)
+    else_g.output.extend(outputs)
+    if len(leaves) == 1:
+        else_g.node.extend(leaves[0].node)
+        else_g.initializer.extend(leaves[0].initializer)
+    else:
+        _fill_tree(else_g, leaves, 0, len(leaves), "dyn/subset", out_name)
     used = _names_read(out.graph)
     keep_inits = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
