@@ -75,6 +75,10 @@ def _parser():
     ap.add_argument("--head-grid", type=int, default=1, help="branch head pooling grid (1: global average)")
     ap.add_argument("--tag", default="", help="suffix of the docs section and plot (several runs of one model)")
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, dynamic and static alike")
+    ap.add_argument("--dispatch", default="auto", help="graphprune dynamic --dispatch")
+    ap.add_argument("--latency-fraction", type=float, default=None,
+                    help="also build one model with --latency-budget-fraction this (at the chosen branch)")
+    ap.add_argument("--latency-threshold", type=float, default=0.9, help="its exit threshold")
     ap.add_argument("--static-ratios", default="", help="uniform L1 ratios also tried for reference (default none)")
     ap.add_argument("--static-budget", type=int, default=60, help="optimize's evaluations for (b)")
     ap.add_argument("--static-criterion", default="l1", help="optimize's channel ranking for (b)")
@@ -113,31 +117,68 @@ def evaluate_dynamic(model, test, args, paths, budget, thr):
             **paths}
 
 
+def _options(args, **kw):
+    return DynamicOptions(branch_at=args.branch_at, k=args.k, method=args.method, samples=args.train_samples,
+                          epochs=args.epochs, seed=args.seed, progress=False, head_grid=args.head_grid,
+                          threshold=args.branch_threshold, threads=args.threads, dispatch=args.dispatch, **kw)
+
+
+def _gather_probe_ms(model_path, res, o, args) -> float | None:
+    """The gated path of the same model in the gather form, timed on a probe (same shapes, so the
+    same cost; graphprune.dynamic.probe): what subset dispatch saves. None when it is the gather form."""
+    from graphprune import metadata as md
+    from graphprune.dynamic.build import prepare
+    from graphprune.dynamic.export import METADATA_KEY
+    from graphprune.dynamic.graph import head_pool
+    from graphprune.dynamic.probe import path_ms, probe_model
+    d = (md.get_json(res.model, METADATA_KEY) or {}).get("dispatch") or {}
+    if d.get("form") != "subsets":
+        return None
+    m = prepare(model_path)
+    pm = probe_model(m, res.split, o.k, head_pool(m, res.split.branch, o.head_grid))
+    return path_ms(pm, 2.0, args.repeats, args.threads)
+
+
+def _paths(model, lat, args) -> dict:
+    gated, exit_ = with_threshold(model, 2.0), with_threshold(model, 0.0)
+    return {"longest_ms": average_latency_ort(gated, lat, threads=args.threads),
+            "exit_ms": average_latency_ort(exit_, lat, threads=args.threads),
+            "bench_ms": measure_latency(gated, repeats=args.repeats, threads=args.threads, cache=False).median_ms,
+            "bench_exit_ms": measure_latency(exit_, repeats=args.repeats, threads=args.threads, cache=False).median_ms}
+
+
 def run_dynamic(model_path, train, test, args):
-    o = DynamicOptions(branch_at=args.branch_at, k=args.k, method=args.method, samples=args.train_samples,
-                       epochs=args.epochs, seed=args.seed, progress=False, head_grid=args.head_grid,
-                       threshold=args.branch_threshold, threads=args.threads)
+    """Every budget x threshold; returns (rows, {budget: model}, info)."""
+    from graphprune import metadata as md
+    from graphprune.dynamic.export import METADATA_KEY
+    o = _options(args)
     rows, models, info = [], {}, {}
     lat = test.x[:args.latency_samples]
     for b, res in build_budgets(model_path, (train.x, train.y), o, _floats(args.budgets)):
         info = {"branch": res.split.branch, "gates": [(g.producer, g.keep, g.channels) for g in res.split.gates],
                 "branch_search": res.branch_search}
-        log(f"dynamic budget {b}: built (fine-tune losses {[round(v, 4) for v in res.losses]})")
-        gated, exit_ = with_threshold(res.model, 2.0), with_threshold(res.model, 0.0)
-        paths = {"longest_ms": average_latency_ort(gated, lat, threads=args.threads),
-                 "exit_ms": average_latency_ort(exit_, lat, threads=args.threads),
-                 "bench_ms": measure_latency(gated, repeats=args.repeats, threads=args.threads, cache=False).median_ms,
-                 "bench_exit_ms": measure_latency(exit_, repeats=args.repeats, threads=args.threads,
-                                                  cache=False).median_ms}
-        longest = paths["longest_ms"]
+        dispatch = (md.get_json(res.model, METADATA_KEY) or {}).get("dispatch") or {"form": "gather"}
+        log(f"dynamic budget {b}: built, {dispatch} (fine-tune losses {[round(v, 4) for v in res.losses]})")
+        paths = {**_paths(res.model, lat, args), "gather_longest_ms": _gather_probe_ms(model_path, res, o, args),
+                 "dispatch": dispatch, "model_mib": res.model.ByteSize() / 2 ** 20}
+        models[b] = res.model
         for thr in _floats(args.thresholds):
-            m = with_threshold(res.model, thr)
-            row = evaluate_dynamic(m, test, args, paths, b, thr)
-            models[(b, thr)] = m
+            row = evaluate_dynamic(with_threshold(res.model, thr), test, args, paths, b, thr)
             rows.append(row)
             log(f"  threshold {thr}: acc {row['accuracy']:.4f}, exits {row['exit']:.1%}, avg {row['avg_ms']:.3f} ms, "
-                f"longest {longest:.3f} ms")
+                f"longest {paths['longest_ms']:.3f} ms (gather form {paths['gather_longest_ms']})")
     return rows, models, info
+
+
+def run_latency_target(model_path, train, test, args, branch) -> dict:
+    """One more dynamic model whose budget comes from --latency-fraction x the original's latency."""
+    o = _options(args, latency_budget_fraction=args.latency_fraction, latency_repeats=args.repeats)
+    o.branch_at, o.threshold = branch, args.latency_threshold
+    res = next(build_budgets(model_path, (train.x, train.y), o, [0.5]))[1]
+    row = evaluate_dynamic(res.model, test, args, _paths(res.model, test.x[:args.latency_samples], args),
+                           res.latency["budget"], args.latency_threshold)
+    log(f"latency target: {res.latency}")
+    return {**row, "latency": res.latency}
 
 
 def run_static(model_path, train, test, args, log_fn):
@@ -314,12 +355,26 @@ def markdown(res, args) -> str:
     for c, name in enumerate(FASHION_MNIST_CLASSES):
         a, b, cc = o["per_class"][c], s["row"]["per_class"][c], dd["per_class"][c]
         lines.append(f"| {name} | {_pct(a)} | {_pct(b)} | {_pct(cc)} | {100 * (cc - a):+.1f} |")
-    lines += ["", "Trade-off of the dynamic model over budget and threshold (threshold 2: never exits):", "",
-              "| budget | threshold | accuracy % | early exits % | exits correct % | average ms | longest path ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "Trade-off of the dynamic model over budget and threshold (threshold 2: never exits); the gated "
+              "path's form, the model's size, and the longest path the gather form would take (timed on a probe "
+              "of the same shapes):", "",
+              "| budget | threshold | accuracy % | early exits % | exits correct % | average ms | longest path ms | "
+              "form | MiB | gather-form longest path ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["dynamic"]["rows"]:
+        g = r.get("gather_longest_ms")
         lines.append(f"| {r['budget']:g} | {r['threshold']:g} | {_pct(r['accuracy'])} | {_pct(r['exit'])} | "
-                     f"{_pct(r['exit_correct'])} | {r['avg_ms']:.3f} | {r['longest_ms']:.3f} |")
+                     f"{_pct(r['exit_correct'])} | {r['avg_ms']:.3f} | {r['longest_ms']:.3f} | "
+                     f"{r['dispatch']['form']} | {r['model_mib']:.1f} | {'-' if g is None else f'{g:.3f}'} |")
+    t = res.get("latency_target")
+    if t:
+        lat = t["latency"]
+        lines += ["", f"Latency target (`--latency-budget-fraction {lat['fraction']:g}` at threshold {t['threshold']:g}, "
+                  f"same branch): target {lat['target_ms']:.3f} ms ({lat['fraction']:g} x the original's "
+                  f"{lat['original_ms']:.3f} ms) -> budget {lat['budget']:.4f} after {len(lat['steps'])} probe "
+                  f"measurements; the delivered model's longest path measured {lat['measured_ms']:.3f} ms "
+                  f"({'met' if lat['met'] else 'NOT met'}; bench-style timing over the test images: "
+                  f"{t['longest_ms']:.3f} ms); accuracy {_pct(t['accuracy'])} %, {_pct(t['exit'])} % exits, "
+                  f"average {t['avg_ms']:.3f} ms."]
     return "\n".join(lines + _search_lines(res) + _static_lines(res)) + "\n"
 
 
@@ -377,17 +432,19 @@ def main(argv=None) -> int:
     log(f"original: acc {orig['accuracy']:.4f}, avg {orig['avg_ms']:.3f} ms, bench {orig['bench_ms']:.3f} ms")
     dyn_rows, dyn_models, info = run_dynamic(args.model, train, test, args)
     dyn, within = pick_dynamic(orig, dyn_rows, args.max_drop)
+    dyn_model = with_threshold(dyn_models[dyn["budget"]], dyn["threshold"])
+    target = run_latency_target(args.model, train, test, args, info["branch"]) if args.latency_fraction else None
     st, st_model, opt_info = run_optimize_static(train, test, args, orig, dyn, out)
     st_rows = run_static(args.model, train, test, args, lambda m: log(f"(uniform) {m}"))[0] \
         if _floats(args.static_ratios) else []
     res = {"model": Path(args.model).name, "original": orig,
            "dynamic": {"rows": dyn_rows, "row": dyn, "within": within, **info},
-           "static": {"rows": st_rows, "row": st, "optimize": opt_info},
+           "static": {"rows": st_rows, "row": st, "optimize": opt_info}, "latency_target": target,
            "command": "nice -n 5 .venv/bin/python tools/bench_dynamic.py " + shlex.join(argv or sys.argv[1:])}
     if args.tvm:
-        res["tvm"] = tvm_rows(orig_m, st_model, dyn_models[(dyn["budget"], dyn["threshold"])], test, args)
+        res["tvm"] = tvm_rows(orig_m, st_model, dyn_model, test, args)
     res["seconds"], res["load"] = time.time() - t0, (load0, os.getloadavg()[0])
-    gp.save(dyn_models[(dyn["budget"], dyn["threshold"])], str(out / "dynamic.onnx"))
+    gp.save(dyn_model, str(out / "dynamic.onnx"))
     (out / "bench_dynamic.json").write_text(json.dumps(res, indent=1, default=float))
     md = markdown(res, args)
     if plot(res, out / "bench_dynamic.png"):
