@@ -291,7 +291,8 @@ def _static_lines(res) -> list:
                   f"{opt['baseline_ms']:.3f} ms); delivered `{opt['key']}`: {opt['choice_reason']}", "",
                   "| configuration | accuracy % | latency ms |", "|---|---|---|"]
         lines += [f"| {f['key']} | {_pct(f['accuracy'])} | {f['latency_ms']:.3f} |"
-                  for f in sorted(opt["front"], key=lambda f: f["latency_ms"]) if f["latency_ms"] is not None]
+                  for f in sorted((f for f in opt["front"] if f["latency_ms"] is not None),
+                                  key=lambda f: f["latency_ms"])]
         if opt.get("recovery"):
             r = opt["recovery"]
             lines.append(f"\nRecovery of the delivered model: {_pct(r.get('accuracy_before'))} % -> "
