@@ -92,6 +92,7 @@ def _parser():
     ap.add_argument("--tvm-samples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/dynamic.md")
+    ap.add_argument("--render", help="only write the tables, plot and docs section of a finished run's JSON")
     return ap
 
 
@@ -420,6 +421,10 @@ def plot(res, path: Path) -> bool:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.render:     # the tables again from a finished run's JSON, with that run's options
+        res = json.loads(Path(args.render).read_text())
+        run_args = _parser().parse_args(shlex.split(res["command"].split("tools/bench_dynamic.py", 1)[1]))
+        return render(res, run_args, Path(args.render).parent, Path(run_args.model).stem + run_args.tag)
     import torch
     torch.set_num_threads(2)
     t0, load0 = time.time(), os.getloadavg()[0]
@@ -447,6 +452,11 @@ def main(argv=None) -> int:
     res["seconds"], res["load"] = time.time() - t0, (load0, os.getloadavg()[0])
     gp.save(dyn_model, str(out / "dynamic.onnx"))
     (out / "bench_dynamic.json").write_text(json.dumps(res, indent=1, default=float))
+    return render(res, args, out, stem)
+
+
+def render(res, args, out: Path, stem: str) -> int:
+    """The markdown, the plot and the docs section from a result (also: --render OUT/bench_dynamic.json)."""
     md = markdown(res, args)
     if plot(res, out / "bench_dynamic.png"):
         md += f"\n![trade-off](bench_dynamic_{stem}.png)\n"
