@@ -241,8 +241,8 @@ def test_cli_writes_the_model(tmp_path, capsys):
     x, y = _data(m, n=64)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     code, out, err = _gp(capsys, p, "--data", tmp_path / "d.npz", "-o", tmp_path / "o.onnx", "--k", "2",
-                         "--branch-at", "middle", "--samples", "64", "--importance-samples", "16", "--epochs", "0.5", "--batch-size", "16",
-                         "--no-progress")
+                         "--branch-at", "middle", "--samples", "64", "--importance-samples", "16", "--epochs", "0.5",
+                         "--batch-size", "16", "--no-progress")
     assert code == 0, err
     assert "branch at t2" in out and "2 gated convs (4/8, 3/6 filters kept per input)" in out
     assert p.read_bytes() == before

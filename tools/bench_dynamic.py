@@ -370,8 +370,8 @@ def markdown(res, args) -> str:
     t = res.get("latency_target")
     if t:
         lat = t["latency"]
-        lines += ["", f"Latency target (`--latency-budget-fraction {lat['fraction']:g}` at threshold {t['threshold']:g}, "
-                  f"same branch): target {lat['target_ms']:.3f} ms ({lat['fraction']:g} x the original's "
+        lines += ["", f"Latency target (`--latency-budget-fraction {lat['fraction']:g}` at threshold "
+                  f"{t['threshold']:g}, same branch): target {lat['target_ms']:.3f} ms ({lat['fraction']:g} x the original's "
                   f"{lat['original_ms']:.3f} ms) -> budget {lat['budget']:.4f} after {len(lat['steps'])} probe "
                   f"measurements; the delivered model's longest path measured {lat['measured_ms']:.3f} ms "
                   f"({'met' if lat['met'] else 'NOT met'}; bench-style timing over the test images: "
