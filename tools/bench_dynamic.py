@@ -76,6 +76,7 @@ def _parser():
     ap.add_argument("--tag", default="", help="suffix of the docs section and plot (several runs of one model)")
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, dynamic and static alike")
     ap.add_argument("--dispatch", default="auto", help="graphprune dynamic --dispatch")
+    ap.add_argument("--max-subset-mib", type=float, default=256.0, help="graphprune dynamic --max-subset-mib")
     ap.add_argument("--latency-fraction", type=float, default=None,
                     help="also build one model with --latency-budget-fraction this (at the chosen branch)")
     ap.add_argument("--latency-threshold", type=float, default=0.9, help="its exit threshold")
@@ -121,7 +122,8 @@ def evaluate_dynamic(model, test, args, paths, budget, thr):
 def _options(args, **kw):
     return DynamicOptions(branch_at=args.branch_at, k=args.k, method=args.method, samples=args.train_samples,
                           epochs=args.epochs, seed=args.seed, progress=False, head_grid=args.head_grid,
-                          threshold=args.branch_threshold, threads=args.threads, dispatch=args.dispatch, **kw)
+                          threshold=args.branch_threshold, threads=args.threads, dispatch=args.dispatch,
+                          max_subset_mib=args.max_subset_mib, **kw)
 
 
 def _gather_probe_ms(model_path, res, o, args) -> float | None:
