@@ -215,6 +215,8 @@ def run_optimize_static(train, test, args, orig, dyn, out: Path):
 
     from graphprune.errors import GraphpruneError
     from graphprune.search.optimize import OptimizeOptions, run_optimize
+    import shutil
+    shutil.rmtree(out / "optimize", ignore_errors=True)   # this tool's own folder: a fresh search every run
     np.savez(out / "train.npz", x=train.x, y=train.y)
     np.savez(out / "test.npz", x=test.x, y=test.y)
     bound = max(0.0, orig["accuracy"] - dyn["accuracy"])
