@@ -1,10 +1,12 @@
 """`graphprune dynamic`: class-conditional dynamic filter pruning (DyFiP) into one ONNX model.
 
-    graphprune dynamic MODEL.onnx --data DATA -o OUT.onnx [--branch-at NODE_OR_TENSOR] [--k 3]
-        [--threshold 0.9] [--budget 0.5] [--method taylor] [--samples 4000] [--epochs 1]
+    graphprune dynamic MODEL.onnx --data DATA -o OUT.onnx [--branch-at auto|middle|NODE_OR_TENSOR] [--k 3]
+        [--threshold 0.9] [--budget 0.5 | --latency-budget-ms MS | --latency-budget-fraction F]
+        [--dispatch auto|gather|subsets] [--method taylor] [--samples 4000] [--epochs 1]
 
 The output runs at batch 1 in any ONNX runtime: trunk, branch head, and an If that either
-returns the branch's scores (early exit) or runs the rest with per-input gathered filters.
+returns the branch's scores (early exit) or runs the rest with the filters of the branch's
+top-k classes (one constant-weight copy per class subset, or weights gathered per input).
 Labels are required (the branch is trained on them). Details: docs/dynamic.md.
 """
 from __future__ import annotations
