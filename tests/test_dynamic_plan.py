@@ -156,35 +156,43 @@ def test_subset_rank_is_a_bijection_on_sets():
     assert {subset_rank(p) for p in permutations((7, 2, 5))} == {subset_rank((2, 5, 7))}
 
 
-def _random_probe():
+def _random_probe(k=2):
     """A gather-form probe with a random head and random tables, so that subsets differ."""
     from graphprune.dynamic.selection import integer_table
     m = gp.load(_cnn())
     s = split_model(m, "t2", 0.5)
-    pm = probe.probe_model(m, s, 2)
+    pm = probe.probe_model(m, s, k)
     rng = np.random.default_rng(3)
     for t in pm.graph.initializer:
         a = onnx.numpy_helper.to_array(t)
         if t.name.endswith("/table"):
-            t.CopyFrom(onnx.numpy_helper.from_array(integer_table(rng.uniform(0, 1, a.shape), 2), t.name))
+            t.CopyFrom(onnx.numpy_helper.from_array(integer_table(rng.uniform(0, 1, a.shape), k), t.name))
         elif t.name in ("dyn/head/W", "dyn/head/B"):
             t.CopyFrom(onnx.numpy_helper.from_array(rng.standard_normal(a.shape).astype(np.float32), t.name))
     return m, s, pm
 
 
-def test_subset_dispatch_equals_the_gather_form_on_every_input():
+@pytest.mark.parametrize("k,subsets", [(2, 6), (1, 4), (3, 4), (4, 1)])
+def test_subset_dispatch_equals_the_gather_form_on_every_input(k, subsets):
+    """C(4, k) leaves: balanced and unbalanced If trees, and one leaf (no tree) when k = classes."""
     from graphprune.dynamic.subsets import specialise
-    _, _, pm = _random_probe()
+    _, _, pm = _random_probe(k)
     sp = specialise(pm)
     onnx.checker.check_model(sp, full_check=True)
-    assert metadata.get_json(sp, "graphprune.dynamic")["dispatch"]["subsets"] == 6    # C(4, 2)
+    assert metadata.get_json(sp, "graphprune.dynamic")["dispatch"]["subsets"] == subsets
     assert not any(t.name.endswith("/table") for t in sp.graph.initializer)          # no run-time selection left
     x = np.random.default_rng(4).standard_normal((40, 1, 8, 8)).astype(np.float32)
     a, b = session(with_threshold(pm, 2.0)), session(with_threshold(sp, 2.0))
     outs = [(a.run(None, {"x": x[i:i + 1]})[0], b.run(None, {"x": x[i:i + 1]})[0]) for i in range(len(x))]
     for u, v in outs:
         assert np.abs(u - v).max() <= 1e-5 * max(np.abs(u).max(), 1e-30)
-    assert len({np.round(u, 4).tobytes() for u, _ in outs}) > 1
+    # the inputs reach several leaves: their branch scores' top-k sets differ
+    zm = onnx.ModelProto()
+    zm.CopyFrom(pm)
+    zm.graph.output.append(onnx.helper.make_tensor_value_info("dyn/branch_logits", onnx.TensorProto.FLOAT, [1, 4]))
+    zs = session(zm)
+    sets = {tuple(sorted(np.argsort(-zs.run(None, {"x": x[i:i + 1]})[1][0])[:k])) for i in range(len(x))}
+    assert len(sets) >= min(subsets, 2)
 
 
 def test_subset_dispatch_size_limit():
