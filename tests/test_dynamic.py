@@ -12,6 +12,7 @@ from graphprune.dynamic.export import with_threshold
 from graphprune.dynamic.graph import default_branch, split_model
 from graphprune.dynamic.measure import predictions
 from graphprune.dynamic.selection import integer_table, select_numpy
+from graphprune.dynamic.subsets import specialise
 from graphprune.errors import GraphpruneError
 from graphprune.runtime import session
 
@@ -82,7 +83,7 @@ def _build(head_grid=1):
     m = _cnn()
     x, y = _data(m)
     return m, x, y, build_dynamic(m, (x, y), DynamicOptions(k=2, threshold=0.5, budget=0.5, head_grid=head_grid,
-                                                            **_FAST))
+                                                            branch_at="middle", dispatch="gather", **_FAST))
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +106,16 @@ def test_graph_split_and_gates():
         [("c3", "bn3", "b3o", "c4", 8, 4), ("c5", None, "c5o", "fc", 6, 3)]
 
 
-@pytest.mark.parametrize("which", ["built", "built_grid"])
-def test_onnx_equals_torch_on_every_input_both_paths(which, request):
+@pytest.mark.parametrize("which,form", [("built", "gather"), ("built", "subsets"), ("built_grid", "gather")])
+def test_onnx_equals_torch_on_every_input_both_paths(which, form, request):
+    """Both forms of the gated path (weights gathered per input; one constant-weight rest per class
+    subset, graphprune.dynamic.subsets) compute the torch gated model's function."""
     m, x, y, r = request.getfixturevalue(which)
     with torch.no_grad():
         conf = torch.softmax(r.net.branch_logits(r.net.features(torch.from_numpy(x))), 1).max(1).values.numpy()
     thr = float(np.median(conf))   # half the inputs exit, half take the gated path
     r.net.threshold = thr
-    model = with_threshold(r.model, thr)
+    model = with_threshold(r.model if form == "gather" else specialise(r.model), thr)
     onnx.checker.check_model(model, full_check=True)
     scores, exits = predictions(model, x)
     with torch.no_grad():
@@ -238,8 +241,8 @@ def test_cli_writes_the_model(tmp_path, capsys):
     x, y = _data(m, n=64)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     code, out, err = _gp(capsys, p, "--data", tmp_path / "d.npz", "-o", tmp_path / "o.onnx", "--k", "2",
-                         "--samples", "64", "--importance-samples", "16", "--epochs", "0.5", "--batch-size", "16",
-                         "--no-progress")
+                         "--branch-at", "middle", "--samples", "64", "--importance-samples", "16", "--epochs", "0.5",
+                         "--batch-size", "16", "--no-progress")
     assert code == 0, err
     assert "branch at t2" in out and "2 gated convs (4/8, 3/6 filters kept per input)" in out
     assert p.read_bytes() == before
@@ -259,12 +262,13 @@ def test_tvm_compiles_and_agrees_with_onnxruntime_on_both_paths(built):
         conf = torch.softmax(r.net.branch_logits(r.net.features(torch.from_numpy(x))), 1).max(1).values.numpy()
     model = with_threshold(r.model, float(np.median(conf)))
     scores, exits = predictions(model, x)
-    compiled = compile_model(model, "x86")
     picks = list(np.flatnonzero(exits)[:3]) + list(np.flatnonzero(~exits)[:3])
     assert len(picks) == 6
-    for i in picks:
-        got = run_tvm_local(compiled, {"x": x[i:i + 1]})[0]
-        assert np.abs(got - scores[i]).max() <= 1e-5 * np.abs(scores[i]).max(), i
+    for form in (model, specialise(model)):    # gather form, subset-dispatch form (nested Ifs)
+        compiled = compile_model(form, "x86")
+        for i in picks:
+            got = run_tvm_local(compiled, {"x": x[i:i + 1]})[0]
+            assert np.abs(got - scores[i]).max() <= 1e-5 * np.abs(scores[i]).max(), i
 
 
 def test_with_threshold_refuses_a_model_that_is_not_dynamic():

@@ -8,8 +8,11 @@ importance, and one deployable ONNX model with an early exit and per-input gated
 Modules, one job each: `graph` (branch point, trunk/rest split, which convs can be gated;
 no torch), `selection` (per-class importance as exact integer tables, top-N rule),
 `gated` (the torch model, head training, fine-tuning with the gating in place), `export`
-(the ONNX assembly: If, TopK, Gather), `build` (the recipe end to end), `measure`
-(accuracy and latency over data with onnxruntime/TVM, as `graphprune bench` times).
+(the ONNX assembly: If, TopK, Gather), `subsets` (the same model with one constant-weight
+rest per class subset), `probe` (path latencies measured on shape-only probes; the budget
+from a latency target), `branch_search` (candidates tried and picked), `plan` (the choices
+made before training), `build` (the recipe end to end), `measure` (accuracy and latency over
+data with onnxruntime/TVM, as `graphprune bench` times).
 Heavy modules load on first use so that the CLI's parser stays light.
 """
 __all__ = ["build_dynamic", "DynamicOptions", "DynamicResult"]
