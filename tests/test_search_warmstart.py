@@ -101,3 +101,30 @@ def test_random_start_hopeless_needs_an_error_bound_and_hold_outs():
 def test_an_unknown_search_start_is_refused_in_one_line():
     with pytest.raises(GraphpruneError, match="--search-start must be one of auto, near, random"):
         validate(OptimizeOptions(model="m.onnx", data="d.npz", outdir=None, search_start="close"))
+
+
+def test_optimize_with_search_start_near_measures_the_suggestions_first(tmp_path, monkeypatch):
+    """End to end on the tiny model: the first search candidates are the suggested perturbations, in order
+    (those the sensitivity sweep already measured are answered from it), each differing from the original in
+    a few groups; the log says why."""
+    from graphprune.search import stages, warmstart
+    from graphprune.search.optimize import run_optimize
+    from test_search_common import write_case
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    mp, dp = write_case(tmp_path, n=64)
+    given, real = [], warmstart.suggest_near_original
+    monkeypatch.setattr(stages.warmstart, "suggest_near_original", lambda st: given.extend(real(st)) or given)
+    lines: list[str] = []
+    o = OptimizeOptions(model=str(mp), data=str(dp), outdir=str(tmp_path / "out"), budget=8, repeats=3,
+                        channel_step=4, holdout=2, progress=False, max_error_increase=0.5, threads=1, seed=3,
+                        search_start="near")
+    s = run_optimize(o, log=lines.append)
+    search = [r for r in s["_measured"] if r.get("phase") == "search"]
+    n = len(given)   # at most budget // 2; fewer when the sensitivity-bounded space has fewer light ones
+    assert 2 <= n <= 4 and any(f"search start: {n} light perturbations" in ln for ln in lines)
+    full = {int(k): v for k, v in next(r for r in s["_measured"] if r.get("phase") == "baseline")["config"].items()}
+    cfg = lambda r: {int(k): v for k, v in r["config"].items()}   # noqa: E731
+    before = [cfg(r) for r in s["_measured"] if r.get("phase") != "search"]
+    new = [c for c in given if c not in before]   # one already swept is answered from the journal
+    assert new and [cfg(r) for r in search[:len(new)]] == new
+    assert all(0 < sum(c[g] != full[g] for g in full) <= 2 for c in given)
