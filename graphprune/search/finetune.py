@@ -28,7 +28,7 @@ from graphprune.search.objectives import error_rate
 
 BN_SAMPLES = 512   # training samples the BN statistics are recomputed on before each training phase
 LR_TRIES = 3       # a recovery that ends below where it started is redone at lr/10, then lr/100
-BN_HARM = 0.005    # recalibrating the original may cost this much of the metric and still be used (_bn_suits_data)
+BN_HARM = 0.005    # recalibrating the original may cost this much of the metric (or 2 samples' worth) and still be used
 
 
 def _match(an_from, an_to, config: dict[int, int]) -> dict[int, int]:
@@ -90,7 +90,7 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
     acc_before = 1.0 - error_fn(before)
     goal = training_objective(model, train, distill_weight, temperature)
     calib = train.x[np.sort(np.random.default_rng(seed).permutation(len(train))[:bn_samples])]
-    use_bn = _bn_suits_data(model, calib, batch_size, error_fn, log)
+    use_bn = _bn_suits_data(model, calib, batch_size, error_fn, log, n_eval=_n(x_eval))
     worse = []
     for k in range(LR_TRIES):
         cur, rep = _recover_at(model, an, config, criterion, train, x_eval, epochs, steps, lr / 10 ** k, batch_size,
@@ -104,9 +104,15 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
     return cur, rep
 
 
-def _bn_suits_data(model, calib, batch_size, error_fn, log) -> bool:
+def _n(x) -> int:
+    from graphprune.metrics.runner import n_samples
+    return n_samples(x) if isinstance(x, dict) else len(x)
+
+
+def _bn_suits_data(model, calib, batch_size, error_fn, log, n_eval: int = 0) -> bool:
     """Whether recovery should recalibrate BNs on this data: not when recalibrating the ORIGINAL
-    model on it loses more than BN_HARM of the metric (error_fn).
+    model on it loses more than BN_HARM of the metric (error_fn), nor less than two of the
+    n_eval judged samples' worth (2 / n_eval: one or two samples changing their outcome is noise).
 
     Recalibration is there because pruning shifts the statistics; on the unpruned model it
     should change nothing but noise. When it does change the metric, the data's statistics
@@ -122,7 +128,7 @@ def _bn_suits_data(model, calib, batch_size, error_fn, log) -> bool:
     if not rep.layers:
         return True
     before, after = 1 - error_fn(model), 1 - error_fn(new)
-    if before - after <= BN_HARM:
+    if before - after <= max(BN_HARM, 2.0 / max(n_eval, 1)):
         return True
     log(f"BN recalibration on this data lowers the ORIGINAL model's metric ({100 * before:.2f} % -> "
         f"{100 * after:.2f} %): recovery keeps the pruned model's own BN statistics and trains with them frozen")
