@@ -89,8 +89,9 @@ def _parser():
                     help="recovery learning rate (default 0.01; 0.001 for slider and 1e-5 for u2netp, which have "
                          "no BN: SGD diverges on u2netp at lr >= 1e-4, docs/bench_unlabelled.md)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per candidate in the search (default 10, "
-                                                                 "slider 3, ppocr_det 30: 10 were noise on a loaded host)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs per candidate in the search (default 10, slider 3, ppocr_det 30: 10 were noise "
+                         "on a loaded host)")
     ap.add_argument("--pairs", type=int, default=40, help="alternating pairs in the final side-by-side timing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
