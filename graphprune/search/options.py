@@ -50,6 +50,7 @@ class OptimizeOptions:
     group_bounds: str | None = None
     sensitivity_ratios: tuple = (0.25, 0.5, 0.75)
     holdout: int = 6
+    search_start: str = "auto"          # auto | near | random (graphprune.search.warmstart)
     uniform_ratios: tuple = (0.25, 0.5, 0.75)
     samples: int | None = None          # evaluate on a fixed-seed subset of --data
     epochs: float = 0.0                 # recovery fine-tuning (0: none)
@@ -188,6 +189,8 @@ def validate(o: OptimizeOptions) -> list[str]:
         if name not in objectives:
             raise GraphpruneError(f"--prefer {name}: not one of the objectives ({', '.join(objectives)})")
     check_optimizer(o.optimizer)
+    from graphprune.search.warmstart import check_mode
+    check_mode(o.search_start)
     _validate_metric_name(o.metric)
     return objectives
 

@@ -17,6 +17,7 @@ from graphprune.inputs import input_shape_text
 from graphprune.search import joint
 from graphprune.search import objectives as obj
 from graphprune.search import sensitivity as sens
+from graphprune.search import warmstart
 from graphprune.search.cluster import is_dask_client, make_cluster_executor
 from graphprune.search.evaluate import Evaluator
 from graphprune.search.executor import make_executor
@@ -327,6 +328,7 @@ def search(st) -> None:
                        st.batch, o.seed, exact_counts=exact_counts, progress=progress)
     st.search.refit(st.measured)   # the surrogate is refitted on everything measured as the search goes
     joint.suggest(st)              # --quantize: the optimizer starts from the all-int8 baselines
+    warmstart.suggest_near_original(st)   # --search-start: light perturbations of the original first
     if not st.search.screening:
         st.log(f"note: --budget {o.budget} is below {o.optimizer}'s first population ({st.search.population}): "
                "every candidate is measured, none screened by the surrogate")
