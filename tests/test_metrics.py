@@ -60,7 +60,7 @@ def test_defaults_follow_labels_and_output_shape():
     assert default_metric_name(False, (8, 10, 1, 1)) == "agreement"
     assert default_metric_name(False, (8, 1, 32, 32)) == "fidelity"
     assert default_metric_name(False, (8, 6, 64)) == "fidelity"
-    assert set(METRICS) == {"accuracy", "agreement", "fidelity", "detection", "segmentation", "text-boxes"}
+    assert set(METRICS) == {"accuracy", "agreement", "fidelity", "detection", "segmentation", "text-boxes", "saliency"}
 
 
 # ---- fidelity -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def register(sub) -> None:
                         "or an image folder (one subfolder per class, or images without labels)")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: <model stem>_optimized)")
     p.add_argument("--metric", help="quality metric: accuracy (labels), agreement, fidelity, detection, "
-                                    "segmentation, text-boxes or package.module:function (default: accuracy with "
+                                    "segmentation, text-boxes, saliency or package.module:function (default: accuracy with "
                                     "labels, "
                                     "agreement for a classifier without, fidelity otherwise; docs/metrics.md)")
     g = p.add_argument_group("image folders (--data, --train-data)")

@@ -13,6 +13,7 @@ error objective is 1 - metric.
     detection       the original model     detection         YOLO-style detectors: mAP@0.5 vs the original's boxes
     segmentation    the original model     segmentation      segmenters: mIoU of masks vs the original's
     text-boxes      the original model     textboxes         DB text detectors: F1 of the text boxes vs the original's
+    saliency        the original model     saliency          salient-object maps (u2netp): 1 - MAE vs the original's map
     pkg.mod:func    the original (+labels) user              the user's own task measure
 
 Use: `m = get_metric(name, model, has_labels)`, `ref = reference_outputs(model, x, m, y)` once,
@@ -30,6 +31,7 @@ from graphprune.metrics.detection import classes_from_metadata, detection_metric
 from graphprune.metrics.fidelity import FIDELITY
 from graphprune.metrics.segmentation import SEGMENTATION
 from graphprune.metrics.runner import evaluate, reference_outputs
+from graphprune.metrics.saliency import SALIENCY
 from graphprune.metrics.textboxes import TEXT_BOXES
 from graphprune.metrics.user import is_user_metric, user_metric
 
@@ -41,6 +43,7 @@ METRICS = {
     "detection": lambda model: detection_metric(classes_from_metadata(model), nms_in_graph(model)),
     "segmentation": lambda model: SEGMENTATION,
     "text-boxes": lambda model: TEXT_BOXES,
+    "saliency": lambda model: SALIENCY,
 }
 NAMES_TEXT = ", ".join(METRICS) + " or package.module:function"
 
@@ -57,7 +60,7 @@ def get_metric(name: str, model=None, has_labels: bool = True) -> Metric:
     if metric.needs_labels and not has_labels:
         raise GraphpruneError(f"--metric {name} needs labels and the data has none (a .npz with 'y' or an image "
                               "folder with one subfolder per class); without labels use agreement (classifiers), "
-                              "fidelity, detection, segmentation, text-boxes or package.module:function")
+                              "fidelity, detection, segmentation, text-boxes, saliency or package.module:function")
     return metric
 
 
