@@ -8,7 +8,7 @@ Per model (--models, in this order by default):
   u2netp     rembg's salient-object segmenter at 128x128 (a copy of u2netp.onnx with its input
              set to 128x128 -- the graph computes every Resize target from shapes, so it is the
              same network at a smaller input; written to OUT, never committed) on synthetic
-             scenes (metric: segmentation);
+             scenes (metric: saliency, 1 - MAE of the normalised map vs the original's);
   slider     captcha-recognizer's slider.onnx (YOLO11s-seg, 640x640) on slider-captcha-like
              scenes (metric: detection, mAP@0.5 vs the original's boxes).
 Images, epochs, timed runs, slack and budget are per model (MODELS, DEFAULTS): the two slow
