@@ -21,6 +21,18 @@ def register(sub) -> None:
                                     "segmentation, text-boxes, saliency or package.module:function (default: accuracy with "
                                     "labels, "
                                     "agreement for a classifier without, fidelity otherwise; docs/metrics.md)")
+    _add_image_folders(p)
+    _add_latency(p)
+    _add_objectives(p)
+    _add_search(p)
+    g = _add_recovery(p)
+    _add_recovery_without_labels(p)
+    _add_quantize(p)
+    g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
+    p.set_defaults(func=optimize)
+
+
+def _add_image_folders(p) -> None:
     g = p.add_argument_group("image folders (--data, --train-data)")
     g.add_argument("--size", type=int, nargs="+", help="resize to H [W] (default: the model's static input size)")
     g.add_argument("--mean", help="per-channel mean after --scale, e.g. '0.485,0.456,0.406'")
@@ -28,6 +40,9 @@ def register(sub) -> None:
     g.add_argument("--scale", help="pixel scale applied first (default 1/255)")
     g.add_argument("--channel-order", choices=("rgb", "bgr"), help="channel order (default rgb)")
     g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout (default nchw)")
+
+
+def _add_latency(p) -> None:
     g = p.add_argument_group("latency (as `graphprune bench`)")
     g.add_argument("--target", default="x86", help="target, or a comma list searched in one run (docs/scaling.md)")
     g.add_argument("--backend", default="ort", help="ort or tvm; a comma list aligned with --target")
@@ -47,6 +62,9 @@ def register(sub) -> None:
                    help="measure on this target instead when --target has no reachable device; every output "
                         "is labelled as stand-in timings")
     g.add_argument("--targets-file", metavar="JSON")
+
+
+def _add_objectives(p) -> None:
     g = p.add_argument_group("objectives, constraints, preferences")
     g.add_argument("--objectives", default="latency,error",
                    help="comma list of latency, error, macs, params, energy (default latency,error)")
@@ -55,6 +73,9 @@ def register(sub) -> None:
     g.add_argument("--latency-budget", metavar="T", help="constraint: latency at most T (e.g. 4ms, 800us)")
     g.add_argument("--prefer", action="append", metavar="OBJ=W",
                    help="weight of an objective in the final choice (default 1 each), e.g. latency=2")
+
+
+def _add_search(p) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--optimizer", default="DE", help="nevergrad optimizer name (DE, TwoPointsDE, NGOpt, CMA, ...)")
     g.add_argument("--budget", type=int, default=60, help="candidates the optimizer proposes (default 60)")
@@ -79,6 +100,10 @@ def register(sub) -> None:
     add_input_shape(g, "for the analysis and the latency timed", default="the analysis keeps dynamic dims "
                     "symbolic; latency is timed at the data's shape with batch 1")
     add_no_progress(g)
+
+
+def _add_recovery(p):
+    """The recovery group (returned: --json is added to it last, where --help has always listed it)."""
     g = p.add_argument_group("recovery by fine-tuning")
     g.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs in all (0: no recovery)")
     g.add_argument("--train-data", help="training data for fine-tuning (default: hold out part of --data)")
@@ -91,10 +116,7 @@ def register(sub) -> None:
     g.add_argument("--finetune-steps", type=int, default=2, help="prune in this many steps, fine-tuning between")
     g.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate (default 0.01)")
     g.add_argument("--batch-size", type=int, default=64)
-    _add_recovery_without_labels(p)
-    _add_quantize(p)
-    g.add_argument("--json", action="store_true", help="print pareto.json's summary to stdout")
-    p.set_defaults(func=optimize)
+    return g
 
 
 def _add_recovery_without_labels(p) -> None:
