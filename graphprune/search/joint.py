@@ -28,6 +28,8 @@ def objectives(o, names: list[str]) -> list[str]:
     documented estimate), not latency x stated power; --prefer follows."""
     prec.check_mode(getattr(o, "quantize", "off"))
     if not enabled(o):
+        if getattr(o, "quantize_exclude", ()):
+            raise GraphpruneError("--quantize-exclude needs --quantize int8 or mixed")
         return names
     if not (isinstance(o.calibration_samples, int) and not isinstance(o.calibration_samples, bool)
             and o.calibration_samples >= 1):
@@ -64,7 +66,7 @@ def prepare(st) -> None:
         return
     from graphprune.data.dataset import Dataset
     from graphprune.quant.calibration import calibration_feeds
-    from graphprune.quant.precision import check_float_model
+    from graphprune.quant.precision import check_float_model, check_node
     o = st.o
     check_float_model(st.model)
     train, source = st.train, "the training data (--train-data)" if o.train_data else None
@@ -81,18 +83,25 @@ def prepare(st) -> None:
         calib = calibration_feeds(st.model, sample.x)
     except GraphpruneError as exc:
         raise GraphpruneError(f"--quantize: no usable calibration data: {exc}") from None
+    exclude = list(dict.fromkeys(getattr(o, "quantize_exclude", ()) or ()))
+    names = {n.name for n in st.model.graph.node if n.name}
+    for node in exclude:
+        check_node(node, names)
     text = (f"{len(sample)} samples of {source}, fixed seed {seed}; MinMax, per-channel symmetric int8 weights, "
-            "uint8 activations (onnxruntime quantize_static, QDQ)")
-    st.space = prec.joint_space(st.space, st.model, o.quantize, text)
+            "uint8 activations (onnxruntime quantize_static, QDQ)"
+            + (f"; {len(exclude)} node(s) kept fp32 (--quantize-exclude)" if exclude else ""))
+    st.space = prec.joint_space(st.space, st.model, o.quantize, text, exclude)
     st.user_space = st.space
-    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text}
+    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text,
+                "exclude": exclude}
 
 
 def wrap_initializer(st, init, args):
     """The executor's initializer, followed by the joint configuration in each worker."""
     if st.joint is None:
         return init, args
-    return prec.init_worker, (init, args, st.joint["layers"], st.joint["calib"], st.spec.input_shapes)
+    return prec.init_worker, (init, args, st.joint["layers"], st.joint["calib"], st.spec.input_shapes,
+                              st.joint["exclude"])
 
 
 def attach(st) -> None:
@@ -102,7 +111,7 @@ def attach(st) -> None:
         prec.configure(None)
         return
     from graphprune.cost.rapl import rapl_unavailable
-    prec.configure(st.joint["layers"], st.joint["calib"], st.spec.input_shapes)
+    prec.configure(st.joint["layers"], st.joint["calib"], st.spec.input_shapes, st.joint["exclude"])
     st.ev.job = prec.evaluate_job
     rapl = prec.rapl_measure(st.spec, st.x)
     st.joint["rapl"] = rapl is not None
@@ -195,6 +204,7 @@ def add_summary(st, s: dict) -> None:
     s["quantize"] = {"mode": st.joint["mode"], "calibration": st.joint["calibration"],
                      "energy": st.joint["energy_text"], "energy_label": "measured" if st.joint["rapl"]
                      else "estimated", "axes": {str(g): v for g, v in st.joint["layers"].items()},
+                     "excluded": st.joint["exclude"],
                      "delivered_precision": delivered}
 
 

@@ -74,12 +74,15 @@ class JointSpace(SearchSpace):
         return out
 
 
-def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibration: str = "") -> JointSpace:
-    """`space` plus the precision axes of `mode` for `model`'s quantizable layers."""
+def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibration: str = "",
+                exclude=()) -> JointSpace:
+    """`space` plus the precision axes of `mode` for `model`'s quantizable layers; the layers in
+    `exclude` (fixed fp32, `--quantize-exclude`) get no axis."""
     from graphprune.quant import quantizable_nodes
-    layers = quantizable_nodes(model)
+    layers = [n for n in quantizable_nodes(model) if n not in set(exclude)]
     if not layers:
-        raise GraphpruneError("--quantize: the model has no named Conv, ConvTranspose, Gemm or MatMul to quantize")
+        raise GraphpruneError("--quantize: the model has no named Conv, ConvTranspose, Gemm or MatMul to quantize"
+                              + (" outside --quantize-exclude" if exclude else ""))
     if mode == "int8":
         axes = {-1: layers}
         extra = [Axis(-1, 1, 1, [INT8], list(layers))]
@@ -110,19 +113,21 @@ def precision_map(config: dict, layers: dict) -> dict[str, str]:
 _JOINT: dict = {}
 
 
-def configure(layers: dict | None, calib=None, input_shapes=None) -> None:
-    """Build every candidate as deployed from now on in this process (None: plain pruning)."""
+def configure(layers: dict | None, calib=None, input_shapes=None, exclude=()) -> None:
+    """Build every candidate as deployed from now on in this process (None: plain pruning);
+    `exclude`: nodes every candidate keeps fp32."""
     _JOINT.clear()
     obj._STATE.pop("joint", None)
     if layers is not None:
-        _JOINT.update(layers={int(k): v for k, v in layers.items()}, calib=calib, input_shapes=input_shapes)
+        _JOINT.update(layers={int(k): v for k, v in layers.items()}, calib=calib, input_shapes=input_shapes,
+                      exclude=list(exclude))
         obj._STATE["joint"] = build
 
 
-def init_worker(base_init, base_args, layers, calib, input_shapes) -> None:
+def init_worker(base_init, base_args, layers, calib, input_shapes, exclude=()) -> None:
     """Executor initializer: the run's own initializer, then the joint configuration."""
     base_init(*base_args)
-    configure(layers, calib, input_shapes)
+    configure(layers, calib, input_shapes, exclude)
 
 
 def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
@@ -135,7 +140,8 @@ def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
         out.CopyFrom(pruned)
         record_precision(out, dict(pmap), format="fp32")
         return out
-    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap).run(pruned)
+    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap,
+                            exclude=_JOINT.get("exclude")).run(pruned)
 
 
 def _pruned(config: dict) -> onnx.ModelProto:
