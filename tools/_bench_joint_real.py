@@ -42,8 +42,6 @@ RUNS = {"prune": "off", "joint_int8": "int8"}
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench_joint.py --model NAME", description="real-model options")
     ap.add_argument("--held", type=int, default=12, help="held-out images (reported, never searched or trained on)")
-    ap.add_argument("--train-images", type=int, default=None, help="training images (recovery, calibration; "
-                                                                    "default: the model's, 12 for slider)")
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--recovery-slack", type=float, default=None)
@@ -61,7 +59,7 @@ def _settings(args, rest) -> tuple[argparse.Namespace, dict]:
         raise SystemExit(f"unknown --model {args.model!r}; choose from {', '.join(MODELS)}")
     a = argparse.Namespace(**vars(args), **vars(_parser().parse_args(rest)))
     a.val = args.val or 12
-    a.train = a.train_images or setting(a, spec, "train")
+    a.train = setting(a, spec, "train")
     a.epochs, a.lr = setting(a, spec, "epochs"), setting(a, spec, "lr")
     a.recovery_slack, a.repeats = setting(a, spec, "recovery_slack"), args.repeats or setting(a, spec, "repeats")
     a.calib = args.calib or a.train

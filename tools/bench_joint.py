@@ -224,7 +224,8 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--val", type=int, default=None, help="images the searches select on (2000 test images; "
                     "--model: the model's validation images, default 12)")
-    ap.add_argument("--train", type=int, default=4096, help="training images written (calibration draws from them)")
+    ap.add_argument("--train", type=int, default=None, help="training images written (calibration draws from them; "
+                    "4096; --model: the model's, 12 for slider)")
     ap.add_argument("--calib", type=int, default=None, help="calibration samples (256; --model: all training images)")
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per search candidate (20; --model: the "
@@ -244,7 +245,7 @@ def main() -> int:
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     args.val, args.calib, args.repeats = args.val or 2000, args.calib or 256, args.repeats or 20
-    args.lat_repeats = args.lat_repeats or 200
+    args.lat_repeats, args.train = args.lat_repeats or 200, args.train or 4096
     os.environ.setdefault("GRAPHPRUNE_CACHE", str(Path(args.out) / "latency_cache"))
     import onnxruntime as ort
     t0, load0 = time.time(), os.getloadavg()
