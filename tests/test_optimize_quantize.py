@@ -295,3 +295,43 @@ def test_quantize_exclude_gets_no_axis_and_bad_names_fail_before_outdir(tiny, tm
     with pytest.raises(GraphpruneError, match="--quantize-exclude needs --quantize int8 or mixed"):
         run_optimize(_opts(case, tmp_path / "o2", quantize="off", quantize_exclude=("fc",)), log=lambda m: None)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_fp16_candidates_run_in_onnxruntime_within_tolerance(tiny):
+    """--quantize fp16: a candidate is the pruned model through Float16Pass (fp32 inputs/outputs);
+    onnxruntime CPU runs it within 1e-2 of the fp32 output range (fp16 keeps ~3 decimal digits)."""
+    from graphprune.runtime import run
+    model, x, _ = tiny
+    space = _space(model, "fp16")
+    assert [a.choices for a in space.axes if a.gid < 0] == [[prec.INT8]] and space.layers == {-1: LAYERS}
+    try:
+        prec.configure(space.layers, None, None, mode="fp16")
+        cfg = {**space.full(), -1: 0}
+        pmap = prec.precision_map(cfg, space.layers)
+        assert pmap == {n: "fp16" for n in LAYERS}
+        h = prec.quantize(model, pmap)
+    finally:
+        prec.configure(None)
+    assert graph_precision(h) == pmap == precision_of(h)
+    assert model_size(h).bytes == projected_size(model, pmap)
+    onnx.checker.check_model(h)
+    ref, got = run(model, {"x": x[:64]})[0], run(h, {"x": x[:64]})[0]
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+
+
+def test_optimize_fp16_needs_a_target_with_fp16(tmp_path):
+    case = write_case(tmp_path, n=32)
+    with pytest.raises(GraphpruneError, match=r"--quantize fp16: target 'x86' does not declare fp16 support"):
+        run_optimize(_opts(case, tmp_path / "o1", quantize="fp16"), log=lambda m: None)
+    assert not (tmp_path / "o1").exists()
+    tf = tmp_path / "t.json"   # this host declared with fp16 kernels (a targets file overrides the built-in)
+    tf.write_text(json.dumps({"targets": {"x86": {"tvm": {"kind": "llvm"}, "precisions": ["fp32", "fp16"]}}}))
+    out = tmp_path / "o2"
+    s = run_optimize(_opts(case, out, quantize="fp16", targets_file=str(tf), budget=2,
+                           objectives="error,size"), log=lambda m: None)
+    best = onnx.load(str(out / "best.onnx"))
+    assert set(graph_precision(best).values()) == {"fp16"} and s["chosen"]["fp16_layers"] == 5
+    assert s["chosen"]["size_bytes"] == model_size(best).bytes
+    assert "fp16" in (out / "report.md").read_text()

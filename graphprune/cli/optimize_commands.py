@@ -109,9 +109,10 @@ def _add_recovery_without_labels(p) -> None:
 
 def _add_quantize(p) -> None:
     g = p.add_argument_group("joint pruning + quantization (docs/quantization.md)")
-    g.add_argument("--quantize", default="off", metavar="{off,int8,mixed}",
+    g.add_argument("--quantize", default="off", metavar="{off,int8,mixed,fp16}",
                    help="off (default): prune only; int8: every candidate is the pruned model quantized int8 "
-                        "(QDQ, calibrated); mixed: fp32/int8 per quantizable layer is searched with the channels")
+                        "(QDQ, calibrated); mixed: fp32/int8 per quantizable layer is searched with the channels; "
+                        "fp16: every candidate converted to fp16 (targets with fp16 arithmetic, e.g. cuda)")
     g.add_argument("--calibration-samples", type=int, default=256, metavar="N",
                    help="--quantize: calibration samples, a fixed-seed subset of --train-data (else of the "
                         "part held out for fine-tuning, else of --data) (default 256)")
