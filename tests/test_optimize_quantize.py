@@ -183,7 +183,7 @@ def test_cli_unknown_precision_is_one_line(tmp_path, capsys):
     mp, dp = write_case(tmp_path, n=32)
     rc = main(["optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "out"), "--quantize", "fp8"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["graphprune: error: unknown --quantize 'fp8'; choose from off, int8, mixed"]
+    assert rc == 2 and err == ["graphprune: error: unknown --quantize 'fp8'; choose from off, int8, mixed, fp16"]
     assert not (tmp_path / "out").exists()
     assert PRECISION_KEY == "graphprune.precision"
 
