@@ -34,7 +34,7 @@ import onnx
 from _docs import cpu_name, update_section
 from _real_models import (MODELS, image_options, model_file, quantize_exclude, search_options, setting,
                           write_data)
-from bench_joint import DOC, ROOT, calibration, front_points, latencies, log, plot, run_options
+from bench_joint import DOC, ROOT, calibration, finished, front_points, latencies, log, plot, run_options
 
 RUNS = {"prune": "off", "joint_int8": "int8"}
 
@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--finetune-steps", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume", action="store_true", help="continue the searches' journals instead of starting fresh")
+    ap.add_argument("--resume", action="store_true", help="reuse finished searches (their pareto.json and best.onnx) "
+                                                         "and continue unfinished ones' journals")
+    ap.add_argument("--only", choices=sorted(RUNS), default=None,
+                    help="run this one search and stop (another process may run the other; then --resume assembles)")
     return ap
 
 
@@ -93,10 +96,11 @@ def bench_real(a, spec) -> dict:
     from graphprune.passes import QuantizeInt8Pass
     from graphprune.search.optimize import OptimizeOptions
     out = Path(a.out) / a.model
-    if not a.resume:
-        shutil.rmtree(out, ignore_errors=True)   # fresh searches, and a latency cache of this run only
+    runs = {a.only: RUNS[a.only]} if a.only else RUNS
+    for k in runs if not a.resume else ():
+        shutil.rmtree(out / k, ignore_errors=True)   # fresh searches, and a latency cache of this run only
+        shutil.rmtree(out / f"cache_{k}", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["GRAPHPRUNE_CACHE"] = str(out / "cache")
     path = model_file(a.model, spec, out)
     base = onnx.load(str(path))
     ex = quantize_exclude(spec, base)
@@ -107,11 +111,17 @@ def bench_real(a, spec) -> dict:
     log(f"{a.model}: {len(val)} val / {len(train)} train / {len(held)} held-out images; {len(ex)} node(s) kept fp32 "
         f"in int8 models")
     searches = {}
-    for k, mode in RUNS.items():
+    for k, mode in runs.items():
+        if a.resume and (out / k / "pareto.json").exists():   # finished (by this or another process)
+            searches[k] = finished(out / k)
+            continue
+        os.environ["GRAPHPRUNE_CACHE"] = str(out / f"cache_{k}")   # each search's own latency cache
         o = OptimizeOptions(**search_options(path, val_dir, train_dir, spec, has_bn, a, out / k), quantize=mode,
                             calibration_samples=a.calib, quantize_exclude=tuple(ex) if mode != "off" else (),
                             resume=(out / k / "journal.jsonl").exists())
         searches[k] = run_options(o, out / k)
+    if a.only:
+        return None
     calib = calibration(train, a.calib, a.seed)
     delivered = {k: onnx.load(str(out / k / "best.onnx")) for k in searches if (out / k / "best.onnx").exists()}
     models = {"fp32 original": base, "quantize only (int8)": QuantizeInt8Pass(calib, exclude=ex).run(base)}
@@ -156,6 +166,8 @@ def main_real(args, rest) -> int:
     a, spec = _settings(args, rest)
     t0, load0 = time.time(), os.getloadavg()
     res = bench_real(a, spec)
+    if res is None:   # --only: one search done
+        return 0
     load1 = os.getloadavg()
     res.update(wall_s=time.time() - t0, load=[load0[0], load1[0]])
     Path(a.out, f"bench_joint_{a.model}.json").write_text(json.dumps(res, indent=1, default=str))
