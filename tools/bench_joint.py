@@ -21,6 +21,12 @@ interleaved rounds (median of the rounds' medians). Size: graphprune.cost.model_
 ISSCC 2014 45 nm model); RAPL is not readable on this host.
 
     nice -n 5 .venv/bin/python tools/bench_joint.py [--budget 40] [--val 2000] [--no-write]
+    nice -n 5 .venv/bin/python tools/bench_joint.py --model slider --budget 40 --held 12
+
+--model NAME: a public model of the robustness work (captcha-recognizer's YOLO11s-seg `slider`,
+rapidocr's `ppocr_det`, rembg's `u2netp`) on synthetic unlabelled images, with recovery
+(tools/_bench_joint_real.py; data, metric and search settings shared with tools/bench_unlabelled.py
+through tools/_real_models.py).
 
 Writes OUT (default out/bench_joint)/<model>/{prune,joint_int8,joint_mixed}/ (optimize's outputs),
 OUT/bench_joint.json, and docs/bench_joint.md (table between markers) + docs/bench_joint_<model>.png.
