@@ -335,3 +335,12 @@ def test_optimize_fp16_needs_a_target_with_fp16(tmp_path):
     assert set(graph_precision(best).values()) == {"fp16"} and s["chosen"]["fp16_layers"] == 5
     assert s["chosen"]["size_bytes"] == model_size(best).bytes
     assert "fp16" in (out / "report.md").read_text()
+
+
+def test_cli_quantize_exclude_is_split_and_checked(tmp_path, capsys):
+    mp, dp = write_case(tmp_path, n=32)
+    rc = main(["optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "out"), "--quantize", "int8",
+               "--quantize-exclude", "conv1,fc", "--quantize-exclude", "fcc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["graphprune: error: no node named 'fcc' in the model (did you mean 'fc'?)"]
+    assert not (tmp_path / "out").exists()
