@@ -158,7 +158,18 @@ def table(res: dict, max_drop: float) -> str:
         out.append(f"| {r['method']} | {r['val']:.4f} | {ok} | {r['held']:.4f} | {r['ms']:.1f} | "
                    f"{b['ms'] / r['ms']:.2f}x | {r['bytes']:,} | {b['bytes'] / r['bytes']:.2f}x | {r['uj']:.0f} | "
                    f"{b['uj'] / r['uj']:.2f}x | {r['int8']}/{r['layers']} |")
+    for k, label in (("prune", "prune only"), ("joint_int8", "joint (--quantize int8)")):
+        if res["searches"][k]["chosen"] is None:   # nothing within the bound: no model, say why
+            out.append(f"| {label} | nothing delivered: {_short(res['searches'][k]['choice_reason'])} "
+                       "| | | | | | | | | |")
     return "\n".join(out)
+
+
+def _short(reason: str) -> str:
+    """optimize's reason without the long configuration keys."""
+    import re
+    text = re.sub(r"(\d+-){8,}\d+", "(configuration)", reason)
+    return text.translate({ord("["): None, ord("]"): None, ord("|"): "/"})[:400]
 
 
 def main_real(args, rest) -> int:

@@ -162,14 +162,16 @@ def bench_model(name: str, args, val, held, train) -> dict:
 
 def front_points(searches: dict) -> dict:
     """(latency, size, accuracy) of every measured candidate, by family: prune only (the off run),
-    quantize only (the mixed run's candidates that prune nothing), joint (the int8/mixed runs' pruned ones)."""
+    quantize only (the quantized runs' candidates that prune nothing), joint (their pruned candidates
+    with at least one int8 layer)."""
     fam = {"prune only": [], "quantize only": [], "joint": []}
     for k, s in searches.items():
         groups = [g for g in s["space"]["groups"] if g["id"] >= 0]
         for r in s["_measured"]:
             pruned = any(int(r["config"][str(g["id"])]) != g["units"] for g in groups)
             int8 = r.get("int8_layers", 0) > 0
-            f = "prune only" if k == "prune" else ("joint" if pruned else "quantize only" if int8 else None)
+            # a quantized run's fp32 candidates (its group sensitivity sweep) belong to no family
+            f = "prune only" if k == "prune" else None if not int8 else "joint" if pruned else "quantize only"
             if f and r.get("latency_ms") is not None:
                 fam[f].append((r["latency_ms"], r["size_bytes"], 100 * (1 - r["error"])))
     return fam
