@@ -183,7 +183,7 @@ def test_cli_unknown_precision_is_one_line(tmp_path, capsys):
     mp, dp = write_case(tmp_path, n=32)
     rc = main(["optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "out"), "--quantize", "fp8"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["graphprune: error: unknown --quantize 'fp8'; choose from off, int8, mixed"]
+    assert rc == 2 and err == ["graphprune: error: unknown --quantize 'fp8'; choose from off, int8, mixed, fp16"]
     assert not (tmp_path / "out").exists()
     assert PRECISION_KEY == "graphprune.precision"
 
@@ -251,3 +251,96 @@ def test_bench_joint_sorts_candidates_into_the_three_fronts():
                   "joint": [(0.3, 50, 70.0)]}
     pts = [(1.0, 4, 90.0), (0.6, 2, 80.0), (0.7, 3, 70.0), (0.5, 1, 80.0)]
     assert bj._front(pts, 0) == [(0.5, 1, 80.0), (1.0, 4, 90.0)]
+
+
+def _measured(out: Path) -> dict:
+    lines = (out / "journal.jsonl").read_text().splitlines()[1:]
+    return {r["key"]: r for r in map(json.loads, lines) if r.get("type") == "measured"}
+
+
+def test_workers_pool_quantizes_like_the_serial_run(tmp_path):
+    """--workers 2 with --quantize int8: each worker builds the deployed candidates (its initializer
+    configures the joint search, --quantize-exclude included), so the journal and the front equal the
+    serial run's for the same seed (objectives without latency: nothing timed, nothing noisy). Budget 2:
+    one search candidate; with more, a pool of 2 asks the optimizer two at a time, which changes
+    its later proposals (as without --quantize; tests/test_optimize_cli.py)."""
+    case = write_case(tmp_path, n=32)
+    runs = {}
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        s = run_optimize(_opts(case, out, quantize="int8", workers=w, budget=2, objectives="error,size",
+                               calibration_samples=16, quantize_exclude=("fc",)), log=lambda m: None)
+        runs[w] = (s, _measured(out))
+    (s1, m1), (s2, m2) = runs[1], runs[2]
+    assert s2["workers"] == 2 and len(m1) == 8 and {r["phase"] for r in m1.values()} == \
+        {"baseline", "sensitivity", "holdout", "uniform", "search"}
+    keys = ("phase", "error", "size_bytes", "energy_uj", "int8_layers", "macs", "precision")
+    assert {k: [r[f] for f in keys] for k, r in m2.items()} == {k: [r[f] for f in keys] for k, r in m1.items()}
+    assert [(r["key"], r["error"], r["size_bytes"]) for r in s2["front"]] == \
+        [(r["key"], r["error"], r["size_bytes"]) for r in s1["front"]]
+    assert s2["chosen"]["key"] == s1["chosen"]["key"]
+    # the excluded layer stays fp32 in every quantized candidate (precision axis -1 at 0); the other four
+    # are int8 (the sensitivity sweep prunes each group alone at fp32: key ending in -1)
+    assert {k: r["int8_layers"] for k, r in m1.items()} == {k: 4 if k.endswith("-0") else 0 for k in m1}
+    assert all(r["precision"]["fc"] == "fp32" for r in m1.values())
+    assert graph_precision(onnx.load(str(tmp_path / "w2" / "best.onnx")))["fc"] == "fp32"
+
+
+def test_quantize_exclude_gets_no_axis_and_bad_names_fail_before_outdir(tiny, tmp_path):
+    space = prec.joint_space(build_space(gp.analyse(tiny[0]), 4, 0.25), tiny[0], "mixed", exclude=["conv1", "fc"])
+    assert space.layers == {-1: ["conv2"], -2: ["conv3"], -3: ["conv4"]}
+    case = write_case(tmp_path, n=32)
+    with pytest.raises(GraphpruneError, match=r"no node named 'fcc' in the model \(did you mean 'fc'"):
+        run_optimize(_opts(case, tmp_path / "o1", quantize_exclude=("fcc",)), log=lambda m: None)
+    with pytest.raises(GraphpruneError, match="--quantize-exclude needs --quantize int8 or mixed"):
+        run_optimize(_opts(case, tmp_path / "o2", quantize="off", quantize_exclude=("fc",)), log=lambda m: None)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_fp16_candidates_run_in_onnxruntime_within_tolerance(tiny):
+    """--quantize fp16: a candidate is the pruned model through Float16Pass (fp32 inputs/outputs);
+    onnxruntime CPU runs it within 1e-2 of the fp32 output range (fp16 keeps ~3 decimal digits)."""
+    from graphprune.runtime import run
+    model, x, _ = tiny
+    space = _space(model, "fp16")
+    assert [a.choices for a in space.axes if a.gid < 0] == [[prec.INT8]] and space.layers == {-1: LAYERS}
+    try:
+        prec.configure(space.layers, None, None, mode="fp16")
+        cfg = {**space.full(), -1: 0}
+        pmap = prec.precision_map(cfg, space.layers)
+        assert pmap == {n: "fp16" for n in LAYERS}
+        h = prec.quantize(model, pmap)
+    finally:
+        prec.configure(None)
+    assert graph_precision(h) == pmap == precision_of(h)
+    assert model_size(h).bytes == projected_size(model, pmap)
+    onnx.checker.check_model(h)
+    ref, got = run(model, {"x": x[:64]})[0], run(h, {"x": x[:64]})[0]
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+
+
+def test_optimize_fp16_needs_a_target_with_fp16(tmp_path):
+    case = write_case(tmp_path, n=32)
+    with pytest.raises(GraphpruneError, match=r"--quantize fp16: target 'x86' does not declare fp16 support"):
+        run_optimize(_opts(case, tmp_path / "o1", quantize="fp16"), log=lambda m: None)
+    assert not (tmp_path / "o1").exists()
+    tf = tmp_path / "t.json"   # this host declared with fp16 kernels (a targets file overrides the built-in)
+    tf.write_text(json.dumps({"targets": {"x86": {"tvm": {"kind": "llvm"}, "precisions": ["fp32", "fp16"]}}}))
+    out = tmp_path / "o2"
+    s = run_optimize(_opts(case, out, quantize="fp16", targets_file=str(tf), budget=2,
+                           objectives="error,size"), log=lambda m: None)
+    best = onnx.load(str(out / "best.onnx"))
+    assert set(graph_precision(best).values()) == {"fp16"} and s["chosen"]["fp16_layers"] == 5
+    assert s["chosen"]["size_bytes"] == model_size(best).bytes
+    assert "fp16" in (out / "report.md").read_text()
+
+
+def test_cli_quantize_exclude_is_split_and_checked(tmp_path, capsys):
+    mp, dp = write_case(tmp_path, n=32)
+    rc = main(["optimize", str(mp), "--data", str(dp), "-o", str(tmp_path / "out"), "--quantize", "int8",
+               "--quantize-exclude", "conv1,fc", "--quantize-exclude", "fcc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["graphprune: error: no node named 'fcc' in the model (did you mean 'fc'?)"]
+    assert not (tmp_path / "out").exists()

@@ -87,6 +87,9 @@ def test_choice_meets_constraints_and_follows_preferences():
     assert c.record["key"] == "a"                            # latency weighted up: the fastest
     c = choose_best(fr, base, obj, Constraints(max_error=0.11, max_latency_ms=5.0), {})
     assert c.record is None and "no candidate meets" in c.reason
+    # nothing within the error bound: the closest is the smallest error, not the fastest member
+    c = choose_best(fr, base, obj, Constraints(max_error=0.09), {})
+    assert c.record is None and c.reason == "no candidate meets the constraints (closest: error 0.1000 > 0.0900)"
 
 
 def _fake_recovery(monkeypatch, after, loss=0.5):

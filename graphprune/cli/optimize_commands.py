@@ -135,18 +135,23 @@ def _add_recovery_without_labels(p) -> None:
 
 def _add_quantize(p) -> None:
     g = p.add_argument_group("joint pruning + quantization (docs/quantization.md)")
-    g.add_argument("--quantize", default="off", metavar="{off,int8,mixed}",
+    g.add_argument("--quantize", default="off", metavar="{off,int8,mixed,fp16}",
                    help="off (default): prune only; int8: every candidate is the pruned model quantized int8 "
-                        "(QDQ, calibrated); mixed: fp32/int8 per quantizable layer is searched with the channels")
+                        "(QDQ, calibrated); mixed: fp32/int8 per quantizable layer is searched with the channels; "
+                        "fp16: every candidate converted to fp16 (targets with fp16 arithmetic, e.g. cuda)")
     g.add_argument("--calibration-samples", type=int, default=256, metavar="N",
                    help="--quantize: calibration samples, a fixed-seed subset of --train-data (else of the "
                         "part held out for fine-tuning, else of --data) (default 256)")
+    g.add_argument("--quantize-exclude", action="append", default=[], metavar="NODE,...",
+                   help="--quantize: nodes kept fp32 in every candidate (comma-separated, repeatable), e.g. a "
+                        "detector's box decoding after its last convolutions")
 
 
 def _recovery_without_labels(args: argparse.Namespace) -> dict:
     return {"distill_weight": args.distill_weight, "temperature": args.temperature,
             "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples,
-            "quantize": args.quantize, "calibration_samples": args.calibration_samples}
+            "quantize": args.quantize, "calibration_samples": args.calibration_samples,
+            "quantize_exclude": tuple(n for a in args.quantize_exclude for n in a.split(",") if n)}
 
 
 def _workers(args: argparse.Namespace) -> int:

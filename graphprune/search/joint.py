@@ -28,11 +28,13 @@ def objectives(o, names: list[str]) -> list[str]:
     documented estimate), not latency x stated power; --prefer follows."""
     prec.check_mode(getattr(o, "quantize", "off"))
     if not enabled(o):
+        if getattr(o, "quantize_exclude", ()):
+            raise GraphpruneError("--quantize-exclude needs --quantize int8 or mixed")
         return names
     if not (isinstance(o.calibration_samples, int) and not isinstance(o.calibration_samples, bool)
             and o.calibration_samples >= 1):
         raise GraphpruneError(f"--calibration-samples must be an integer >= 1, got {o.calibration_samples!r}")
-    if o.backend == "tvm":
+    if o.backend == "tvm" and o.quantize != "fp16":
         raise GraphpruneError("--quantize with --backend tvm: TVM 0.27 Relax computes QDQ graphs in float32 "
                               "(dequantize -> float conv), so int8 latencies would be wrong; use --backend ort "
                               "(on a board: --rpc-tracker with graphprune device-server)")
@@ -41,20 +43,21 @@ def objectives(o, names: list[str]) -> list[str]:
 
 
 def check_target(st) -> None:
-    """The target, and a stand-in measured for it, must declare int8 among their `precisions`
-    (targets/builtin.json): an int8 model searched for a target that computes it in float is
-    searched for the wrong latencies."""
+    """The target, and a stand-in measured for it, must declare the mode's precision (int8, or
+    fp16 for --quantize fp16) among their `precisions` (targets/builtin.json): an int8 or fp16
+    model searched for a target that computes it in float32 is searched for the wrong latencies."""
     if not enabled(st.o):
         return
     from graphprune.targets import get_target
+    need = prec.LOW[st.o.quantize]
     extra = [st.o.targets_file] if st.o.targets_file else None
     for name in dict.fromkeys([st.spec.target, st.spec.measured_target]):
         tgt = get_target(name, extra)
         have = tgt.precisions
-        if not have or "int8" not in have:
-            raise GraphpruneError(f"--quantize: target {tgt.name!r} does not declare int8 support (its precisions: "
-                                  f"{', '.join(have) if have else 'not stated'}); add \"precisions\": [\"fp32\", "
-                                  "\"int8\"] to its targets file if its runtime has int8 kernels")
+        if not have or need not in have:
+            raise GraphpruneError(f"--quantize {st.o.quantize}: target {tgt.name!r} does not declare {need} support "
+                                  f"(its precisions: {', '.join(have) if have else 'not stated'}); add \"precisions\": "
+                                  f"[\"fp32\", \"{need}\"] to its targets file if its runtime has {need} kernels")
 
 
 def prepare(st) -> None:
@@ -64,7 +67,7 @@ def prepare(st) -> None:
         return
     from graphprune.data.dataset import Dataset
     from graphprune.quant.calibration import calibration_feeds
-    from graphprune.quant.precision import check_float_model
+    from graphprune.quant.precision import check_float_model, check_node
     o = st.o
     check_float_model(st.model)
     train, source = st.train, "the training data (--train-data)" if o.train_data else None
@@ -81,18 +84,26 @@ def prepare(st) -> None:
         calib = calibration_feeds(st.model, sample.x)
     except GraphpruneError as exc:
         raise GraphpruneError(f"--quantize: no usable calibration data: {exc}") from None
+    exclude = list(dict.fromkeys(getattr(o, "quantize_exclude", ()) or ()))
+    names = {n.name for n in st.model.graph.node if n.name}
+    for node in exclude:
+        check_node(node, names)
     text = (f"{len(sample)} samples of {source}, fixed seed {seed}; MinMax, per-channel symmetric int8 weights, "
-            "uint8 activations (onnxruntime quantize_static, QDQ)")
-    st.space = prec.joint_space(st.space, st.model, o.quantize, text)
+            "uint8 activations (onnxruntime quantize_static, QDQ)" if o.quantize != "fp16" else
+            "none (fp16: onnxruntime's float16 converter, fp32 inputs and outputs)")
+    text += f"; {len(exclude)} node(s) kept fp32 (--quantize-exclude)" if exclude else ""
+    st.space = prec.joint_space(st.space, st.model, o.quantize, text, exclude)
     st.user_space = st.space
-    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text}
+    st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text,
+                "exclude": exclude}
 
 
 def wrap_initializer(st, init, args):
     """The executor's initializer, followed by the joint configuration in each worker."""
     if st.joint is None:
         return init, args
-    return prec.init_worker, (init, args, st.joint["layers"], st.joint["calib"], st.spec.input_shapes)
+    return prec.init_worker, (init, args, st.joint["layers"], st.joint["calib"], st.spec.input_shapes,
+                              st.joint["exclude"], st.joint["mode"])
 
 
 def attach(st) -> None:
@@ -102,7 +113,8 @@ def attach(st) -> None:
         prec.configure(None)
         return
     from graphprune.cost.rapl import rapl_unavailable
-    prec.configure(st.joint["layers"], st.joint["calib"], st.spec.input_shapes)
+    prec.configure(st.joint["layers"], st.joint["calib"], st.spec.input_shapes, st.joint["exclude"],
+                   st.joint["mode"])
     st.ev.job = prec.evaluate_job
     rapl = prec.rapl_measure(st.spec, st.x)
     st.joint["rapl"] = rapl is not None
@@ -169,7 +181,7 @@ def recover(st, record):
     rcv["text"] = (f"the pruned fp32 model fine-tuned ({rcv['steps']} step(s), {rcv['final_epochs']:.2f} final "
                    f"epoch(s) on {rcv['train_samples']} samples: {100 * rcv['fp32_accuracy_before']:.2f} % -> "
                    f"{100 * rcv['fp32_accuracy_after']:.2f} % in fp32), then quantized as searched "
-                   f"({sum(p == 'int8' for p in pmap.values())}/{len(pmap)} layers int8): {st.metric.name} "
+                   f"({sum(p != 'fp32' for p in pmap.values())}/{len(pmap)} layers {prec.LOW[o.quantize]}): {st.metric.name} "
                    f"{100 * rcv['accuracy_before']:.2f} % before recovery -> {100 * rcv['accuracy_after']:.2f} % "
                    f"after, original {100 * (1 - st.base['error']):.2f} %; latency {rcv['latency_ms']:.3f} ms")
     return q, rcv
@@ -195,6 +207,7 @@ def add_summary(st, s: dict) -> None:
     s["quantize"] = {"mode": st.joint["mode"], "calibration": st.joint["calibration"],
                      "energy": st.joint["energy_text"], "energy_label": "measured" if st.joint["rapl"]
                      else "estimated", "axes": {str(g): v for g, v in st.joint["layers"].items()},
+                     "excluded": st.joint["exclude"],
                      "delivered_precision": delivered}
 
 
@@ -207,7 +220,7 @@ def report_section(s: dict) -> str:
     L = ["", "## Quantization (joint search)", "", f"- `--quantize {q['mode']}`; calibration: {q['calibration']}",
          f"- energy: {q['energy']}", "- size: bytes of the deployed model's tensors at their precision "
          "(graphprune.cost.size)", "", f"| configuration | error | latency ms | size bytes | energy uJ ({lab}) | "
-         "int8 layers |", "|---|---|---|---|---|---|",
+         "int8 / fp16 layers |", "|---|---|---|---|---|---|",
          _qrow(dict(base, key="original (fp32)"), lab)]
     L += [_qrow(r, lab) for r in s["front"]]
     if q.get("delivered_precision"):
@@ -221,7 +234,7 @@ def _qrow(r: dict, lab: str) -> str:
     lat = r.get("latency_ms")
     return (f"| {r['key']} | {r['error']:.4f} | {f'{lat:.3f}' if lat is not None else '-'} | "
             f"{r.get('size_bytes', '-'):,} | {f'{e:.1f}' if e is not None else '-'} ({lab}) | "
-            f"{r.get('int8_layers', 0)} |")
+            f"{r.get('int8_layers', 0)} / {r.get('fp16_layers', 0)} |")
 
 
 def console_lines(s: dict) -> list[str]:
@@ -233,7 +246,8 @@ def console_lines(s: dict) -> list[str]:
     if ch.get("size_bytes") and b.get("size_bytes"):
         e = (f", energy {ch['energy_uj']:.1f} uJ ({q['energy_label']}) vs {b['energy_uj']:.1f} uJ"
              if ch.get("energy_uj") and b.get("energy_uj") else "")
-        lines.append(f"chosen: {ch.get('int8_layers', 0)} int8 layer(s), size {ch['size_bytes']:,} bytes vs "
+        lines.append(f"chosen: {ch.get('int8_layers', 0)} int8 / {ch.get('fp16_layers', 0)} fp16 layer(s), size "
+                     f"{ch['size_bytes']:,} bytes vs "
                      f"{b['size_bytes']:,} ({b['size_bytes'] / ch['size_bytes']:.2f}x smaller){e}")
     return lines
 

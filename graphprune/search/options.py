@@ -79,6 +79,7 @@ class OptimizeOptions:
     # -- joint prune + quantize search (graphprune.search.joint; docs/quantization.md) --
     quantize: str = "off"                # off | int8 | mixed
     calibration_samples: int = 256       # fixed-seed calibration subset of the training data
+    quantize_exclude: tuple = ()         # nodes kept fp32 in every candidate (e.g. a detector's box decoding)
 
 
 def parse_duration_ms(text: str | None) -> float | None:

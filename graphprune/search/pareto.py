@@ -66,7 +66,9 @@ def choose_best(front_records: list[dict], baseline: dict, objectives: list[str]
     so a 1 pp accuracy loss weighs like the relative change a small error would see."""
     feasible = [r for r in front_records if not constraints.violations(r)]
     if not feasible:
-        closest = min(front_records, key=lambda r: len(constraints.violations(r))) if front_records else None
+        # fewest violated constraints, then the smallest error (not the front's first, fastest member)
+        closest = min(front_records, key=lambda r: (len(constraints.violations(r)), r["error"])) \
+            if front_records else None
         why = "; ".join(constraints.violations(closest)) if closest else "no candidate was measured"
         return Choice(None, f"no candidate meets the constraints (closest: {why})", None, [])
 

@@ -23,6 +23,8 @@ choice is int8: every candidate is int8; the original (all axes at full width) s
 the fp32 model the constraints and speed-ups refer to.
 --quantize mixed: one axis per quantizable layer (Conv, ConvTranspose, Gemm, MatMul),
 fp32 or int8 each.
+--quantize fp16: as int8, one axis whose only choice is 0, here meaning fp16 (Float16Pass:
+onnxruntime's float16 converter, fp32 inputs and outputs), for targets with fp16 arithmetic.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from graphprune.errors import GraphpruneError
 from graphprune.search import objectives as obj
 from graphprune.search.space import Axis, SearchSpace
 
-MODES = ("off", "int8", "mixed")
+MODES = ("off", "int8", "mixed", "fp16")
+LOW = {"int8": "int8", "mixed": "int8", "fp16": "fp16"}   # what a precision axis at 0 means, by mode
 FP32, INT8 = 1, 0            # a precision axis's kept count
 DEFAULT_CALIBRATION = 256    # calibration samples (a fixed-seed subset)
 _CALIB_SEED = 13             # offset from --seed: the calibration subset differs from --samples' subset
@@ -74,13 +77,16 @@ class JointSpace(SearchSpace):
         return out
 
 
-def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibration: str = "") -> JointSpace:
-    """`space` plus the precision axes of `mode` for `model`'s quantizable layers."""
+def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibration: str = "",
+                exclude=()) -> JointSpace:
+    """`space` plus the precision axes of `mode` for `model`'s quantizable layers; the layers in
+    `exclude` (fixed fp32, `--quantize-exclude`) get no axis."""
     from graphprune.quant import quantizable_nodes
-    layers = quantizable_nodes(model)
+    layers = [n for n in quantizable_nodes(model) if n not in set(exclude)]
     if not layers:
-        raise GraphpruneError("--quantize: the model has no named Conv, ConvTranspose, Gemm or MatMul to quantize")
-    if mode == "int8":
+        raise GraphpruneError("--quantize: the model has no named Conv, ConvTranspose, Gemm or MatMul to quantize"
+                              + (" outside --quantize-exclude" if exclude else ""))
+    if mode in ("int8", "fp16"):
         axes = {-1: layers}
         extra = [Axis(-1, 1, 1, [INT8], list(layers))]
     else:
@@ -95,12 +101,14 @@ def split(config: dict) -> tuple[dict[int, int], dict[int, int]]:
     return {g: v for g, v in cfg.items() if g >= 0}, {g: v for g, v in cfg.items() if g < 0}
 
 
-def precision_map(config: dict, layers: dict) -> dict[str, str]:
-    """{quantizable node: "fp32" | "int8"} that a joint configuration asks for."""
+def precision_map(config: dict, layers: dict, low: str | None = None) -> dict[str, str]:
+    """{quantizable node: "fp32" | low} that a joint configuration asks for; `low` (the precision of an
+    axis at 0) defaults to this process's configured mode's: int8, or fp16 with --quantize fp16."""
     _, prec = split(config)
+    low = low or _JOINT.get("low", "int8")
     out = {}
     for gid, names in layers.items():
-        p = "fp32" if prec.get(int(gid), FP32) == FP32 else "int8"
+        p = "fp32" if prec.get(int(gid), FP32) == FP32 else low
         out.update({n: p for n in names})
     return out
 
@@ -110,32 +118,37 @@ def precision_map(config: dict, layers: dict) -> dict[str, str]:
 _JOINT: dict = {}
 
 
-def configure(layers: dict | None, calib=None, input_shapes=None) -> None:
-    """Build every candidate as deployed from now on in this process (None: plain pruning)."""
+def configure(layers: dict | None, calib=None, input_shapes=None, exclude=(), mode: str = "int8") -> None:
+    """Build every candidate as deployed from now on in this process (None: plain pruning);
+    `exclude`: nodes every candidate keeps fp32."""
     _JOINT.clear()
     obj._STATE.pop("joint", None)
     if layers is not None:
-        _JOINT.update(layers={int(k): v for k, v in layers.items()}, calib=calib, input_shapes=input_shapes)
+        _JOINT.update(layers={int(k): v for k, v in layers.items()}, calib=calib, input_shapes=input_shapes,
+                      exclude=list(exclude), low=LOW[mode])
         obj._STATE["joint"] = build
 
 
-def init_worker(base_init, base_args, layers, calib, input_shapes) -> None:
+def init_worker(base_init, base_args, layers, calib, input_shapes, exclude=(), mode="int8") -> None:
     """Executor initializer: the run's own initializer, then the joint configuration."""
     base_init(*base_args)
-    configure(layers, calib, input_shapes)
+    configure(layers, calib, input_shapes, exclude, mode)
 
 
 def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
-    """`pruned` with the int8 layers of `pmap` quantized (QDQ); unchanged when all are fp32,
-    with the precision recorded in the metadata either way."""
-    from graphprune.passes import QuantizeInt8Pass
+    """`pruned` with the int8 layers of `pmap` quantized (QDQ), or its fp16 layers converted
+    (Float16Pass); unchanged when all are fp32, with the precision recorded in the metadata either way."""
+    from graphprune.passes import Float16Pass, QuantizeInt8Pass
     from graphprune.quant.precision import record_precision
     if all(p == "fp32" for p in pmap.values()):
         out = onnx.ModelProto()
         out.CopyFrom(pruned)
         record_precision(out, dict(pmap), format="fp32")
         return out
-    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap).run(pruned)
+    if "fp16" in pmap.values():
+        return Float16Pass(precision=pmap, exclude=_JOINT.get("exclude")).run(pruned)
+    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap,
+                            exclude=_JOINT.get("exclude")).run(pruned)
 
 
 def _pruned(config: dict) -> onnx.ModelProto:
@@ -166,6 +179,7 @@ def evaluate_job(config: dict) -> dict:
     return {"error": err, "macs": c.macs, "params": c.params, "param_bytes": c.param_bytes,
             "size_bytes": model_size(q).bytes, "energy_uj": estimate_energy(q, _JOINT["input_shapes"]).total_uj,
             "energy_label": "estimated", "int8_layers": sum(p == "int8" for p in prec.values()),
+            **({"fp16_layers": n16} if (n16 := sum(p == "fp16" for p in prec.values())) else {}),
             "precision": prec, "model": q.SerializeToString()}
 
 
@@ -178,10 +192,10 @@ def exact_counts(config: dict) -> dict:
     prune_cfg, _ = split(config)
     pruned = obj.prune_only(prune_cfg)
     c = gp.count(pruned)
-    int8 = {n: p for n, p in precision_map(config, _JOINT["layers"]).items() if p == "int8"}
+    low = {n: p for n, p in precision_map(config, _JOINT["layers"]).items() if p != "fp32"}
     return {"macs": c.macs, "param_bytes": c.param_bytes,
-            "size_bytes": projected_size(pruned, int8) if int8 else model_size(pruned).bytes,
-            "energy_uj": estimate_energy(pruned, _JOINT["input_shapes"], precision=int8 or None).total_uj}
+            "size_bytes": projected_size(pruned, low) if low else model_size(pruned).bytes,
+            "energy_uj": estimate_energy(pruned, _JOINT["input_shapes"], precision=low or None).total_uj}
 
 
 # ---- measured energy (RAPL), in the measuring process only ----

@@ -9,7 +9,7 @@ from graphprune.search.jsonsafe import dumps
 
 _KEYS = ("key", "phase", "config", "error", "latency_ms", "latency_spread_ms", "macs", "params", "param_bytes",
          "energy_mj", "group", "ratio", "predicted", "size_bytes", "energy_uj", "energy_label", "int8_layers",
-         "precision")
+         "fp16_layers", "precision")
 
 
 def slim(r: dict | None, metric_key: str = "accuracy") -> dict | None:
