@@ -36,17 +36,18 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skel
 
 
-def _body_reads(graph: onnx.GraphProto) -> set:
-    """Names read by the nodes of `graph` and of every body nested in it."""
-    names = set()
+def names_read(graph: onnx.GraphProto) -> set:
+    """Names read by the nodes of `graph` and of every body nested in it, and by their outputs
+    (a body may return an outer-scope tensor as it is)."""
+    names = {o.name for o in graph.output}
     for n in graph.node:
         names.update(n.input)
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                names |= _body_reads(a.g)
+                names |= names_read(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for g in a.graphs:
-                    names |= _body_reads(g)
+                    names |= names_read(g)
     return names
 
 
@@ -63,7 +64,7 @@ def _localize_small_constants(graph: onnx.GraphProto) -> None:
     bodies = [a.g for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
     if not bodies:
         return
-    reads = [_body_reads(b) for b in bodies]
+    reads = [names_read(b) for b in bodies]
     keep = []
     for t in graph.initializer:
         users = [b for b, r in zip(bodies, reads) if t.name in r]

@@ -168,7 +168,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, monk
         ([clf, "--data", tmp_path / "x.npz", "--metric", "umetric_mod:word"], "returned str, not a number"),
         ([clf, "--data", tmp_path / "x.npz", "--metric", "accuracy"],
          "needs labels and the data has none (a .npz with 'y' or an image folder with one subfolder per class); "
-         "without labels use agreement (classifiers), fidelity, detection, segmentation, text-boxes or "
+         "without labels use agreement (classifiers), fidelity, detection, segmentation, text-boxes, saliency or "
          "package.module:function"),
         ([clf, "--data", tmp_path / "x.npz", "--metric", "bleu"], "unknown --metric 'bleu'"),
         ([clf, "--data", tmp_path / "x.npz", "--epochs", "1", "--distill-weight", "2"], "--distill-weight"),

@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.errors import GraphpruneError
+from graphprune.shapes import names_read
 
 DEFAULT_MAX_BYTES = 256 << 20
 
@@ -168,7 +169,7 @@ def specialise(model: onnx.ModelProto, max_bytes: int = DEFAULT_MAX_BYTES) -> on
         else_g.initializer.extend(leaves[0].initializer)
     else:
         _fill_tree(else_g, leaves, 0, len(leaves), "dyn/subset", out_name)
-    used = _names_read(out.graph)
+    used = names_read(out.graph)
     keep_inits = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep_inits + index_inits + tree_inits)
@@ -200,16 +201,3 @@ def _leaf_bytes(weight_gathers, consts, keeps, gates) -> int:
     return int(sum(4 * np.prod(s) for name, s in shapes.items() if name not in chained))
 
 
-def _names_read(g: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node of g or of its subgraphs reads."""
-    out = set()
-    for n in g.node:
-        out |= set(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out |= _names_read(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    out |= _names_read(sg)
-    out |= {o.name for o in g.output}
-    return out
