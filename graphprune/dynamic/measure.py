@@ -8,7 +8,7 @@
   compiled VM (its C++ timer), as bench times TVM.
 * Longest-path latency: the gated path forced (the exit threshold set above 1, which no
   softmax reaches), timed the same way over the data and by `graphprune.targets.measure_latency`
-  itself (bench's median on its random input); the gated path's shapes are static, so
+  itself (bench's median on its random input: graphprune.dynamic.probe.path_ms); the gated path's shapes are static, so
   this is the slowest path for any input.
   The early-exit path alone (threshold 0) is timed the same way.
 """
@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from graphprune.dynamic.export import with_threshold
 
 EXIT_TENSOR = "dyn/exit"
 
@@ -106,9 +105,3 @@ def average_latency_tvm(model: onnx.ModelProto, x: np.ndarray, target: str = "x8
             times[p, i] = timer("main").mean
     return float(times.min(axis=0).mean() * 1e3)
 
-
-def path_latencies(model: onnx.ModelProto, backend: str = "ort", repeats: int = 50, **kw) -> dict[str, float]:
-    """Median ms of the longest path (gating forced) and of the early-exit path, as `bench` measures."""
-    from graphprune.targets import measure_latency
-    return {"longest": measure_latency(with_threshold(model, 2.0), backend=backend, repeats=repeats, **kw).median_ms,
-            "exit": measure_latency(with_threshold(model, 0.0), backend=backend, repeats=repeats, **kw).median_ms}
