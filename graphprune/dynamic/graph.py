@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import numpy_helper
 
 from graphprune.errors import GraphpruneError
 
@@ -253,6 +252,3 @@ def head_pool(model, branch: str, grid: int) -> tuple | None:
         raise GraphpruneError(f"--head-grid {grid}: no uniform pooling cuts {hw[0]}x{hw[1]} into {grid}x{grid}")
     return kernel, stride
 
-
-def initializer_array(model, name: str):
-    return numpy_helper.to_array(_inits(model)[name])
