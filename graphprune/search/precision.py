@@ -82,7 +82,8 @@ def joint_space(space: SearchSpace, model: onnx.ModelProto, mode: str, calibrati
     """`space` plus the precision axes of `mode` for `model`'s quantizable layers; the layers in
     `exclude` (fixed fp32, `--quantize-exclude`) get no axis."""
     from graphprune.quant import quantizable_nodes
-    layers = [n for n in quantizable_nodes(model) if n not in set(exclude)]
+    excluded = set(exclude)
+    layers = [n for n in quantizable_nodes(model) if n not in excluded]
     if not layers:
         raise GraphpruneError("--quantize: the model has no named Conv, ConvTranspose, Gemm or MatMul to quantize"
                               + (" outside --quantize-exclude" if exclude else ""))
