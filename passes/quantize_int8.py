@@ -17,7 +17,9 @@ touched):
    Node names survive it (fused BatchNormalization nodes disappear into their Conv).
    Its symbolic shape inference is skipped when ONNX's own inference already gives every
    tensor a shape (CNNs): it imports onnxruntime.tools, which imports torch (seconds).
-2. `quantize_static` in QDQ format with MinMax calibration on the given data: weights
+2. `quantize_static` in QDQ format, calibrated on the given data (`calibration`: MinMax by
+   default, each activation's full observed range; or onnxruntime's histogram methods
+   percentile and entropy, which may clip outliers): weights
    int8 (per output channel with `per_channel`, symmetric unless `symmetric_weights` is
    False), activations uint8 asymmetric, or int8 symmetric with `symmetric_activations`
    (what ARM and GPU kernels prefer). Nodes mapped to fp32 are passed as
@@ -48,14 +50,18 @@ QDQ_OPSET = 13              # DequantizeLinear's `axis` (per-channel scales) exi
 class QuantizeInt8Pass(Pass):
     """`data`: calibration samples (a graphprune.data Dataset, an (x, y) pair, an array for a
     one-input model, or {input name: array}). `precision` {node: "fp32"|"int8"} and `exclude`
-    [node, ...] keep nodes in fp32 (mixed precision); names refer to the input model."""
+    [node, ...] keep nodes in fp32 (mixed precision); names refer to the input model.
+    `calibration`: minmax (default), percentile, percentile=P, or entropy
+    (graphprune.quant.calibration.parse_calibration)."""
 
     name = "quantize-int8"
 
     def __init__(self, data, *, per_channel: bool = True, symmetric_weights: bool = True,
                  symmetric_activations: bool = False, precision: dict[str, str] | None = None,
-                 exclude=None, preprocess: bool = True, batch_size: int = 32):
+                 exclude=None, preprocess: bool = True, batch_size: int = 32, calibration: str = "minmax"):
+        from graphprune.quant.calibration import parse_calibration
         self.data = data
+        self.calibration, self.percentile = parse_calibration(calibration)
         self.per_channel = per_channel
         self.symmetric_weights = symmetric_weights
         self.symmetric_activations = symmetric_activations
@@ -65,7 +71,7 @@ class QuantizeInt8Pass(Pass):
         self.batch_size = batch_size
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        from graphprune.quant.calibration import ArrayReader, calibration_feeds
+        from graphprune.quant.calibration import ArrayReader, calibration_feeds, calibration_text
 
         check_float_model(model)
         excluded = resolve_exclusions(model, self.precision, self.exclude)
@@ -82,7 +88,8 @@ class QuantizeInt8Pass(Pass):
         _drop_unused_domains(q)
         record_precision(q, graph_precision(q), tool="onnxruntime.quantization.quantize_static", format="QDQ",
                          per_channel=self.per_channel, symmetric_weights=self.symmetric_weights,
-                         symmetric_activations=self.symmetric_activations, excluded=excluded)
+                         symmetric_activations=self.symmetric_activations, excluded=excluded,
+                         calibration=calibration_text(self.calibration, self.percentile))
         return q
 
     def _preprocess(self, src: Path, dst: Path, excluded: list[str], shapes_known: bool, big: bool) -> Path:
@@ -104,15 +111,17 @@ class QuantizeInt8Pass(Pass):
     def _quantize(self, src: Path, out: Path, reader, excluded: list[str], big: bool) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+        from graphprune.quant.calibration import CALIBRATION_METHODS
+        extra = {"WeightSymmetric": self.symmetric_weights, "ActivationSymmetric": self.symmetric_activations}
+        if self.percentile is not None:
+            extra["CalibPercentile"] = self.percentile
         try:
             with _quiet():
                 quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                                 activation_type=QuantType.QInt8 if self.symmetric_activations else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                                calibrate_method=CalibrationMethod.MinMax,
-                                use_external_data_format=big,
-                                extra_options={"WeightSymmetric": self.symmetric_weights,
-                                               "ActivationSymmetric": self.symmetric_activations})
+                                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[self.calibration]),
+                                use_external_data_format=big, extra_options=extra)
         except GraphpruneError:
             raise
         except Exception as exc:

@@ -142,6 +142,10 @@ def test_optimize_mixed_writes_a_qdq_model_with_its_precision(tmp_path):
     ({"quantize": "int4"}, "unknown --quantize 'int4'"),
     ({"backend": "tvm"}, "TVM 0.27 Relax computes QDQ graphs in float32"),
     ({"calibration_samples": 0}, "--calibration-samples must be an integer >= 1"),
+    ({"calibration": "kl"}, "--calibration: unknown calibration method 'kl'"),
+    ({"calibration": "percentile=101"}, "--calibration: the calibration percentile must be a number in (0, 100]"),
+    ({"quantize": "off", "calibration": "entropy"}, "--calibration needs --quantize int8 or mixed"),
+    ({"quantize": "fp16", "calibration": "entropy"}, "--calibration needs --quantize int8 or mixed"),
 ])
 def test_bad_options_fail_before_outdir(tmp_path, kw, msg):
     case = write_case(tmp_path, n=32)
@@ -344,3 +348,24 @@ def test_cli_quantize_exclude_is_split_and_checked(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["graphprune: error: no node named 'fcc' in the model (did you mean 'fc'?)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_method_reaches_every_candidate(tmp_path):
+    """--calibration percentile=99: the serial run and a --workers 2 pool quantize with it (same
+    journal), and the delivered model and the report say which method calibrated it."""
+    from graphprune.metadata import get_json
+    from graphprune.quant.precision import PRECISION_KEY
+    case = write_case(tmp_path, n=32)
+    runs = {}
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        s = run_optimize(_opts(case, out, quantize="int8", workers=w, budget=2, objectives="error,size",
+                               calibration_samples=16, calibration="percentile=99"), log=lambda m: None)
+        runs[w] = (s, _measured(out))
+    keys = ("error", "size_bytes", "int8_layers")
+    assert {k: [r[f] for f in keys] for k, r in runs[2][1].items()} == \
+        {k: [r[f] for f in keys] for k, r in runs[1][1].items()}
+    s = runs[2][0]
+    assert "Percentile 99," in s["quantize"]["calibration"]
+    best = onnx.load(str(tmp_path / "w2" / "best.onnx"))
+    assert graph_precision(best) and get_json(best, PRECISION_KEY)["calibration"] == "Percentile 99"

@@ -8,7 +8,9 @@ from onnx import TensorProto, helper, numpy_helper
 from graphprune.errors import GraphpruneError
 from graphprune.passes import Float16Pass, Pipeline, QuantizeInt8Pass
 from graphprune.quant import graph_precision, group_precision, precision_of, quantizable_nodes
+from graphprune.metadata import get_json
 from graphprune.quant.calibration import ArrayReader
+from graphprune.quant.precision import PRECISION_KEY
 from graphprune.quant.check import compare
 
 RNG = np.random.default_rng(0)
@@ -131,6 +133,46 @@ def test_static_batch_model_is_calibrated_one_sample_at_a_time():
     assert [b["x"].shape[0] for b in iter(reader.get_next, None)] == [1] * 5
     q = QuantizeInt8Pass(data(8)).run(m)
     assert compare(m, q, {"x": data(8)}).passed
+
+
+def _input_scale(q):
+    act = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return float(_inits(q)[act.input[1]])
+
+
+def test_calibration_methods_choose_the_activation_ranges():
+    """MinMax takes the full observed range (0 included: uint8 covers [min(x, 0), max(x, 0)]);
+    percentile clips a lone outlier, so the common values get finer steps; entropy picks a range
+    no wider than MinMax's (on this data it keeps the outlier);
+    each output is a standard QDQ model that runs and records its method."""
+    m = small_cnn()
+    x = data(64)
+    x[0, 0, 0, 0] = 200.0                                           # one outlier among 12288 values
+    minmax = QuantizeInt8Pass(x, per_channel=True).run(m)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    np.testing.assert_allclose(_input_scale(minmax), (hi - lo) / 255, rtol=1e-6)
+    typical = float(np.abs(x).reshape(-1)[1:].max())                 # the largest value but the outlier
+    for method in ("percentile=99.9", "entropy"):
+        q = QuantizeInt8Pass(x, per_channel=True, calibration=method).run(m)
+        onnx.checker.check_model(q, full_check=True)
+        assert _input_scale(q) <= _input_scale(minmax) * (1 + 1e-6), method
+        if method.startswith("percentile"):
+            assert _input_scale(q) < 2 * typical / 255 < _input_scale(minmax)
+        assert compare(m, q, {"x": data()}).passed
+        assert get_json(q, PRECISION_KEY)["calibration"].split()[0] == \
+            {"percentile=99.9": "Percentile", "entropy": "Entropy"}[method]
+    assert get_json(minmax, PRECISION_KEY)["calibration"] == "MinMax"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("kl", "unknown calibration method 'kl'; choose from minmax, percentile, entropy"),
+    ("percentile=0", r"must be a number in \(0, 100\], got '0'"),
+    ("percentile=nan", "must be a number in"),
+    ("entropy=3", "calibration method entropy takes no value"),
+])
+def test_bad_calibration_methods_are_one_line_errors(text, match):
+    with pytest.raises(GraphpruneError, match=match):
+        QuantizeInt8Pass(data(), calibration=text)
 
 
 @pytest.mark.parametrize("kwargs, match", [

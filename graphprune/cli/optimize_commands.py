@@ -142,6 +142,9 @@ def _add_quantize(p) -> None:
     g.add_argument("--calibration-samples", type=int, default=256, metavar="N",
                    help="--quantize: calibration samples, a fixed-seed subset of --train-data (else of the "
                         "part held out for fine-tuning, else of --data) (default 256)")
+    g.add_argument("--calibration", default="minmax", metavar="METHOD",
+                   help="--quantize int8/mixed: how activation ranges are chosen: minmax (default), percentile "
+                        "(or percentile=P), or entropy (graphprune quantize --help)")
     g.add_argument("--quantize-exclude", action="append", default=[], metavar="NODE,...",
                    help="--quantize: nodes kept fp32 in every candidate (comma-separated, repeatable), e.g. a "
                         "detector's box decoding after its last convolutions")
@@ -151,6 +154,7 @@ def _recovery_without_labels(args: argparse.Namespace) -> dict:
     return {"distill_weight": args.distill_weight, "temperature": args.temperature,
             "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples,
             "quantize": args.quantize, "calibration_samples": args.calibration_samples,
+            "calibration": args.calibration,
             "quantize_exclude": tuple(n for a in args.quantize_exclude for n in a.split(",") if n)}
 
 

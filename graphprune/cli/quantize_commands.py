@@ -1,7 +1,7 @@
 """`graphprune quantize`: int8 (QDQ) or fp16 model out, checked against the fp32 original.
 
     graphprune quantize MODEL.onnx -o MODEL.int8.onnx --data calib.npz --per-channel \\
-        [--symmetric] [--exclude NODE,...] [--precision int8|fp16]
+        [--symmetric] [--exclude NODE,...] [--precision int8|fp16] [--calibration entropy]
 
 The quantized model is run in onnxruntime on the data and compared with the fp32 model
 (max abs and relative error per output, top-1 agreement and accuracy for classifiers);
@@ -32,6 +32,10 @@ def register(sub) -> None:
                                                               "(more accurate; default one per tensor)")
     p.add_argument("--symmetric", action="store_true", help="int8: symmetric int8 activations (zero point 0; what "
                                                             "ARM/GPU kernels prefer); default asymmetric uint8")
+    p.add_argument("--calibration", default="minmax", metavar="METHOD",
+                   help="int8: how activation ranges are chosen: minmax (default: the full observed range), "
+                        "percentile (99.999, or percentile=P) or entropy (onnxruntime's histogram methods: "
+                        "may clip outliers; slower)")
     p.add_argument("--exclude", action="append", metavar="NODE,...",
                    help="nodes kept in fp32 (mixed precision); comma-separated, repeatable")
     p.add_argument("--samples", type=int, default=256, help="calibration samples (fixed-seed subset; default 256)")
@@ -50,9 +54,15 @@ def _options(args) -> tuple[str, list[str], float]:
     from graphprune.quant.check import DEFAULT_TOLERANCE
     from graphprune.quant.precision import canonical
 
+    from graphprune.quant.calibration import parse_calibration
+
     precision = canonical(args.precision, ("int8", "fp16"), "--precision")
-    if precision == "fp16" and (args.per_channel or args.symmetric):
-        raise GraphpruneError("--per-channel and --symmetric apply to --precision int8 only")
+    if precision == "fp16" and (args.per_channel or args.symmetric or args.calibration != "minmax"):
+        raise GraphpruneError("--per-channel, --symmetric and --calibration apply to --precision int8 only")
+    try:
+        parse_calibration(args.calibration)
+    except GraphpruneError as exc:
+        raise GraphpruneError(f"--calibration: {exc}") from None
     exclude = [n.strip() for spec in args.exclude or [] for n in spec.split(",") if n.strip()]
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     if not 0 <= tolerance < float("inf"):
@@ -100,7 +110,7 @@ def _run_pass(model, precision: str, calib, exclude: list[str], args):
     if precision == "fp16":
         return Float16Pass(exclude=exclude).run(model)
     return QuantizeInt8Pass(calib, per_channel=args.per_channel, symmetric_activations=args.symmetric,
-                            exclude=exclude).run(model)
+                            exclude=exclude, calibration=args.calibration).run(model)
 
 
 def _load_data(path: str, model):

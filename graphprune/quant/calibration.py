@@ -94,3 +94,38 @@ class ArrayReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self.pos = 0
+
+
+# onnxruntime.quantization.CalibrationMethod by the names users give; percentile's default is
+# onnxruntime's own (CalibPercentile 99.999)
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+DEFAULT_PERCENTILE = 99.999
+
+
+def parse_calibration(text: str) -> tuple[str, float | None]:
+    """(method, percentile or None) from `minmax`, `entropy`, `percentile` or
+    `percentile=P` (0 < P <= 100): how activation ranges are chosen from the calibration data.
+    MinMax takes each tensor's full observed range; the others build histograms (slower, more
+    memory) and clip outliers, which gives finer steps to the common values."""
+    name, _, arg = str(text).strip().lower().partition("=")
+    if name not in CALIBRATION_METHODS:
+        raise GraphpruneError(f"unknown calibration method {text!r}; choose from "
+                              f"{', '.join(CALIBRATION_METHODS)} (percentile=P for another percentile)")
+    if name != "percentile":
+        if arg:
+            raise GraphpruneError(f"calibration method {name} takes no value, got {text!r}")
+        return name, None
+    if not arg:
+        return name, DEFAULT_PERCENTILE
+    try:
+        p = float(arg)
+    except ValueError:
+        p = float("nan")
+    if not 0 < p <= 100:
+        raise GraphpruneError(f"the calibration percentile must be a number in (0, 100], got {arg!r}")
+    return name, p
+
+
+def calibration_text(method: str, percentile: float | None) -> str:
+    """How the ranges are chosen, for reports: `MinMax`, `Percentile 99.999`, ..."""
+    return CALIBRATION_METHODS[method] + (f" {percentile:g}" if percentile is not None else "")

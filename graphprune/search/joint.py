@@ -27,10 +27,18 @@ def objectives(o, names: list[str]) -> list[str]:
     """With --quantize, `energy` is energy per inference at precision (energy_uj: RAPL or the
     documented estimate), not latency x stated power; --prefer follows."""
     prec.check_mode(getattr(o, "quantize", "off"))
-    if not enabled(o):
-        if getattr(o, "quantize_exclude", ()):
+    from graphprune.quant.calibration import parse_calibration
+    if not enabled(o) or o.quantize == "fp16":
+        if getattr(o, "quantize_exclude", ()) and not enabled(o):
             raise GraphpruneError("--quantize-exclude needs --quantize int8 or mixed")
-        return names
+        if getattr(o, "calibration", "minmax") != "minmax":
+            raise GraphpruneError("--calibration needs --quantize int8 or mixed (fp16 is not calibrated)")
+        if not enabled(o):
+            return names
+    try:
+        parse_calibration(getattr(o, "calibration", "minmax"))
+    except GraphpruneError as exc:
+        raise GraphpruneError(f"--calibration: {exc}") from None
     if not (isinstance(o.calibration_samples, int) and not isinstance(o.calibration_samples, bool)
             and o.calibration_samples >= 1):
         raise GraphpruneError(f"--calibration-samples must be an integer >= 1, got {o.calibration_samples!r}")
@@ -66,7 +74,7 @@ def prepare(st) -> None:
     if not enabled(st.o):
         return
     from graphprune.data.dataset import Dataset
-    from graphprune.quant.calibration import calibration_feeds
+    from graphprune.quant.calibration import calibration_feeds, calibration_text, parse_calibration
     from graphprune.quant.precision import check_float_model, check_node
     o = st.o
     check_float_model(st.model)
@@ -88,14 +96,15 @@ def prepare(st) -> None:
     names = {n.name for n in st.model.graph.node if n.name}
     for node in exclude:
         check_node(node, names)
-    text = (f"{len(sample)} samples of {source}, fixed seed {seed}; MinMax, per-channel symmetric int8 weights, "
+    method = calibration_text(*parse_calibration(o.calibration))
+    text = (f"{len(sample)} samples of {source}, fixed seed {seed}; {method}, per-channel symmetric int8 weights, "
             "uint8 activations (onnxruntime quantize_static, QDQ)" if o.quantize != "fp16" else
             "none (fp16: onnxruntime's float16 converter, fp32 inputs and outputs)")
     text += f"; {len(exclude)} node(s) kept fp32 (--quantize-exclude)" if exclude else ""
     st.space = prec.joint_space(st.space, st.model, o.quantize, text, exclude)
     st.user_space = st.space
     st.joint = {"mode": o.quantize, "layers": st.space.layers, "calib": calib, "calibration": text,
-                "exclude": exclude}
+                "exclude": exclude, "method": o.calibration}
 
 
 def wrap_initializer(st, init, args):
@@ -103,7 +112,7 @@ def wrap_initializer(st, init, args):
     if st.joint is None:
         return init, args
     return prec.init_worker, (init, args, st.joint["layers"], st.joint["calib"], st.spec.input_shapes,
-                              st.joint["exclude"], st.joint["mode"])
+                              st.joint["exclude"], st.joint["mode"], st.joint["method"])
 
 
 def attach(st) -> None:
@@ -114,7 +123,7 @@ def attach(st) -> None:
         return
     from graphprune.cost.rapl import rapl_unavailable
     prec.configure(st.joint["layers"], st.joint["calib"], st.spec.input_shapes, st.joint["exclude"],
-                   st.joint["mode"])
+                   st.joint["mode"], st.joint["method"])
     st.ev.job = prec.evaluate_job
     rapl = prec.rapl_measure(st.spec, st.x)
     st.joint["rapl"] = rapl is not None

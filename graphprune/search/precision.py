@@ -119,21 +119,23 @@ def precision_map(config: dict, layers: dict, low: str | None = None) -> dict[st
 _JOINT: dict = {}
 
 
-def configure(layers: dict | None, calib=None, input_shapes=None, exclude=(), mode: str = "int8") -> None:
+def configure(layers: dict | None, calib=None, input_shapes=None, exclude=(), mode: str = "int8",
+              calibration: str = "minmax") -> None:
     """Build every candidate as deployed from now on in this process (None: plain pruning);
-    `exclude`: nodes every candidate keeps fp32."""
+    `exclude`: nodes every candidate keeps fp32; `calibration`: QuantizeInt8Pass's method."""
     _JOINT.clear()
     obj._STATE.pop("joint", None)
     if layers is not None:
         _JOINT.update(layers={int(k): v for k, v in layers.items()}, calib=calib, input_shapes=input_shapes,
-                      exclude=list(exclude), low=LOW[mode])
+                      exclude=list(exclude), low=LOW[mode], calibration=calibration)
         obj._STATE["joint"] = build
 
 
-def init_worker(base_init, base_args, layers, calib, input_shapes, exclude=(), mode="int8") -> None:
+def init_worker(base_init, base_args, layers, calib, input_shapes, exclude=(), mode="int8",
+                calibration="minmax") -> None:
     """Executor initializer: the run's own initializer, then the joint configuration."""
     base_init(*base_args)
-    configure(layers, calib, input_shapes, exclude, mode)
+    configure(layers, calib, input_shapes, exclude, mode, calibration)
 
 
 def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
@@ -148,8 +150,8 @@ def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
         return out
     if "fp16" in pmap.values():
         return Float16Pass(precision=pmap, exclude=_JOINT.get("exclude")).run(pruned)
-    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap,
-                            exclude=_JOINT.get("exclude")).run(pruned)
+    return QuantizeInt8Pass(_JOINT["calib"], per_channel=True, precision=pmap, exclude=_JOINT.get("exclude"),
+                            calibration=_JOINT.get("calibration", "minmax")).run(pruned)
 
 
 def _pruned(config: dict) -> onnx.ModelProto:
