@@ -31,7 +31,7 @@ from pathlib import Path
 
 import onnx
 
-from _docs import cpu_name, update_section
+from _docs import cpu_name, load_text, run_prefix, update_section
 from _real_models import (MODELS, image_options, model_file, quantize_exclude, search_options, setting,
                           write_data)
 from bench_joint import DOC, ROOT, calibration, finished, front_points, latencies, log, plot, run_options
@@ -183,10 +183,10 @@ def main_real(args, rest) -> int:
     res.update(wall_s=time.time() - t0, load=[load0[0], load1[0]])
     Path(a.out, f"bench_joint_{a.model}.json").write_text(json.dumps(res, indent=1, default=str))
     s = res["searches"]
-    md = (f"Measured by `nice -n 5 .venv/bin/python tools/bench_joint.py --model {a.model} --budget {a.budget}"
+    md = (f"Measured by `{run_prefix()}.venv/bin/python tools/bench_joint.py --model {a.model} --budget {a.budget}"
           f"{' ' + ' '.join(rest) if rest else ''}` on {cpu_name()} ({platform.machine()}), onnxruntime "
-          f"{ort.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}, {res['wall_s'] / 60:.0f} min wall. Host "
-          f"shared with other jobs (load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, 2 cores). "
+          f"{ort.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}, {res['wall_s'] / 60:.0f} min wall; "
+          f"{load_text(load0, load1)}. "
           f"Searches: budget {a.budget}, seed {a.seed}, bound -{a.max_drop:g} after recovery (slack "
           f"{a.recovery_slack:g} before it), {a.repeats} timed runs per candidate; recovery: distillation from the "
           f"original, {a.epochs:g} epoch(s), lr {a.lr:g}, at most {a.recovery_tries} tries; calibration "

@@ -26,3 +26,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def run_prefix() -> str:
+    """`nice -n N ` when this process runs niced, else "": the command line a table quotes is the
+    one that ran (a tool must not claim `nice` it did not get)."""
+    import os
+    n = os.nice(0)
+    return f"nice -n {n} " if n > 0 else ""
+
+
+def load_text(load0, load1) -> str:
+    """The host's load while a table was measured, e.g. `load average 0.8 at the start, 2.3 at the
+    end, 2 cores`: the reader judges from it how noisy the latencies are (the tool cannot know
+    whether other jobs shared the cores)."""
+    import os
+    return f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, {os.cpu_count()} cores"

@@ -46,6 +46,7 @@ from graphprune.dynamic.export import with_threshold  # noqa: E402
 from graphprune.dynamic.measure import (average_latency_ort, average_latency_tvm, per_class_accuracy,  # noqa: E402
                                         predictions)
 from graphprune.targets import measure_latency  # noqa: E402
+from _docs import run_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -450,7 +451,7 @@ def main(argv=None) -> int:
     res = {"model": Path(args.model).name, "original": orig,
            "dynamic": {"rows": dyn_rows, "row": dyn, "within": within, **info},
            "static": {"rows": st_rows, "row": st, "optimize": opt_info}, "latency_target": target,
-           "command": "nice -n 5 .venv/bin/python tools/bench_dynamic.py " + shlex.join(argv or sys.argv[1:])}
+           "command": run_prefix() + ".venv/bin/python tools/bench_dynamic.py " + shlex.join(argv or sys.argv[1:])}
     if args.tvm:
         res["tvm"] = tvm_rows(orig_m, st_model, dyn_model, test, args)
     res["seconds"], res["load"] = time.time() - t0, (load0, os.getloadavg()[0])

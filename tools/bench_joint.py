@@ -47,7 +47,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import cpu_name, update_section  # noqa: E402
+from _docs import cpu_name, load_text, run_prefix, update_section  # noqa: E402
 
 MODELS = ("fashion_mnist_resnet", "fashion_mnist_vgg")
 RUNS = {"prune": "off", "joint_int8": "int8", "joint_mixed": "mixed"}
@@ -272,10 +272,9 @@ def main() -> int:
         print(table(results[-1], len(val), len(held)), flush=True)
     load1 = os.getloadavg()
     Path(args.out, "bench_joint.json").write_text(json.dumps(results, indent=1))
-    md = (f"Measured by `nice -n 5 .venv/bin/python tools/bench_joint.py --budget {args.budget}` on {cpu_name()} "
+    md = (f"Measured by `{run_prefix()}.venv/bin/python tools/bench_joint.py --budget {args.budget}` on {cpu_name()} "
           f"({platform.machine()}), onnxruntime {ort.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}, "
-          f"{time.time() - t0:.0f} s wall. Host shared with other jobs (load average {load0[0]:.1f} at the start, "
-          f"{load1[0]:.1f} at the end, 2 cores): latencies are noisy. Searches: budget {args.budget}, seed "
+          f"{time.time() - t0:.0f} s wall; {load_text(load0, load1)}. Searches: budget {args.budget}, seed "
           f"{args.seed}, error bound +{100 * args.max_drop:g} pp on {len(val)} test images, no recovery; "
           f"calibration {args.calib} training images. Energy is **estimated** (Horowitz ISSCC 2014 45 nm model; "
           f"RAPL not readable here).\n\n" + "\n\n".join(table(r, len(val), len(held)) for r in results))

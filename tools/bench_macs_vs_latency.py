@@ -17,7 +17,7 @@ per-layer breakdown (onnxruntime's profiler: time per layer kind against MACs pe
 kind) that explains the disagreement, plus a uniform sweep timed with channel counts
 rounded to 8 (the x86 target's channel step) and unrounded.
 
-    nice -n 5 .venv/bin/python tools/bench_macs_vs_latency.py --seeds 0,1,2
+    .venv/bin/python tools/bench_macs_vs_latency.py --seeds 0,1,2
 
 Writes OUT/seed<N>/ (each seed's optimize outputs and bench_optimize.json), OUT/result.json,
 and the committed docs/bench_macs_vs_latency.md (the measured section between markers) and
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp  # noqa: E402
 import _mobilenet_fmnist as mnv2  # noqa: E402
-from _docs import update_section  # noqa: E402
+from _docs import run_prefix, update_section  # noqa: E402
 from bench_optimize import (_final_latencies, _result, _scored_model, _searches, log, uniform_l1,  # noqa: E402
                             uniform_l1_matched)
 
@@ -56,18 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--out", default="out/bench_macs_vs_latency")
     ap.add_argument("--seeds", default="0,1,2", help="search/importance/recovery seeds (the trained model is one)")
     ap.add_argument("--size", type=int, default=64, help="input size the 28x28 images are upsampled to")
-    ap.add_argument("--model-train-samples", type=int, default=6000)
-    ap.add_argument("--model-epochs", type=int, default=2)
+    ap.add_argument("--model-train-samples", type=int, default=30000)
+    ap.add_argument("--model-epochs", type=int, default=4)
     ap.add_argument("--val-samples", type=int, default=500)
-    ap.add_argument("--train-samples", type=int, default=600, help="fine-tuning (recovery) samples")
+    ap.add_argument("--train-samples", type=int, default=2000, help="fine-tuning (recovery) samples")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--method", default="lrp")
     ap.add_argument("--importance-samples", type=int, default=64)
-    ap.add_argument("--budget", type=int, default=30)
+    ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--recovery-slack", type=float, default=0.08)
     ap.add_argument("--recovery-tries", type=int, default=2)
-    ap.add_argument("--epochs", type=float, default=1.0, help="recovery epochs (on --train-samples)")
+    ap.add_argument("--epochs", type=float, default=2.0, help="recovery epochs (on --train-samples)")
     ap.add_argument("--finetune-steps", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=20)
@@ -304,11 +304,11 @@ def markdown(res: dict) -> str:
           f"{r0['recovery_tries']} are recovered per method. Search budget {r0['budget']} candidates per search, "
           f"importance {r0['importance_method']} on {res['importance_samples']} training images. "
           f"Matched within the budget: {json.dumps({r['seed']: r['matched'] for r in ps})}.", "",
-          f"Host: {res['host']}; load average (1/5/15 min) at start {res['load_start']}, at end {res['load_end']}; "
-          "the 2 cores were shared with other jobs, run under `nice -n 5`.", "",
+          f"Host: {res['host']}; load average (1/5/15 min) at start {res['load_start']}, at end {res['load_end']}"
+          f"{'; run under `' + res['nice'].strip() + '`' if res.get('nice') else ''}.", "",
           f"Wall time: {res['wall_s'] / 60:.1f} min (model training {res['train_wall_s']:.0f} s, "
           "cached afterwards).  ",
-          f"Produced by: `nice -n 5 .venv/bin/python {res['command']}`", ""]
+          f"Produced by: `{res.get('nice', '')}.venv/bin/python {res['command']}`", ""]
     return "\n".join(L)
 
 
@@ -413,7 +413,7 @@ def main(argv=None) -> int:
            "a_candidates": _candidates(s0), "model_path": str(path),
            "model_desc": f"MobileNetV2-style, 1x{args.size}x{args.size}, {gp.count(model).macs / 1e6:.2f} M MACs",
            "threads": args.threads, "final_repeats": args.final_repeats, "lr": args.lr,
-           "importance_samples": args.importance_samples, "host": _host(), "load_start": load_start,
+           "importance_samples": args.importance_samples, "host": _host(), "nice": run_prefix(), "load_start": load_start,
            "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg()), "wall_s": time.time() - t0,
            "train_wall_s": train_wall, "command": command}
     res["rank_corr"] = rank_corr(res["a_candidates"])
