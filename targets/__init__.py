@@ -132,13 +132,17 @@ def _checked(m, tgt: Target, backend: str, rpc_tracker, repeats, threads, timeou
 
 
 def _tvm_key(backend: str, tune_trials: int, tune_time: float | None) -> dict:
-    """Extra cache-key fields for tuned TVM timings: the compile pipeline (timings of builds made
-    by another pipeline, such as the NCHW one before tuning/pipeline.py, are not reused) and the
-    tuning time budget. Untuned builds keep their keys (their pipeline did not change)."""
-    if backend != "tvm" or not (tune_trials or tune_time):
+    """Extra cache-key fields for TVM timings: the ONNX converters the import used (targets/
+    onnx_converters.py: a build made with TVM's own Clip converter is another program), and for
+    tuned builds the compile pipeline (timings of builds made by another pipeline, such as the
+    NCHW one before tuning/pipeline.py, are not reused) and the tuning time budget."""
+    if backend != "tvm":
         return {}
+    from graphprune.targets.onnx_converters import FRONTEND
+    if not (tune_trials or tune_time):
+        return {"frontend": FRONTEND}
     from graphprune.targets.tuning.pipeline import active
-    return {"pipeline": active(), "tune_time_s": tune_time}
+    return {"pipeline": active(), "tune_time_s": tune_time, "frontend": FRONTEND}
 
 
 def _cached(key: str) -> LatencyResult | None:

@@ -15,7 +15,9 @@ no package and no second interpretation of the graph (see docs/latency.md).
 Recurrent layers: Relax has no LSTM/GRU/RNN converter, so after the shapes are pinned and
 folded, import_relax unrolls them into primitive ops (passes/lower_rnn.py). That happens
 here only, in the TVM import path: onnxruntime runs (the reference, prune's check, verify)
-keep the original fused nodes.
+keep the original fused nodes. Clip is converted by graphprune's own converter (targets/
+onnx_converters.py: Relax maximum/minimum instead of TVM's opaque TOPI call, so the NHWC layout
+conversion and operator fusion see through it).
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ def import_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | No
     GraphpruneError naming the operator TVM cannot import."""
     from tvm.relax.frontend.onnx import from_onnx
     from graphprune.passes.lower_rnn import LowerRNNPass
+    from graphprune.targets.onnx_converters import layout_friendly_converters
     static, shapes = static_model(model, input_shapes)
     static = LowerRNNPass()(static)  # TVM only: the sequence length is static now
     missing = _unsupported(static)
@@ -117,7 +120,8 @@ def import_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | No
     try:  # the frontend prints "Error converting operator X, with inputs: ..." to stdout (--json!)
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # renamed inputs, the outputs' cleared shapes: not the user's concern
-            mod = from_onnx(static, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+            with layout_friendly_converters():   # Clip as Relax ops ConvertLayout and FuseOps see into
+                mod = from_onnx(static, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises many types for unsupported graphs
         op = next((ln.split(",")[0].replace("Error converting operator ", "")
                    for ln in printed.getvalue().splitlines() if ln.startswith("Error converting operator ")), "")

@@ -93,9 +93,13 @@ def test_database_folder_and_cache_key_name_the_pipeline(monkeypatch):
         records.database_dir(x86)
     monkeypatch.delenv(pipeline.ENV)
     from graphprune.targets import _tvm_key
-    assert _tvm_key("tvm", 8, None) == {"pipeline": pipeline.PIPELINE, "tune_time_s": None}
+    from graphprune.targets.onnx_converters import FRONTEND
+    assert _tvm_key("tvm", 8, None) == {"pipeline": pipeline.PIPELINE, "tune_time_s": None, "frontend": FRONTEND}
     assert _tvm_key("tvm", 0, 60.0)["tune_time_s"] == 60.0
-    assert _tvm_key("tvm", 0, None) == {} and _tvm_key("ort", 8, None) == {}
+    assert _tvm_key("tvm", 0, None) == {"frontend": FRONTEND} and _tvm_key("ort", 8, None) == {}
+    # records made with TVM's own Clip converter (another frontend) live in another folder
+    monkeypatch.setattr("graphprune.targets.onnx_converters.FRONTEND", "tvm-own")
+    assert records.database_dir(x86) != now
 
 
 def test_tuning_module_has_nhwc_convs_with_layout_free_weights():

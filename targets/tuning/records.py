@@ -19,7 +19,8 @@ from graphprune.targets.tuning.pipeline import active
 
 
 def database_dir(target: Target) -> Path:
-    key = {**target.tvm_dict(), "graphprune_pipeline": active()}
+    from graphprune.targets.onnx_converters import FRONTEND
+    key = {**target.tvm_dict(), "graphprune_pipeline": active(), "graphprune_frontend": FRONTEND}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "tuning" / f"{target.name}-{h}"
 
