@@ -138,11 +138,12 @@ def _tvm_key(backend: str, tune_trials: int, tune_time: float | None) -> dict:
     NCHW one before tuning/pipeline.py, are not reused) and the tuning time budget."""
     if backend != "tvm":
         return {}
-    from graphprune.targets.onnx_converters import FRONTEND
+    from graphprune.targets.onnx_converters import TVM_OWN, frontend
+    ours = {} if frontend() == TVM_OWN else {"frontend": frontend()}   # TVM's own: the keys from before
     if not (tune_trials or tune_time):
-        return {"frontend": FRONTEND}
+        return ours
     from graphprune.targets.tuning.pipeline import active
-    return {"pipeline": active(), "tune_time_s": tune_time, "frontend": FRONTEND}
+    return {"pipeline": active(), "tune_time_s": tune_time, **ours}
 
 
 def _cached(key: str) -> LatencyResult | None:

@@ -17,19 +17,33 @@ bounds that are constants holding one value, neither NaN, take this path (NaN bo
 "unbounded" in ONNX and onnxruntime, which TVM's own converter handles); anything else,
 or an input of unknown rank, goes to TVM's converter unchanged.
 
-`FRONTEND` names this set of replacements: it is part of every TVM latency cache key and
-of the tuning database's folder hash, so timings and records made with TVM's own converters
-are never reused for builds made with these.
+`FRONTEND` names this set of replacements; `frontend()` (the one in use) is part of every TVM
+latency cache key and of the tuning database's folder hash, so timings and records made with
+TVM's own converters are never reused for builds made with these. `GRAPHPRUNE_TVM_FRONTEND=tvm`
+imports with TVM's converters as shipped, for before/after measurements only
+(tools/profile_tvm.py, tools/bench_tvm_vs_ort.py), as GRAPHPRUNE_TVM_PIPELINE does for the pipeline.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numpy as np
 
 FRONTEND = "clip-maxmin-2"
+TVM_OWN = "tvm"
+ENV = "GRAPHPRUNE_TVM_FRONTEND"
 _LOCK = threading.Lock()
+
+
+def frontend() -> str:
+    """The converters in use: FRONTEND, or TVM_OWN when $GRAPHPRUNE_TVM_FRONTEND says so."""
+    name = os.environ.get(ENV) or FRONTEND
+    if name not in (FRONTEND, TVM_OWN):
+        from graphprune.errors import GraphpruneError
+        raise GraphpruneError(f"${ENV} must be {FRONTEND} or {TVM_OWN} (got {name!r})")
+    return name
 
 
 def _bound(expr, default: float):
@@ -116,6 +130,9 @@ def layout_friendly_converters():
     """While active, TVM's ONNX frontend uses the converters above (module-level swap of its
     converter table, restored on exit; a lock keeps two imports in threads from interleaving)."""
     import tvm.relax.frontend.onnx.onnx_frontend as fe
+    if frontend() == TVM_OWN:
+        yield
+        return
     with _LOCK:
         original = fe._get_convert_map
         from tvm import relax

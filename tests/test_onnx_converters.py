@@ -70,20 +70,11 @@ def test_tvm_own_converters_are_what_this_replaces():
     """Without the replacement (TVM's converter table as shipped), Clip is an opaque call wrapped
     in transposes: the test above is not trivially true."""
     import tvm.relax.frontend.onnx.onnx_frontend as fe
-    from graphprune.targets import onnx_converters
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(onnx_converters, "layout_friendly_converters", _no_replacement)
+        mp.setenv("GRAPHPRUNE_TVM_FRONTEND", "tvm")
         text = convert_layout(import_relax(_relu6())[0]).script()
     assert "call_tir" in text and _tensor_permutes(text) == 4   # + NHWC->NCHW before it, NCHW->NHWC after
     assert fe._get_convert_map()["Clip"] is fe.Clip   # restored after every import
-
-
-class _no_replacement:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_nan_bound_means_unbounded_through_tvm_own_converter():

@@ -98,8 +98,14 @@ def test_database_folder_and_cache_key_name_the_pipeline(monkeypatch):
     assert _tvm_key("tvm", 0, 60.0)["tune_time_s"] == 60.0
     assert _tvm_key("tvm", 0, None) == {"frontend": FRONTEND} and _tvm_key("ort", 8, None) == {}
     # records made with TVM's own Clip converter (another frontend) live in another folder
-    monkeypatch.setattr("graphprune.targets.onnx_converters.FRONTEND", "tvm-own")
-    assert records.database_dir(x86) != now
+    monkeypatch.setenv("GRAPHPRUNE_TVM_FRONTEND", "tvm")   # TVM's own converters: the folders from before them
+    before = hashlib.sha256(json.dumps({**x86.tvm_dict(), "graphprune_pipeline": pipeline.PIPELINE},
+                                       sort_keys=True).encode()).hexdigest()[:10]
+    assert records.database_dir(x86).name == f"x86-{before}" != now.name
+    assert _tvm_key("tvm", 0, None) == {} and "frontend" not in _tvm_key("tvm", 8, None)
+    monkeypatch.setenv("GRAPHPRUNE_TVM_FRONTEND", "tvm2")
+    with pytest.raises(GraphpruneError, match=r"GRAPHPRUNE_TVM_FRONTEND must be clip-maxmin-2 or tvm"):
+        records.database_dir(x86)
 
 
 def test_tuning_module_has_nhwc_convs_with_layout_free_weights():

@@ -19,8 +19,10 @@ from graphprune.targets.tuning.pipeline import active
 
 
 def database_dir(target: Target) -> Path:
-    from graphprune.targets.onnx_converters import FRONTEND
-    key = {**target.tvm_dict(), "graphprune_pipeline": active(), "graphprune_frontend": FRONTEND}
+    from graphprune.targets.onnx_converters import TVM_OWN, frontend
+    key = {**target.tvm_dict(), "graphprune_pipeline": active()}
+    if frontend() != TVM_OWN:   # folders made before onnx_converters (TVM's own converters) keep their hash
+        key["graphprune_frontend"] = frontend()
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "tuning" / f"{target.name}-{h}"
 
