@@ -19,7 +19,7 @@ touched):
    tensor a shape (CNNs): it imports onnxruntime.tools, which imports torch (seconds).
 2. `quantize_static` in QDQ format, calibrated on the given data (`calibration`: MinMax by
    default, each activation's full observed range; or onnxruntime's histogram methods
-   percentile and entropy, which may clip outliers): weights
+   percentile, which clips outliers): weights
    int8 (per output channel with `per_channel`, symmetric unless `symmetric_weights` is
    False), activations uint8 asymmetric, or int8 symmetric with `symmetric_activations`
    (what ARM and GPU kernels prefer). Nodes mapped to fp32 are passed as
@@ -51,7 +51,7 @@ class QuantizeInt8Pass(Pass):
     """`data`: calibration samples (a graphprune.data Dataset, an (x, y) pair, an array for a
     one-input model, or {input name: array}). `precision` {node: "fp32"|"int8"} and `exclude`
     [node, ...] keep nodes in fp32 (mixed precision); names refer to the input model.
-    `calibration`: minmax (default), percentile, percentile=P, or entropy
+    `calibration`: minmax (default), percentile or percentile=P
     (graphprune.quant.calibration.parse_calibration)."""
 
     name = "quantize-int8"

@@ -144,8 +144,8 @@ def test_optimize_mixed_writes_a_qdq_model_with_its_precision(tmp_path):
     ({"calibration_samples": 0}, "--calibration-samples must be an integer >= 1"),
     ({"calibration": "kl"}, "--calibration: unknown calibration method 'kl'"),
     ({"calibration": "percentile=101"}, "--calibration: the calibration percentile must be a number in (0, 100]"),
-    ({"quantize": "off", "calibration": "entropy"}, "--calibration needs --quantize int8 or mixed"),
-    ({"quantize": "fp16", "calibration": "entropy"}, "--calibration needs --quantize int8 or mixed"),
+    ({"quantize": "off", "calibration": "percentile"}, "--calibration needs --quantize int8 or mixed"),
+    ({"quantize": "fp16", "calibration": "percentile"}, "--calibration needs --quantize int8 or mixed"),
 ])
 def test_bad_options_fail_before_outdir(tmp_path, kw, msg):
     case = write_case(tmp_path, n=32)

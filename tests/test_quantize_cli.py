@@ -57,7 +57,7 @@ def test_outside_the_tolerance_nothing_is_written(files, capsys):
     (["--data", "{d}", "--precision", "int4"], "unknown --precision 'int4'; choose from int8, fp16"),
     (["--data", "{d}", "--exclude", "conv1,convx"], "no node named 'convx'"),
     (["--data", "{d}", "--precision", "fp16", "--per-channel"], "apply to --precision int8 only"),
-    (["--data", "{d}", "--precision", "fp16", "--calibration", "entropy"], "apply to --precision int8 only"),
+    (["--data", "{d}", "--precision", "fp16", "--calibration", "percentile"], "apply to --precision int8 only"),
     (["--data", "{d}", "--calibration", "kl"], "--calibration: unknown calibration method 'kl'; choose from minmax"),
     (["--data", "{d}", "--calibration", "percentile=x"], "the calibration percentile must be a number in (0, 100]"),
     (["--data", "{bad}"], "the model expects ['N', 3, 8, 8]"),

@@ -8,9 +8,9 @@ were left untried: another calibration method, and mixed precision (sensitive la
 This tool measures both, with no search in between, on the models' own synthetic data and metric
 (tools/_real_models.py, the same images, preprocessing and metric as bench_unlabelled/bench_joint):
 
-* calibration: `QuantizeInt8Pass(calibration=...)` with minmax (the default), percentile 99.999
-  and 99.99, and entropy (onnxruntime's histogram methods), everything else unchanged;
-* fp32 islands (minmax): the model's own exclusions (`quantize_exclude`, e.g. YOLO's box
+* calibration: `QuantizeInt8Pass(calibration=...)` with minmax (the default) and percentile
+  99.999, 99.99 and 99.9 (onnxruntime's histogram calibrator), everything else unchanged;
+* fp32 islands (--island-calibration, minmax by default): the model's own exclusions (`quantize_exclude`, e.g. YOLO's box
   decoding) plus one family of layers kept fp32 (the first two convolutions, the head's last
   convolutions, the whole head, ...); each with its int8 speed-up over fp32, onnxruntime, one
   thread, timed side by side (graphprune.targets.paired).
@@ -20,7 +20,7 @@ The metric is against the original's own outputs (1.0 = identical) on --val imag
 
     .venv/bin/python tools/probe_int8_real.py --models slider,ppocr_det      # ~10 min on 2 cores
 
-Writes OUT/probe_int8_real.json and the section `probe-int8-real` of docs/bench_joint.md.
+Writes OUT/probe_int8_real-<models>.json and the section `probe-int8-real-<models>` of docs/bench_joint.md.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from _real_models import MODELS, image_options, model_file, quantize_exclude, wr
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bench_joint.md"
-CALIBRATIONS = ("minmax", "percentile", "percentile=99.99", "entropy")
+CALIBRATIONS = ("minmax", "percentile", "percentile=99.99", "percentile=99.9")
 
 
 def _convs(model) -> list[str]:
@@ -86,19 +86,21 @@ def probe(name: str, args) -> dict:
         q = QuantizeInt8Pass(train.x, per_channel=True, **kw).run(model)
         r = {"label": label, "quantize_s": time.time() - t0, "fp32_layers": len(kw.get("exclude", [])) - len(own),
              **{k: evaluate(q, d.x, metric, refs[k], None, threads=args.threads) for k, d in sets.items()}}
-        if kw.get("calibration", "minmax") == "minmax":
+        if kw.get("calibration", "minmax") == args.island_calibration:
             t = paired_ort(model, q, repeats=args.pairs, threads=1, seed=args.seed, input_shapes=shapes)
             r.update(speedup=t["speedup"], speedup_iqr=t.get("speedup_iqr"))
         print(f"[{name}] {label}: val {r['val']:.4f} held {r['held']:.4f}"
               + (f" {r['speedup']:.2f}x" if "speedup" in r else ""), flush=True)
         return r
 
-    cal = [row(c, calibration=c, exclude=own) for c in CALIBRATIONS]
-    isl = [row(k, exclude=own + v) for k, v in islands(name, model).items() if k != "none"]
+    cal = [row(c, calibration=c, exclude=own) for c in args.calibrations.split(",")]
+    isl = [row(k, exclude=own + v, calibration=args.island_calibration)
+           for k, v in islands(name, model).items() if k != "none"]
     return {"model": name, "metric": spec["metric"], "val": len(val), "held": len(held), "train": len(train),
             "own_exclusions": len(own), "layers": len(_convs(model)), "calibration": cal,
-            "islands": [next(r for r in cal if r["label"] == "minmax") | {"label": "none (model's own exclusions)"}]
-            + isl}
+            "island_calibration": args.island_calibration,
+            "islands": [next(r for r in cal if r["label"] == args.island_calibration)
+                        | {"label": "none (model's own exclusions)"}] + isl}
 
 
 def _fmt(r, key="label") -> str:
@@ -120,7 +122,7 @@ def markdown(res: list[dict], command: str, load0, load1, wall: float) -> str:
               f"{r['own_exclusions']} node(s) kept fp32 in every int8 model)", "",
               "| calibration | metric, validation | metric, held out | within 0.01 | speed-up |", "|---|---|---|---|---|"]
         L += [_fmt(c) for c in r["calibration"]]
-        L += ["", "| kept fp32 (minmax) | metric, validation | metric, held out | within 0.01 | speed-up |",
+        L += ["", f"| kept fp32 ({r['island_calibration']}) | metric, validation | metric, held out | within 0.01 | speed-up |",
               "|---|---|---|---|---|"]
         L += [_fmt(c) for c in r["islands"]]
         L.append("")
@@ -135,6 +137,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train", type=int, default=12, help="calibration images")
     ap.add_argument("--pairs", type=int, default=10, help="side-by-side timed pairs per int8 model")
     ap.add_argument("--threads", type=int, default=2, help="threads for the metric's inference")
+    ap.add_argument("--calibrations", default=",".join(CALIBRATIONS), help="methods compared (comma-separated)")
+    ap.add_argument("--island-calibration", default="minmax",
+                    help="the method the fp32-island rows calibrate with (one of --calibrations)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--out", default="out/probe_int8_real")
     ap.add_argument("--no-doc", action="store_true")
@@ -145,12 +150,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown model {bad[0]!r}; choose from {', '.join(MODELS)}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0, load0 = time.time(), os.getloadavg()
+    if args.island_calibration not in args.calibrations.split(","):
+        raise SystemExit("--island-calibration must be one of --calibrations")
     res = [probe(m, args) for m in names]
     wall, load1 = time.time() - t0, os.getloadavg()
-    (Path(args.out) / "probe_int8_real.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    tag = "-".join(names)
+    (Path(args.out) / f"probe_int8_real-{tag}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     if not args.no_doc:
         cmd = ".venv/bin/python tools/probe_int8_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        update_section(DOC, "probe-int8-real", markdown(res, cmd.strip(), load0, load1, wall))
+        update_section(DOC, f"probe-int8-real-{tag}", markdown(res, cmd.strip(), load0, load1, wall))
     return 0
 
 

@@ -144,7 +144,7 @@ def _add_quantize(p) -> None:
                         "part held out for fine-tuning, else of --data) (default 256)")
     g.add_argument("--calibration", default="minmax", metavar="METHOD",
                    help="--quantize int8/mixed: how activation ranges are chosen: minmax (default), percentile "
-                        "(or percentile=P), or entropy (graphprune quantize --help)")
+                        "(or percentile=P) (graphprune quantize --help)")
     g.add_argument("--quantize-exclude", action="append", default=[], metavar="NODE,...",
                    help="--quantize: nodes kept fp32 in every candidate (comma-separated, repeatable), e.g. a "
                         "detector's box decoding after its last convolutions")

@@ -1,7 +1,7 @@
 """`graphprune quantize`: int8 (QDQ) or fp16 model out, checked against the fp32 original.
 
     graphprune quantize MODEL.onnx -o MODEL.int8.onnx --data calib.npz --per-channel \\
-        [--symmetric] [--exclude NODE,...] [--precision int8|fp16] [--calibration entropy]
+        [--symmetric] [--exclude NODE,...] [--precision int8|fp16] [--calibration percentile]
 
 The quantized model is run in onnxruntime on the data and compared with the fp32 model
 (max abs and relative error per output, top-1 agreement and accuracy for classifiers);
@@ -34,8 +34,8 @@ def register(sub) -> None:
                                                             "ARM/GPU kernels prefer); default asymmetric uint8")
     p.add_argument("--calibration", default="minmax", metavar="METHOD",
                    help="int8: how activation ranges are chosen: minmax (default: the full observed range), "
-                        "percentile (99.999, or percentile=P) or entropy (onnxruntime's histogram methods: "
-                        "may clip outliers; slower)")
+                        "or percentile (99.999, or percentile=P: onnxruntime's histogram calibrator, clips "
+                        "outliers; slower)")
     p.add_argument("--exclude", action="append", metavar="NODE,...",
                    help="nodes kept in fp32 (mixed precision); comma-separated, repeatable")
     p.add_argument("--samples", type=int, default=256, help="calibration samples (fixed-seed subset; default 256)")

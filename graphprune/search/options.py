@@ -79,7 +79,7 @@ class OptimizeOptions:
     # -- joint prune + quantize search (graphprune.search.joint; docs/quantization.md) --
     quantize: str = "off"                # off | int8 | mixed
     calibration_samples: int = 256       # fixed-seed calibration subset of the training data
-    calibration: str = "minmax"          # activation ranges: minmax | percentile[=P] | entropy
+    calibration: str = "minmax"          # activation ranges: minmax | percentile[=P]
     quantize_exclude: tuple = ()         # nodes kept fp32 in every candidate (e.g. a detector's box decoding)
 
 
