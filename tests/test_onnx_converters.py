@@ -92,3 +92,20 @@ def test_the_converter_table_is_restored_even_when_the_import_fails():
             raise RuntimeError("import failed")
     assert fe._get_convert_map()["Clip"] is fe.Clip
     onnx.checker.check_model(_relu6())
+
+
+def test_relu6_cross_compiles_for_arm_through_the_prepack_pipeline(tmp_path):
+    """The tuned pipeline (empty database: default schedules) with the fused conv + maximum/minimum,
+    linked by the cross compiler into an aarch64 library."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from graphprune.targets import get_target
+    from graphprune.targets.compile import compile_relax, export_library, import_onnx
+    arm = get_target("arm-a72")
+    if shutil.which(arm.cc) is None:
+        pytest.skip(f"{arm.cc} not installed")
+    c = compile_relax(import_onnx(_relu6()), arm, database=ms.database.MemoryDatabase(), tuning="empty")
+    head = export_library(c, tmp_path / "relu6_arm.so").read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183   # EM_AARCH64
