@@ -7,18 +7,25 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
-def tiny_cnn(channels: int = 8, size: int = 16, seed: int = 0) -> onnx.ModelProto:
+def tiny_cnn(channels: int = 8, size: int = 16, seed: int = 0, relu6: bool = False) -> onnx.ModelProto:
+    """conv-act-conv-act-GAP-FC; act is Relu, or Clip(0, 6) (ReLU6, MobileNet's) with relu6."""
     rng = np.random.default_rng(seed)
 
     def init(name, *shape):
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
     inits = [init("w1", channels, 3, 3, 3), init("b1", channels), init("w2", 8, channels, 3, 3), init("b2", 8),
              init("wf", 8, 10), init("bf", 10)]
+    if relu6:
+        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
+
+    def act(a, b):
+        return helper.make_node("Clip", [a, "lo", "hi"], [b]) if relu6 else helper.make_node("Relu", [a], [b])
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
+        act("c1", "r1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
+        act("c2", "r2"),
         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"]),

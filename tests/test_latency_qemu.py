@@ -43,18 +43,21 @@ def _check_on_device(compiled, m, cluster, seed):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_arm_a72_runs_on_emulated_aarch64_server(qemu_cluster):
-    m = tiny_cnn()
+@pytest.mark.parametrize("relu6", [False, True])
+def test_arm_a72_runs_on_emulated_aarch64_server(qemu_cluster, relu6):
+    m = tiny_cnn(relu6=relu6)
     compiled = compile_model(m, "arm-a72")
     r = measure_rpc(compiled, m, qemu_cluster.address, KEY, repeats=3, timeout=300, emulated=True)
     assert r.emulated and r.target == "arm-a72" and r.device.startswith(f"rpc:{KEY}@")
     _check_on_device(compiled, m, qemu_cluster, seed=4)
 
 
-def test_arm_a72_tuned_over_rpc_on_emulated_server(qemu_cluster):
+@pytest.mark.parametrize("relu6", [False, True])
+def test_arm_a72_tuned_over_rpc_on_emulated_server(qemu_cluster, relu6):
     """MetaSchedule (default evolutionary search + XGBoost) tunes arm-a72 with candidates
-    cross-linked here and timed on the emulated board; the tuned build computes what ORT does."""
-    m = tiny_cnn()
+    cross-linked here and timed on the emulated board; the tuned build computes what ORT does.
+    relu6: ReLU6 as Clip(0, 6), imported as maximum/minimum fused into the tuned convolutions."""
+    m = tiny_cnn(relu6=relu6)
     r = measure_latency(m, target="arm-a72", backend="tvm", rpc_tracker=qemu_cluster.address, rpc_key=KEY,
                         tune_trials=4, repeats=3, timeout=300, emulated=True)
     assert r.tuned and r.emulated and r.target == "arm-a72" and r.device.startswith(f"rpc:{KEY}@")
