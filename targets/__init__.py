@@ -138,8 +138,8 @@ def _tvm_key(backend: str, tune_trials: int, tune_time: float | None) -> dict:
     NCHW one before tuning/pipeline.py, are not reused) and the tuning time budget."""
     if backend != "tvm":
         return {}
-    from graphprune.targets.onnx_converters import TVM_OWN, frontend
-    ours = {} if frontend() == TVM_OWN else {"frontend": frontend()}   # TVM's own: the keys from before
+    from graphprune.targets.onnx_converters import key_fields
+    ours = key_fields("frontend")
     if not (tune_trials or tune_time):
         return ours
     from graphprune.targets.tuning.pipeline import active

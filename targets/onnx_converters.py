@@ -46,6 +46,13 @@ def frontend() -> str:
     return name
 
 
+def key_fields(field: str) -> dict:
+    """{field: frontend()} for a cache key or a database folder's hash, or {} with TVM's own
+    converters: the keys made before this module existed were made with them, so they stay valid."""
+    name = frontend()
+    return {} if name == TVM_OWN else {field: name}
+
+
 def _bound(expr, default: float):
     """The bound as a float (default when absent), or None when it is not one constant value."""
     import tvm
@@ -116,12 +123,12 @@ def _pair(bb, binary, inputs):
     a, b = inputs
     ra, rb = len(a.ty.shape), len(b.ty.shape)
     if ra != rb:
-        lo, hi = (a, b) if ra < rb else (b, a)
-        if not isinstance(lo, tvm.ir.GenericConst):
+        short = a if ra < rb else b          # the operand of lower rank: must be a constant
+        if not isinstance(short, tvm.ir.GenericConst):
             return None
-        v = lo.value.numpy()
-        lo = relax.const(v.reshape([1] * (max(ra, rb) - v.ndim) + list(v.shape)), v.dtype)
-        a, b = (lo, hi) if ra < rb else (hi, lo)
+        v = short.value.numpy()
+        short = relax.const(v.reshape([1] * (max(ra, rb) - v.ndim) + list(v.shape)), v.dtype)
+        a, b = (short, b) if ra < rb else (a, short)
     return bb.normalize(binary(a, b))
 
 

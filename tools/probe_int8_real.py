@@ -50,7 +50,7 @@ def _convs(model) -> list[str]:
 def islands(name: str, model) -> dict[str, list[str]]:
     """Families of layers kept fp32 on top of the model's own exclusions, by model."""
     convs = _convs(model)
-    out = {"none": [], "first 2 convs": convs[:2]}
+    out = {"first 2 convs": convs[:2]}
     if name == "slider":            # Ultralytics Detect/Segment head: model.23
         head = [c for c in convs if "/model.23/" in c]
         out.update({"head's last conv per branch": [c for c in head if c.endswith(".2/Conv")],
@@ -95,7 +95,7 @@ def probe(name: str, args) -> dict:
 
     cal = [row(c, calibration=c, exclude=own) for c in args.calibrations.split(",")]
     isl = [row(k, exclude=own + v, calibration=args.island_calibration)
-           for k, v in islands(name, model).items() if k != "none"]
+           for k, v in islands(name, model).items()]
     return {"model": name, "metric": spec["metric"], "val": len(val), "held": len(held), "train": len(train),
             "own_exclusions": len(own), "layers": len(_convs(model)), "calibration": cal,
             "island_calibration": args.island_calibration,
@@ -103,10 +103,10 @@ def probe(name: str, args) -> dict:
                         | {"label": "none (model's own exclusions)"}] + isl}
 
 
-def _fmt(r, key="label") -> str:
+def _fmt(r) -> str:
     sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
     ok = "yes" if min(r["val"], r["held"]) >= 1 - 0.01 - 1e-12 else "no"
-    return f"| {r[key]} | {r['val']:.4f} | {r['held']:.4f} | {ok} | {sp} |"
+    return f"| {r['label']} | {r['val']:.4f} | {r['held']:.4f} | {ok} | {sp} |"
 
 
 def markdown(res: list[dict], command: str, load0, load1, wall: float) -> str:

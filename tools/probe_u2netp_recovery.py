@@ -69,26 +69,19 @@ def with_weights(src, dst):
     return out
 
 
-def teacher_outputs(model, x):
-    from graphprune.runtime import session
-    s = session(model, threads=2)
-    name = s.get_inputs()[0].name
-    outs = [s.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
-    return [np.concatenate(o) for o in zip(*outs)]
-
-
 def run_recipe(recipe, pruned, original, train_x, judge, args) -> dict:
     import torch
 
     from graphprune.bridge import to_torch
     from graphprune.recovery.batching import backward_batch
     from graphprune.recovery.distill import loss_fn, objective
+    from graphprune.recovery.teacher import teacher_outputs
     name, lr = recipe.split(":")
     lr = float(lr)
     logits = name.endswith("-logits")
     student = strip_sigmoids(pruned) if logits else pruned
     teacher = strip_sigmoids(original) if logits else original
-    loss = loss_fn(objective(teacher_outputs(teacher, train_x), None, 1.0))
+    loss = loss_fn(objective(teacher_outputs(teacher, train_x)[0], None, 1.0))   # recovery's own teacher run
     torch.manual_seed(args.seed)
     net = to_torch(student)
     net.train()

@@ -51,18 +51,14 @@ def register(sub) -> None:
 
 def _options(args) -> tuple[str, list[str], float]:
     """Everything checkable before a file is read: one-line errors for nonsense options."""
+    from graphprune.quant.calibration import parse_calibration
     from graphprune.quant.check import DEFAULT_TOLERANCE
     from graphprune.quant.precision import canonical
-
-    from graphprune.quant.calibration import parse_calibration
 
     precision = canonical(args.precision, ("int8", "fp16"), "--precision")
     if precision == "fp16" and (args.per_channel or args.symmetric or args.calibration != "minmax"):
         raise GraphpruneError("--per-channel, --symmetric and --calibration apply to --precision int8 only")
-    try:
-        parse_calibration(args.calibration)
-    except GraphpruneError as exc:
-        raise GraphpruneError(f"--calibration: {exc}") from None
+    parse_calibration(args.calibration, "--calibration")
     exclude = [n.strip() for spec in args.exclude or [] for n in spec.split(",") if n.strip()]
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     if not 0 <= tolerance < float("inf"):

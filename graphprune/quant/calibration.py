@@ -107,11 +107,21 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile"}
 DEFAULT_PERCENTILE = 99.999
 
 
-def parse_calibration(text: str) -> tuple[str, float | None]:
+def parse_calibration(text: str, option: str | None = None) -> tuple[str, float | None]:
     """(method, percentile or None) from `minmax`, `percentile` or `percentile=P` (0 < P <= 100):
-    how activation ranges are chosen from the calibration data.
+    how activation ranges are chosen from the calibration data. `option` (e.g. "--calibration")
+    prefixes the error message when the text came from a command-line option.
     MinMax takes each tensor's full observed range; percentile builds histograms (slower, more
     memory) and clips outliers, which gives finer steps to the common values."""
+    try:
+        return _parse_calibration(text)
+    except GraphpruneError as exc:
+        if option is None:
+            raise
+        raise GraphpruneError(f"{option}: {exc}") from None
+
+
+def _parse_calibration(text: str) -> tuple[str, float | None]:
     name, _, arg = str(text).strip().lower().partition("=")
     if name not in CALIBRATION_METHODS:
         raise GraphpruneError(f"unknown calibration method {text!r}; choose from "

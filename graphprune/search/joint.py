@@ -28,17 +28,14 @@ def objectives(o, names: list[str]) -> list[str]:
     documented estimate), not latency x stated power; --prefer follows."""
     prec.check_mode(getattr(o, "quantize", "off"))
     from graphprune.quant.calibration import parse_calibration
-    if not enabled(o) or o.quantize == "fp16":
-        if getattr(o, "quantize_exclude", ()) and not enabled(o):
-            raise GraphpruneError("--quantize-exclude needs --quantize int8 or mixed")
-        if getattr(o, "calibration", "minmax") != "minmax":
-            raise GraphpruneError("--calibration needs --quantize int8 or mixed (fp16 is not calibrated)")
-        if not enabled(o):
-            return names
-    try:
-        parse_calibration(getattr(o, "calibration", "minmax"))
-    except GraphpruneError as exc:
-        raise GraphpruneError(f"--calibration: {exc}") from None
+    calibrated = enabled(o) and o.quantize != "fp16"
+    if getattr(o, "quantize_exclude", ()) and not enabled(o):
+        raise GraphpruneError("--quantize-exclude needs --quantize int8 or mixed")
+    if getattr(o, "calibration", "minmax") != "minmax" and not calibrated:
+        raise GraphpruneError("--calibration needs --quantize int8 or mixed (fp16 is not calibrated)")
+    if not enabled(o):
+        return names
+    parse_calibration(o.calibration, "--calibration")
     if not (isinstance(o.calibration_samples, int) and not isinstance(o.calibration_samples, bool)
             and o.calibration_samples >= 1):
         raise GraphpruneError(f"--calibration-samples must be an integer >= 1, got {o.calibration_samples!r}")

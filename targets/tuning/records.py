@@ -19,10 +19,8 @@ from graphprune.targets.tuning.pipeline import active
 
 
 def database_dir(target: Target) -> Path:
-    from graphprune.targets.onnx_converters import TVM_OWN, frontend
-    key = {**target.tvm_dict(), "graphprune_pipeline": active()}
-    if frontend() != TVM_OWN:   # folders made before onnx_converters (TVM's own converters) keep their hash
-        key["graphprune_frontend"] = frontend()
+    from graphprune.targets.onnx_converters import key_fields
+    key = {**target.tvm_dict(), "graphprune_pipeline": active(), **key_fields("graphprune_frontend")}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "tuning" / f"{target.name}-{h}"
 
