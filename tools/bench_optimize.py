@@ -68,17 +68,19 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def uniform_l1(model, an, x, y, step, error_fn=None, ratios=None, stop_error=None, label="accuracy"):
+def uniform_l1(model, an, x, y, step, error_fn=None, ratios=None, stop_error=None, label="accuracy", repair=None):
     """Uniform L1 pruning on a 0.05 grid of ratios (or `ratios`), each evaluated without fine-tuning.
 
     error_fn(pruned model) -> error replaces top-1 error on (x, y) (a metric without labels);
     with stop_error the sweep stops after the first ratio whose error exceeds it (larger ratios
-    cost time and, on these networks, only lose more)."""
+    cost time and, on these networks, only lose more). repair(pruned, plan) -> model: what the
+    search applies to every candidate before judging it (e.g. --reconstruct), applied here too."""
     error_fn = error_fn or (lambda m: obj.error_rate(m, x, y))  # noqa: E731
     rows = []
     for r in (np.arange(0.05, 0.951, 0.05) if ratios is None else ratios):
         plan = gp.choose(an, ratio=float(r), criterion="l1", round_to=step)
-        err = error_fn(gp.prune(model, plan))
+        pruned = gp.prune(model, plan)
+        err = error_fn(repair(pruned, plan) if repair else pruned)
         rows.append({"ratio": round(float(r), 2), "error": err, "config": plan.config()})
         log(f"uniform L1 ratio {r:.2f}: {label} {100 * (1 - err):.2f} %")
         if stop_error is not None and err > stop_error:
@@ -86,17 +88,25 @@ def uniform_l1(model, an, x, y, step, error_fn=None, ratios=None, stop_error=Non
     return rows
 
 
-def uniform_l1_matched(model, an, rows, base_err, args, train, val, error_fn=None, distill_weight=0.0):
+def uniform_l1_matched(model, an, rows, base_err, args, train, val, error_fn=None, distill_weight=0.0,
+                       reconstruct_x=None):
     """(b) at matched accuracy with the same rule as optimize's --recovery-slack: the ratios losing
     at most max_drop + slack before recovery, largest first, are recovered (at most recovery_tries),
     and the first within max_drop after recovery is kept; without one, the largest ratio within
     max_drop before recovery (recovered). Returns (row, model, recovery report, tried).
-    error_fn and distill_weight go to recover (data without labels: a metric, distillation)."""
+    error_fn, distill_weight and reconstruct_x go to recover (data without labels: a metric,
+    distillation; --reconstruct: the refit before training, and the model it starts from)."""
     def rec(row):
-        return recover(model, an, {int(k): v for k, v in row["config"].items()}, "l1", train, val.x, val.y,
+        cfg = {int(k): v for k, v in row["config"].items()}
+        before = None
+        if reconstruct_x is not None:
+            from graphprune.recovery.reconstruct import reconstruct
+            plan = gp.choose(an, keep=cfg, criterion="l1")
+            before = reconstruct(model, plan, gp.prune(model, plan), reconstruct_x, seed=args.seed)[0]
+        return recover(model, an, cfg, "l1", train, val.x, val.y,
                        epochs=args.epochs, steps=args.finetune_steps, lr=args.lr, batch_size=getattr(args, "batch_size", 64),
-                       seed=args.seed,
-                       log=lambda m: log(f"(b) {m}"), error_fn=error_fn, distill_weight=distill_weight)
+                       seed=args.seed, log=lambda m: log(f"(b) {m}"), error_fn=error_fn,
+                       distill_weight=distill_weight, reconstruct_x=reconstruct_x, before=before)
     within = lambda row, drop: row["error"] - base_err <= drop + 1e-12  # noqa: E731
     tried, done = [], {}
     if args.recovery_slack:

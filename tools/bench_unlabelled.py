@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp  # noqa: E402
 from _docs import update_section  # noqa: E402
-from _real_models import DEFAULTS, MODELS, image_options, model_file, search_options, setting, write_data  # noqa: E402
+from _real_models import (DEFAULTS, MODELS, image_options, model_file, search_options, searched_groups,  # noqa: E402
+                          setting, write_data)
 from bench_optimize import log, uniform_l1, uniform_l1_matched  # noqa: E402
 from graphprune.errors import GraphpruneError  # noqa: E402
 
@@ -123,13 +124,40 @@ def _metric_fns(model, val, train, spec, has_bn, args):
     return sweep, judge
 
 
+def _reconstruct_x(spec, train, args):
+    """The training images (a) refits its candidates on (optimize's own fixed-seed subset), or None."""
+    if not spec.get("reconstruct"):
+        return None
+    from graphprune.search.stages import fixed_subset
+    return fixed_subset(train.x, spec["reconstruct"], args.seed + 13)
+
+
+def _refit_text(r) -> str:
+    """The --reconstruct and searched-groups settings of a model's run ('' when off)."""
+    txt = ""
+    if r.get("reconstruct"):
+        txt += (f"--reconstruct on {r['reconstruct']} training images ((a)'s candidates and (b)'s ratios judged "
+                "refitted, both refitted again before training); ")
+    if r.get("searched_groups"):
+        txt += (f"(a) searches the {len(r['searched_groups'])} groups whose halving saves >= {r.get('search_share', 0):.0%} of the MACs "
+                f"({', '.join(map(str, r['searched_groups']))}), (b) prunes every group; ")
+    return txt
+
+
+def _refit(model, rx, seed):
+    from graphprune.recovery.reconstruct import reconstruct
+    return lambda pruned, plan: reconstruct(model, plan, pruned, rx, seed=seed)[0]
+
+
 def _uniform(model, an, val, train, spec, has_bn, args):
     sweep, judge = _metric_fns(model, val, train, spec, has_bn, args)
     base_err = 0.0   # every metric here compares with the original's own outputs: the original scores 1
+    rx = _reconstruct_x(spec, train, args)
+    repair = None if rx is None else _refit(model, rx, args.seed)   # judged as (a) judges its candidates
     rows = uniform_l1(model, an, None, None, spec["step"], error_fn=sweep,
-                      stop_error=base_err + args.max_drop + args.recovery_slack, label=spec["metric"])
+                      stop_error=base_err + args.max_drop + args.recovery_slack, label=spec["metric"], repair=repair)
     row, m, rec, tried = uniform_l1_matched(model, an, rows, base_err, args, train, val, error_fn=judge,
-                                            distill_weight=1.0)
+                                            distill_weight=1.0, reconstruct_x=rx)
     return row, m, rec, tried, rows, judge
 
 
@@ -161,6 +189,11 @@ def run_model(name, args, out_root: Path) -> dict:
     val, train = (load_for_model(p, model, **_image_options(spec), option=o)
                   for p, o in ((val_dir, "--data"), (train_dir, "--train-data")))
     log(f"{name}: {path.name}, {len(an.groups)} groups, BN {has_bn}, {len(val)} val / {len(train)} train images")
+    args.group_bounds, searched = None, None
+    if spec.get("search_share"):
+        args.group_bounds, searched = searched_groups(model, an, spec["search_share"], spec["step"])
+        log(f"{name}: searching the {len(searched)} groups whose halving saves >= {spec['search_share']:.0%} of the "
+            f"MACs ({', '.join(map(str, searched))}); the others stay at full width")
     ta = time.time()
     s, a_fail = _search(path, val_dir, train_dir, spec, has_bn, args, out)
     wall_a = time.time() - ta
@@ -177,6 +210,7 @@ def run_model(name, args, out_root: Path) -> dict:
            "val_images": len(val), "train_images": len(train), "a_failed": a_fail, "epochs": args.epochs,
            "repeats": args.repeats, "max_drop": args.max_drop,
            "recovery_slack": args.recovery_slack, "channel_step": spec["step"], "budget": args.budget, "lr": args.lr,
+           "reconstruct": spec.get("reconstruct"), "searched_groups": searched, "search_share": spec.get("search_share"),
            "a": _a_row(s) if s else None, "b": _b_row(row, b_rec, b_tried),
            "timing": timing, "macs_ratio": {k: gp.count(m, input_shapes=shapes).macs / macs0
                                             for k, m in (("a", a_model), ("b", b_model))},
@@ -315,7 +349,7 @@ def markdown(results: list[dict], args, command: str, kept: dict | None = None) 
                  f"{r['epochs']:g} recovery epoch(s), lr {r.get('lr', 0.01):g}; slack {r['recovery_slack']:g}; "
                  f"budget {r.get('budget', DEFAULTS['budget'])}; channel step "
                  f"{r['channel_step']}; {r['repeats']} timed runs per search candidate; BN "
-                 f"recalibration in the search {_bn_text(r)}; "
+                 f"recalibration in the search {_bn_text(r)}; {_refit_text(r)}"
                  f"(a) {_a_text(r)}; (b) sweep "
                  + ", ".join(f"{x['ratio']}: {x['metric']:.4f}" for x in r["b_sweep"])
                  + "; (b) recovered: " + ("; ".join(f"{t['ratio']}: {t['accuracy_before']:.4f} -> "

@@ -120,7 +120,7 @@ def _add_recovery(p):
 
 
 def _add_recovery_without_labels(p) -> None:
-    g = p.add_argument_group("recovery without labels, BN recalibration (docs/recovery.md)")
+    g = p.add_argument_group("recovery without labels, BN recalibration, reconstruction (docs/recovery.md)")
     g.add_argument("--distill-weight", type=float, metavar="W",
                    help="recovery loss = (1-W) x cross-entropy on the labels + W x distillation from the original "
                         "model (default: 0 with labels, as before; without labels always 1)")
@@ -131,6 +131,12 @@ def _add_recovery_without_labels(p) -> None:
                         "--bn-samples samples (recovery always recalibrates before training)")
     g.add_argument("--bn-samples", type=int, default=256, metavar="N",
                    help="samples of the training data (else --data) for --bn-recalibrate (default 256)")
+    g.add_argument("--reconstruct", action="store_true",
+                   help="refit the convolutions that read pruned channels by least squares to the original's "
+                        "outputs, in every search candidate and before recovery's training (no labels; for "
+                        "networks without BatchNorm that pruning breaks, e.g. u2netp)")
+    g.add_argument("--reconstruct-samples", type=int, default=16, metavar="N",
+                   help="samples of the training data (else --data) the refit runs on (default 16)")
 
 
 def _add_quantize(p) -> None:
@@ -153,6 +159,7 @@ def _add_quantize(p) -> None:
 def _recovery_without_labels(args: argparse.Namespace) -> dict:
     return {"distill_weight": args.distill_weight, "temperature": args.temperature,
             "bn_recalibrate": args.bn_recalibrate, "bn_samples": args.bn_samples,
+            "reconstruct": args.reconstruct, "reconstruct_samples": args.reconstruct_samples,
             "quantize": args.quantize, "calibration_samples": args.calibration_samples,
             "calibration": args.calibration,
             "quantize_exclude": tuple(n for a in args.quantize_exclude for n in a.split(",") if n)}

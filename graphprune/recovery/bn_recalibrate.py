@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.errors import GraphpruneError
+from graphprune.recovery.probe import batches, levels, model_feeds, probe_model
 
 
 @dataclass
@@ -115,83 +116,11 @@ def _own_stats(graph: onnx.GraphProto, bns: list[onnx.NodeProto]) -> None:
             bn.input[slot] = new
 
 
-def _levels(graph: onnx.GraphProto, bns: list[onnx.NodeProto]) -> list[list[onnx.NodeProto]]:
-    """Target BNs grouped by the number of target BNs on their longest upstream path."""
-    ids = {id(b) for b in bns}
-    depth: dict[str, int] = {}
-    level: dict[int, int] = {}
-    for n in graph.node:   # ONNX graphs are topologically sorted
-        d = max((depth.get(t, 0) for t in n.input if t), default=0)
-        if id(n) in ids:
-            level[id(n)] = d
-            d += 1
-        for o in n.output:
-            depth[o] = d
-    out: list[list[onnx.NodeProto]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for b in bns:
-        out[level[id(b)]].append(b)
-    return out
-
-
-def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of `model` whose outputs are `tensors`, running only the nodes they depend on."""
-    m = copy.deepcopy(model)
-    g = m.graph
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(inferred.input)}
-    except Exception:
-        types = {}
-    has_subgraphs = any(at.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                        for n in g.node for at in n.attribute)
-    if not has_subgraphs:   # a subgraph may read outer tensors: keep every node then
-        need, keep = set(tensors), []
-        for n in reversed(g.node):
-            if any(o in need for o in n.output):
-                keep.append(n)
-                need.update(t for t in n.input if t)
-        kept = list(reversed(keep))
-        del g.node[:]
-        g.node.extend(kept)
-    del g.output[:]
-    for t in tensors:
-        g.output.append(onnx.helper.make_tensor_value_info(t, types.get(t) or onnx.TensorProto.FLOAT, None))
-    return m
-
-
-def _feeds(model: onnx.ModelProto, x) -> tuple[dict[str, np.ndarray], int | None]:
-    """{input name: samples} for the model's inputs, and the fixed batch size (None: any)."""
-    inits = {t.name for t in model.graph.initializer}
-    ins = [i for i in model.graph.input if i.name not in inits]
-    if isinstance(x, dict):
-        missing = [i.name for i in ins if i.name not in x]
-        if missing:
-            raise GraphpruneError(f"BN recalibration: no data for model input(s) {', '.join(missing)}")
-        feeds = {i.name: np.asarray(x[i.name]) for i in ins}
-    else:
-        if len(ins) != 1:
-            raise GraphpruneError(f"BN recalibration: the model has {len(ins)} inputs; give one array per input")
-        feeds = {ins[0].name: np.asarray(x)}
-    lens = {len(v) for v in feeds.values()}
-    if len(lens) != 1 or 0 in lens:
-        raise GraphpruneError("BN recalibration: the inputs' sample counts differ or are zero")
-    dims = ins[0].type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    return feeds, fixed
-
-
-def _batches(feeds: dict[str, np.ndarray], bs: int, fixed: bool):
-    n = len(next(iter(feeds.values())))
-    stop = n - n % bs if fixed else n   # a fixed batch size: the remainder is left out, never padded
-    for i in range(0, stop, bs):
-        yield {k: np.ascontiguousarray(v[i:i + bs]) for k, v in feeds.items()}
-
-
 def _accumulate(sess, feeds, bs, fixed, tensors, direct) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (mean, population variance) of every tensor in `tensors` over all batches."""
     sums: dict[str, list] = {}
     names = [t for t in tensors if t not in direct]
-    for batch in _batches(feeds, bs, fixed):
+    for batch in batches(feeds, bs, fixed):
         outs = dict(zip(names, sess.run(names, batch))) if names else {}
         outs.update({t: batch[t] for t in tensors if t in direct})
         for t in tensors:
@@ -222,7 +151,7 @@ def recalibrate_bn(model: onnx.ModelProto, x, batch_size: int = 64,
     rep = BNReport(skipped=skipped)
     if not bns:
         return out, rep
-    feeds, fixed = _feeds(out, x)
+    feeds, fixed = model_feeds(out, x, "BN recalibration")
     if max_samples is not None:
         feeds = {k: v[:max_samples] for k, v in feeds.items()}
     n = len(next(iter(feeds.values())))
@@ -232,11 +161,11 @@ def recalibrate_bn(model: onnx.ModelProto, x, batch_size: int = 64,
     rep.samples = n - n % bs if fixed else n
     _own_stats(out.graph, bns)
     inits = {t.name: t for t in out.graph.initializer}
-    for level in _levels(out.graph, bns):
+    for level in levels(out.graph, bns):
         tensors = list(dict.fromkeys(b.input[0] for b in level))
         direct = {t for t in tensors if t in feeds}
         probe = [t for t in tensors if t not in direct]
-        sess = session(_probe(out, probe)) if probe else None
+        sess = session(probe_model(out, probe)) if probe else None
         try:
             stats = _accumulate(sess, feeds, bs, bool(fixed), tensors, direct)
         except GraphpruneError:

@@ -1,4 +1,4 @@
-"""--bn-recalibrate: every search candidate judged after BatchNorm recalibration.
+"""--bn-recalibrate, --reconstruct: every search candidate judged after its cheap repairs.
 
 A candidate pruned from a BN network is judged with the statistics of the unpruned
 network, which pruning upstream channels made stale; its quality then says more about
@@ -16,6 +16,12 @@ recalibrated candidate; `build` is the same for callers in this process. The ori
 model (every group at full width) is never recalibrated: it is the user's model.
 The calibration samples are set per process by `configure` (the executor initializer
 `init_worker` in workers); unconfigured, both are objectives' own.
+
+--reconstruct works the same way, before the recalibration: the convolutions that read pruned
+channels are refitted by least squares to the original's outputs (graphprune.recovery.
+reconstruct, seconds per level of refitted convolutions). Judged raw, a candidate of a network
+without BN says little about what the refit makes of it (u2netp: 0.62 raw, 0.97 refitted, and
+the order of candidates changes), so the search would rank by the wrong number.
 """
 from __future__ import annotations
 
@@ -27,35 +33,46 @@ from graphprune.search import objectives as obj
 _CALIB: dict = {}
 
 
-def configure(x_calib, batch_size: int = 64) -> None:
-    """Recalibrate candidates on `x_calib` from now on in this process (None: never)."""
+def configure(x_calib, batch_size: int = 64, x_reconstruct=None) -> None:
+    """Recalibrate candidates on `x_calib` (None: never) and reconstruct them on `x_reconstruct`
+    (None: never) from now on in this process."""
     _CALIB.clear()
     if x_calib is not None:
         _CALIB.update(x=x_calib, batch=int(batch_size))
+    if x_reconstruct is not None:
+        _CALIB.update(x_reconstruct=x_reconstruct)
 
 
 def init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes, x_calib,
-                batch_size) -> None:
+                batch_size, x_reconstruct=None) -> None:
     """The executor initializer: objectives' worker state, then the calibration samples."""
     obj.init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes)
-    configure(x_calib, batch_size)
+    configure(x_calib, batch_size, x_reconstruct)
 
 
-def _recalibrated(model):
+def _repaired(model, config):
     if not _CALIB or model is obj._STATE.get("model"):   # the original stays the user's model
         return model
-    return recalibrate_bn(model, _CALIB["x"], _CALIB["batch"])[0]
+    if "x_reconstruct" in _CALIB:
+        import graphprune as gp
+        from graphprune.recovery.reconstruct import reconstruct
+        s = obj._STATE
+        plan = gp.choose(s["analysis"], keep={int(k): int(v) for k, v in config.items()}, criterion=s["criterion"])
+        model = reconstruct(s["model"], plan, model, _CALIB["x_reconstruct"])[0]
+    if "x" in _CALIB:
+        model = recalibrate_bn(model, _CALIB["x"], _CALIB["batch"])[0]
+    return model
 
 
 def build(config: dict[int, int]):
-    """objectives.build(config), recalibrated when configured."""
-    return _recalibrated(obj.build(config))
+    """objectives.build(config), reconstructed and recalibrated when configured."""
+    return _repaired(obj.build(config), config)
 
 
 @contextmanager
 def _recalibrated_builds():
     plain = obj.build
-    obj.build = lambda config: _recalibrated(plain(config))
+    obj.build = lambda config: _repaired(plain(config), config)
     try:
         yield
     finally:

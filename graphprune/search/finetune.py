@@ -62,7 +62,7 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
             epochs: float, steps: int = 2, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
             log=None, error_fn=None, distill_weight: float = 0.0, temperature: float = DEFAULT_TEMPERATURE,
             bn_samples: int = BN_SAMPLES, before: onnx.ModelProto | None = None,
-            label: str = "accuracy") -> tuple[onnx.ModelProto, dict]:
+            label: str = "accuracy", reconstruct_x=None) -> tuple[onnx.ModelProto, dict]:
     """Prune `model` to `config` in `steps` steps, each followed by BN recalibration on (a fixed-seed
     subset of) the training samples and training; returns (model, report). error_fn(model) -> error
     judges the models (default: top-1 error on x_eval, y_eval); `before` is the model "before
@@ -73,7 +73,12 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
     the tries that ended worse. Why: u2netp pruned 5 % (mIoU 0.64) ended at 0.4675, a constant map,
     after 12 distillation steps at lr 1e-3 and at 1e-4 without any rise of the training loss the
     trainer's divergence guard could see, and at 0.745 at 1e-5. The tries are judged on the same
-    data as the search (error_fn), like optimize's choice among recovered candidates."""
+    data as the search (error_fn), like optimize's choice among recovered candidates.
+
+    `reconstruct_x` (--reconstruct): samples on which the Convs that read pruned channels are refitted
+    by least squares to the original's outputs (graphprune.recovery.reconstruct) right after pruning,
+    before any training. The refit needs the original's outputs for the pruned model's layers, so
+    the model is then pruned in one step."""
     import graphprune as gp
 
     log = log or (lambda m: None)
@@ -85,16 +90,20 @@ def recover(model: onnx.ModelProto, an, config: dict[int, int], criterion: str, 
         if y_eval is None:
             raise GraphpruneError("recovery: without labels the models must be judged by a metric (error_fn)")
         error_fn = lambda m: error_rate(m, x_eval, y_eval)  # noqa: E731
+    if reconstruct_x is not None and steps > 1:
+        log(f"recovery: --reconstruct prunes in one step (not {steps}): the refit matches the original's outputs")
+        steps = 1
     if before is None:
         before = gp.prune(model, gp.choose(an, keep=config, criterion=criterion))
     acc_before = 1.0 - error_fn(before)
     goal = training_objective(model, train, distill_weight, temperature)
     calib = train.x[np.sort(np.random.default_rng(seed).permutation(len(train))[:bn_samples])]
     use_bn = _bn_suits_data(model, calib, batch_size, error_fn, log, n_eval=_n(x_eval))
+    refitted = None if reconstruct_x is None else _refitted(model, an, config, criterion, reconstruct_x, seed, log)
     worse = []
     for k in range(LR_TRIES):
         cur, rep = _recover_at(model, an, config, criterion, train, x_eval, epochs, steps, lr / 10 ** k, batch_size,
-                               seed, log, error_fn, goal, calib if use_bn else None, acc_before, label)
+                               seed, log, error_fn, goal, calib if use_bn else None, acc_before, label, refitted)
         if rep["accuracy_after"] >= acc_before - 1e-12 or k == LR_TRIES - 1:
             break
         worse.append({"lr": lr / 10 ** k, "accuracy_after": rep["accuracy_after"]})
@@ -135,16 +144,28 @@ def _bn_suits_data(model, calib, batch_size, error_fn, log, n_eval: int = 0) -> 
     return False
 
 
+def _refitted(model, an, config, criterion, x, seed, log):
+    """(model pruned to `config` in one step and reconstructed on x, ReconstructReport): computed once,
+    the same for every learning-rate try."""
+    import graphprune as gp
+    from graphprune.recovery.reconstruct import reconstruct
+    plan = gp.choose(an, keep=config, criterion=criterion)
+    out = reconstruct(an.model, plan, gp.prune(an.model, plan), x, seed=seed)
+    log(f"recovery: {out[1].text}")
+    return out
+
+
 def _recover_at(model, an, config, criterion, train, x_eval, epochs, steps, lr, batch_size, seed, log, error_fn,
-                goal, calib, acc_before, label):
-    """One recovery at learning rate lr: (model, report). calib None: no BN recalibration, BNs frozen."""
+                goal, calib, acc_before, label, refitted=None):
+    """One recovery at learning rate lr: (model, report). calib None: no BN recalibration, BNs frozen;
+    refitted: (pruned and reconstructed model, report) of --reconstruct, the one pruning step's result."""
     import graphprune as gp
     from graphprune.recovery.bn_recalibrate import BNReport
     t0 = time.time()
     per_step = 0.5 * epochs / steps
     final = epochs - per_step * steps
     cur, cur_an = model, an
-    stats, bn = [], []
+    stats, bn, refit = [], [], None
 
     def recalibrate_and_train(m, ep, s):
         if calib is not None:
@@ -164,7 +185,10 @@ def _recover_at(model, an, config, criterion, train, x_eval, epochs, steps, lr, 
         frac = s / steps
         step_cfg = {g: int(round(an.group(g).units - (an.group(g).units - k) * frac)) for g, k in config.items()}
         keep = _match(an, cur_an, step_cfg)
-        cur = gp.prune(cur_an.model, gp.choose(cur_an, keep=keep, criterion=criterion))
+        if refitted is not None:   # --reconstruct: one step, pruned and refitted once for every try
+            cur, refit = refitted
+        else:
+            cur = gp.prune(cur_an.model, gp.choose(cur_an, keep=keep, criterion=criterion))
         cur, rep, st = recalibrate_and_train(cur, per_step, seed + s)
         log(f"recovery step {s}/{steps}: pruned to {step_cfg}, {rep.text}, trained {per_step:.2f} epoch(s) "
             f"({goal.text}{', one sample at a time' if st.get('per_sample') else ''}), "
@@ -182,4 +206,5 @@ def _recover_at(model, an, config, criterion, train, x_eval, epochs, steps, lr, 
                  "train_samples": len(train), "eval_samples": int(len(x_eval)), "accuracy_before": acc_before,
                  "accuracy_after": acc_after, "macs": got.macs, "param_bytes": got.param_bytes,
                  "objective": goal.to_json(), "objective_text": goal.text, "bn_recalibration": bn,
+                 "reconstruction": refit.to_json() if refit is not None else None,
                  "training": stats, "seconds": time.time() - t0}

@@ -76,6 +76,8 @@ class OptimizeOptions:
     temperature: float = 4.0             # distillation temperature for classifier outputs
     bn_recalibrate: bool = False         # judge every search candidate after BN recalibration
     bn_samples: int = 256                # samples the search's BN recalibration runs on
+    reconstruct: bool = False            # refit the convs reading pruned channels (least squares), search + recovery
+    reconstruct_samples: int = 16        # samples the refit runs on
     # -- joint prune + quantize search (graphprune.search.joint; docs/quantization.md) --
     quantize: str = "off"                # off | int8 | mixed
     calibration_samples: int = 256       # fixed-seed calibration subset of the training data
@@ -243,3 +245,7 @@ def _validate_distillation(o: OptimizeOptions) -> None:
     if not _finite("--temperature", o.temperature) > 0:
         raise GraphpruneError(f"--temperature must be a finite number > 0, got {o.temperature}")
     _int_at_least("--bn-samples", o.bn_samples, 1)
+    _int_at_least("--reconstruct-samples", o.reconstruct_samples, 1)
+    if o.reconstruct and o.quantize != "off":
+        raise GraphpruneError(f"--reconstruct cannot be combined with --quantize {o.quantize}: the refit reads "
+                              "float convolutions, not quantized ones")

@@ -41,7 +41,8 @@ def store_header(st) -> dict:
     o = st.o
     return {"model_sha": graph_hash(st.model)[:16], "data": data_hash(st.x, st.y), "criterion": o.criterion,
             "metric": st.metric.name, "input_shapes": o.input_shapes,
-            "bn_recalibrate": {"samples": o.bn_samples, "seed": o.seed} if o.bn_recalibrate else None}
+            "bn_recalibrate": {"samples": o.bn_samples, "seed": o.seed} if o.bn_recalibrate else None,
+            **({"reconstruct": {"samples": o.reconstruct_samples, "seed": o.seed}} if o.reconstruct else {})}
 
 
 class QualityStore:

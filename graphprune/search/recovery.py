@@ -58,11 +58,15 @@ def recover(st, record) -> tuple[object, dict | None]:
         st.model, st.an, cfg, o.criterion, st.train, st.x, st.y, epochs=o.epochs, steps=o.finetune_steps, lr=o.lr,
         batch_size=o.batch_size, seed=o.seed, log=st.log, **recovery_options(st), before=build(cfg))
     rcv.update(obj.measure(pruned, st.spec))
-    rcv["text"] = (f"pruned in {rcv['steps']} step(s), BN statistics recomputed and {rcv['epochs_per_step']:.2f} "
+    refit = rcv.get("reconstruction")
+    rcv["text"] = (f"pruned in {rcv['steps']} step(s), "
+                   + (f"{refit['layers']} convolution(s) refitted by least squares, " if refit else "")
+                   + f"BN statistics recomputed and {rcv['epochs_per_step']:.2f} "
                    f"epoch(s) of training ({rcv['objective_text']}) after each, then {rcv['final_epochs']:.2f} "
                    f"final epoch(s) on {rcv['train_samples']} training samples: {st.metric.name} "
                    f"{100 * rcv['accuracy_before']:.2f} % before recovery (pruned"
-                   f"{', BN recalibrated' if o.bn_recalibrate else ''}, no training) -> "
+                   f"{', BN recalibrated' if o.bn_recalibrate else ''}"
+                   f"{', reconstructed' if o.reconstruct else ''}, no training) -> "
                    f"{100 * rcv['accuracy_after']:.2f} % after, original {100 * (1 - st.base['error']):.2f} %, on "
                    f"{rcv['eval_samples']} samples the fine-tuning never saw; latency {rcv['latency_ms']:.3f} ms")
     return pruned, rcv
@@ -76,7 +80,7 @@ def recovery_options(st) -> dict:
     labelled = st.train is not None and st.train.y is not None
     weight = o.distill_weight if o.distill_weight is not None else (0.0 if labelled else 1.0)
     return {"error_fn": getattr(st, "error_of", None), "distill_weight": weight, "temperature": o.temperature,
-            "label": st.metric.name}
+            "label": st.metric.name, "reconstruct_x": getattr(st, "recon_x", None)}
 
 
 def judge(model, rcv: dict, strict: float | None) -> str | None:

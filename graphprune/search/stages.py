@@ -157,6 +157,8 @@ def open_outdir(st) -> None:
         header["input_shapes"] = o.input_shapes
     if o.bn_recalibrate:   # candidates judged recalibrated are not comparable with raw ones
         header["bn_recalibrate"] = {"samples": o.bn_samples, "seed": o.seed}
+    if o.reconstruct:
+        header["reconstruct"] = {"samples": o.reconstruct_samples, "seed": o.seed}
     st.journal = Journal(st.out / JOURNAL_NAME, header, o.resume)
     for note in st.journal.notes:
         st.log(f"note: {note}")
@@ -172,20 +174,21 @@ def start_executor(st) -> None:
     # this process: exact counts, final builds
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref, o.input_shapes)
     calib = bn_calibration_samples(st)
-    candidates.configure(calib, o.batch_size)
+    st.recon_x = recon = reconstruct_samples(st)
+    candidates.configure(calib, o.batch_size, recon)
     if st.executor is None or is_dask_client(st.executor):
         st.own_executor = True
         args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref,
                 o.input_shapes)
-        init, args = (candidates.init_worker, args + (calib, o.batch_size)) if calib is not None else \
-            (obj.init_worker, args)
+        init, args = (candidates.init_worker, args + (calib, o.batch_size, recon)) \
+            if calib is not None or recon is not None else (obj.init_worker, args)
         init, args = joint.wrap_initializer(st, init, args)
         st.executor = (make_cluster_executor(st, init, args) if st.cluster is not None or st.executor is not None
                        else make_executor(o.workers, init, args))
     st.ev = Evaluator(st.space, st.journal, st.executor, st.spec, measure_latency=st.need_latency)
     st.ev.latency_slots = st.latency_slots
     attach_quality_store(st)   # several targets in one run: quality evaluated once (search/multitarget.py)
-    if calib is not None:
+    if calib is not None or recon is not None:
         st.ev.job = candidates.evaluate_job
     joint.attach(st)   # --quantize: candidates built and judged as deployed
 
@@ -204,6 +207,27 @@ def bn_calibration_samples(st):
     st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {len(idx)} "
            f"{'training' if st.train is not None else '--data'} samples")
     return np.ascontiguousarray(x[idx])
+
+
+def fixed_subset(x, n: int, seed: int):
+    """At most `n` samples of x (an array, or {input: array}) drawn with `seed`, in their order."""
+    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    idx = np.sort(np.random.default_rng(seed).permutation(count)[:n])
+    return {k: np.ascontiguousarray(v[idx]) for k, v in x.items()} if isinstance(x, dict) else \
+        np.ascontiguousarray(x[idx])
+
+
+def reconstruct_samples(st):
+    """--reconstruct: a fixed-seed subset of --reconstruct-samples samples of the training data (else
+    of --data) that every candidate's refit runs on, and recovery's; None without the option."""
+    o = st.o
+    if not o.reconstruct:
+        return None
+    sub = fixed_subset(st.train.x if st.train is not None else st.x, o.reconstruct_samples, o.seed + 13)
+    n = len(next(iter(sub.values()))) if isinstance(sub, dict) else len(sub)
+    st.log(f"--reconstruct: every candidate's convolutions that read pruned channels refitted by least squares "
+           f"on {n} {'training' if st.train is not None else '--data'} samples, and again before recovery")
+    return sub
 
 
 def baseline(st) -> None:

@@ -42,7 +42,8 @@ def start(st) -> None:
     members = choice.feasible[:o.recovery_tries] if o.recovery_slack else [choice.record]
     full = {a.gid: a.units for a in st.space.axes}
     options = dict(epochs=o.epochs, steps=o.finetune_steps, lr=o.lr, batch_size=o.batch_size, seed=o.seed,
-                   distill_weight=_distill_weight(st), temperature=o.temperature, label=st.metric.name)
+                   distill_weight=_distill_weight(st), temperature=o.temperature, label=st.metric.name,
+                   reconstruct_x=getattr(st, "recon_x", None))
     st.recovery_jobs = {}
     for r in members:
         if {int(k): v for k, v in r["config"].items()} != full:   # the original is never fine-tuned
