@@ -207,3 +207,27 @@ def test_reconstruct_with_quantize_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--reconstruct cannot be combined with --quantize int8" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_recovery_refits_once_in_one_step_before_training():
+    """finetune.recover with reconstruct_x: one pruning step (whatever --finetune-steps says), the refit
+    reported, and training starts from the refitted model (a zero learning rate ends exactly there)."""
+    from graphprune.data.dataset import Dataset
+    from graphprune.search.finetune import recover
+    model = gp.load(chain3())
+    an = gp.analyse(model)
+    x = _x(24)
+    ref = run(model, {"x": x[:8]})[0]
+
+    def error_fn(m):
+        return float(np.mean((run(m, {"x": x[:8]})[0] - ref) ** 2) / np.mean(ref ** 2))
+    plan = gp.choose(an, keep={0: 4, 1: 4}, criterion="l1")
+    fitted = reconstruct(model, plan, gp.prune(model, plan), x[8:])[0]
+    logs = []
+    got, rep = recover(model, an, {0: 4, 1: 4}, "l1", Dataset(x[8:]), x[:8],
+                       None, epochs=1e-9, steps=3, lr=1e-12, batch_size=8, log=logs.append, error_fn=error_fn,
+                       distill_weight=1.0, reconstruct_x=x[8:], before=fitted)
+    assert rep["steps"] == 1 and rep["reconstruction"]["layers"] == 2
+    assert any("prunes in one step (not 3)" in m for m in logs)
+    assert error_fn(got) == pytest.approx(error_fn(fitted), rel=1e-3)
+    assert error_fn(fitted) < error_fn(gp.prune(model, plan))

@@ -6,6 +6,10 @@ Pruning removes channels; what follows repairs what it broke, cheapest first:
   the data (population statistics, exact, no labels, no gradients). Pruning upstream
   channels shifts the statistics a BN sees, so a raw pruned model is judged with stale
   statistics; recalibrated, candidates rank far closer to their fine-tuned quality.
+* `reconstruct`: the convolutions that read pruned channels refitted by least squares to
+  the original's outputs on a few samples (no labels, no gradients), level by level; what
+  a network without BN that pruning breaks (u2netp) needs.
+* `probe`: running a model up to some of its tensors, level by level (shared by the two above).
 * `teacher`: the original model's outputs on the training data, computed once in
   onnxruntime and cached by (model, data) hash.
 * `distill`: the losses of knowledge distillation (KL on temperature-softened logits
@@ -19,9 +23,10 @@ Pruning removes channels; what follows repairs what it broke, cheapest first:
 
 graphprune.search.finetune orchestrates these (prune in steps, train between) for
 `graphprune optimize`, and graphprune.search.candidates applies the recalibration to every
-search candidate (--bn-recalibrate). This package depends on onnx, onnxruntime, torch,
+search candidate (--bn-recalibrate) and the reconstruction (--reconstruct). This package depends on onnx, onnxruntime, torch,
 numpy and graphprune.bridge only, never on graphprune.search.
 """
 from graphprune.recovery.bn_recalibrate import BNReport, recalibrate_bn
+from graphprune.recovery.reconstruct import ReconstructReport, reconstruct
 
-__all__ = ["BNReport", "recalibrate_bn"]
+__all__ = ["BNReport", "ReconstructReport", "reconstruct", "recalibrate_bn"]
