@@ -7,8 +7,8 @@ linear in its input, so the kernel that best reproduces the original output from
 input is a least-squares problem, solved exactly on a few unlabelled samples in seconds,
 without gradients (He et al. 2017, "Channel pruning for accelerating very deep neural
 networks"; ThiNet). On rembg's u2netp, which has no BatchNorm and which no distillation
-recipe could recover (docs/bench_unlabelled.md), one 64-channel stage group cut to 56
-channels scores 0.78 saliency raw and 0.99 reconstructed.
+recipe could recover, four 64-channel stage groups cut to 56 channels score saliency 0.72 raw
+and 0.98 refitted (tools/probe_reconstruct.py, docs/bench_unlabelled.md).
 
 What is computed, exactly: for every Conv of the pruned model whose input has fewer channels
 than the same-named Conv of the original (1-D or 2-D, group 1, explicit pads or VALID), the
@@ -19,8 +19,8 @@ where T' is the Conv's input in the pruned model on the samples and Y the origin
 output on the same samples, restricted to the output channels the pruned Conv keeps.
 Convolutions are processed in levels (graphprune.recovery.probe): each reads an input in
 which every reconstruction upstream of it is already applied, which is what the deployed
-model computes (all at once from the unreconstructed inputs is worse than not
-reconstructing: measured on u2netp, 0.62 -> 0.52). The normal equations are accumulated in
+model computes (all at once from the unreconstructed inputs is far worse: 0.48 instead of 0.98
+in the same probe). The normal equations are accumulated in
 float64 over at most `max_rows` output positions drawn evenly from the samples; a refit
 replaces the kernel only when it lowers that Conv's squared error on those positions (never
 worse than pruning alone). Grouped/depthwise Convs (a removed channel takes its whole
@@ -102,7 +102,8 @@ def _why_not(node, a: dict, weight) -> str | None:
 
 
 def _targets(base: onnx.ModelProto, pruned: onnx.ModelProto, keep_of) -> tuple[list[_Target], list[str]]:
-    """The pruned model's Convs that read fewer channels than the original's, and those skipped (why)."""
+    """The pruned model's Convs that read fewer channels than the original's, and those skipped (why).
+    Only those: the Convs downstream of them lost no input and keep their trained kernels."""
     init = {t.name: t for t in pruned.graph.initializer}
     base_init = {t.name: t for t in base.graph.initializer}
     originals = {n.name: n for n in base.graph.node if n.op_type == "Conv" and n.name}
@@ -248,11 +249,12 @@ def _own_kernels(graph: onnx.GraphProto, targets: list[_Target]) -> None:
 
 
 def reconstruct(original: onnx.ModelProto, plan, pruned: onnx.ModelProto, x, *, batch_size: int = 16,
-                max_rows: int = MAX_ROWS, ridge: float = RIDGE, seed: int = 0
+                max_rows: int = MAX_ROWS, ridge: float = RIDGE, seed: int = 0, sequential: bool = True
                 ) -> tuple[onnx.ModelProto, ReconstructReport]:
     """A copy of `pruned` (= graphprune.prune(original, plan)) whose Convs that read pruned channels
     are refitted by least squares to `original`'s outputs on `x` (an array, or {input: array});
-    and a ReconstructReport. Neither model is modified."""
+    and a ReconstructReport. Neither model is modified. `sequential` False fits every Conv on the
+    unrefitted pruned model's inputs in one pass (for comparison: tools/probe_reconstruct.py)."""
     from graphprune.plan_target import model_for_plan
     from graphprune.recovery.batching import merges_samples
     from graphprune.recovery.teacher import OrtRunner
@@ -280,7 +282,7 @@ def reconstruct(original: onnx.ModelProto, plan, pruned: onnx.ModelProto, x, *, 
     rng = np.random.default_rng(seed)
     types = (tensor_types(base), tensor_types(out))   # the graphs keep their tensors: inferred once
     try:
-        for level in levels(out.graph, [t.node for t in targets]):
+        for level in (levels(out.graph, [t.node for t in targets]) if sequential else [[t.node for t in targets]]):
             in_level = {id(nd) for nd in level}
             _fit_level([t for t in targets if id(t.node) in in_level], base, out, feeds, bs, bool(fixed),
                        max_rows, ridge, rng, rep, types)

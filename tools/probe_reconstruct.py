@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""What least-squares reconstruction does to a pruned u2netp: raw vs refitted, level by level vs at once.
+
+rembg's u2netp has no BatchNorm, and distillation could not recover it once pruned
+(tools/probe_u2netp_recovery.py). graphprune.recovery.reconstruct refits the convolutions that
+read pruned channels to the original's outputs by least squares. This tool measures, on the
+benchmark's own setting (tools/_real_models.py: u2netp at 128x128, the generated scenes, the
+`saliency` metric against the original's maps on the validation scenes, the refit on optimize's
+fixed-seed subset of --samples training scenes), for a few pruned configurations:
+
+* raw: pruned by L1, nothing else;
+* refitted: `reconstruct` as optimize --reconstruct runs it (each Conv fitted on its input with
+  every refit upstream applied, one level at a time);
+* at once: every Conv fitted on the unrefitted pruned model's inputs in one pass
+  (`sequential=False`), the shortcut the level order exists to avoid.
+
+    .venv/bin/python tools/probe_reconstruct.py          # ~6 min on 2 cores
+
+Writes OUT/probe_reconstruct.json and the section `probe-reconstruct` of docs/bench_unlabelled.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import graphprune as gp  # noqa: E402
+from _docs import cpu_name, load_text, run_prefix, update_section  # noqa: E402
+from _real_models import MODELS, image_options, model_file, write_data  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bench_unlabelled.md"
+# (label, kept channels per group, or a uniform L1 ratio): one 64-channel stage group (group 0:
+# the first stage's output, 20 % of the MACs when halved) lightly and deeply, four stage groups,
+# uniform L1 (channel step 4: only the 64-channel groups lose channels at 10 %)
+CONFIGS = (("group 0: 64 -> 56", {0: 56}), ("group 0: 64 -> 32", {0: 32}),
+           ("groups 0, 13, 81, 93: 64 -> 56", {0: 56, 13: 56, 81: 56, 93: 56}), ("uniform L1 10 %", 0.10))
+
+
+def measure(model, an, label, cfg, rx, judge, macs0) -> dict:
+    from graphprune.recovery.reconstruct import reconstruct
+    plan = (gp.choose(an, ratio=cfg, criterion="l1", round_to=4) if isinstance(cfg, float)
+            else gp.choose(an, keep=cfg, criterion="l1"))
+    pruned = gp.prune(model, plan)
+    row = {"config": label, "macs_ratio": gp.count(pruned).macs / macs0, "raw": judge(pruned)}
+    for key, seq in (("refitted", True), ("at_once", False)):
+        t0 = time.time()
+        fitted, rep = reconstruct(model, plan, pruned, rx, sequential=seq)
+        row[key], row[f"{key}_s"] = judge(fitted), time.time() - t0
+        row[f"{key}_layers"], row[f"{key}_passes"] = rep.layers, rep.passes
+    print(f"{label}: MACs {row['macs_ratio']:.3f}, raw {row['raw']:.4f}, refitted {row['refitted']:.4f} "
+          f"({row['refitted_s']:.0f} s), at once {row['at_once']:.4f}", flush=True)
+    return row
+
+
+def markdown(res, load0, load1, cmd) -> str:
+    L = [f"Measured by `{cmd}` on {cpu_name()}, {time.strftime('%Y-%m-%d')}, {res['wall_s'] / 60:.1f} min; "
+         f"{load_text(load0, load1)}. u2netp at 128x128; metric `saliency` on {res['val']} validation scenes "
+         f"against the original's maps (the original scores 1); refit on {res['samples']} training scenes "
+         "(optimize's fixed-seed subset); L1 channel choice.", "",
+         "| pruned | MACs ratio | raw | refitted (levels) | Convs refitted, levels | s | refitted at once |",
+         "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        L.append(f"| {r['config']} | {r['macs_ratio']:.3f} | {r['raw']:.4f} | **{r['refitted']:.4f}** | "
+                 f"{r['refitted_layers']}, {r['refitted_passes']} | {r['refitted_s']:.0f} | {r['at_once']:.4f} |")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--val", type=int, default=16)
+    ap.add_argument("--train", type=int, default=48)
+    ap.add_argument("--samples", type=int, default=16, help="training scenes the refit runs on")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--out", default="out/probe_reconstruct")
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    from graphprune.data import load_for_model
+    from graphprune.metrics import get_metric, reference_outputs
+    from graphprune.metrics.runner import evaluate
+    from graphprune.search.stages import fixed_subset
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, load0 = time.time(), os.getloadavg()
+    spec = MODELS["u2netp"]
+    model = gp.load(model_file("u2netp", spec, out))
+    an = gp.analyse(model)
+    val_dir, train_dir = write_data(spec, args.val, args.train, args.seed, out)
+    val, train = (load_for_model(d, model, **image_options(spec), option="--data") for d in (val_dir, train_dir))
+    metric = get_metric("saliency", model, has_labels=False)
+    ref = reference_outputs(model, val.x, metric, None, threads=2)
+    rx = fixed_subset(train.x, args.samples, args.seed + 13)   # what optimize --reconstruct refits on
+
+    def judge(m):
+        return evaluate(m, val.x, metric, ref, None, threads=2)
+    macs0 = gp.count(model).macs
+    res = {"val": len(val), "samples": len(rx),
+           "rows": [measure(model, an, label, cfg, rx, judge, macs0) for label, cfg in CONFIGS]}
+    res["wall_s"] = time.time() - t0
+    (out / "probe_reconstruct.json").write_text(json.dumps(res, indent=1) + "\n")
+    if not args.no_doc:
+        cmd = run_prefix() + ".venv/bin/python tools/probe_reconstruct.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        update_section(DOC, "probe-reconstruct", markdown(res, load0, os.getloadavg(), cmd.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
