@@ -42,3 +42,15 @@ def load_text(load0, load1) -> str:
     whether other jobs shared the cores)."""
     import os
     return f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, {os.cpu_count()} cores"
+
+
+def write_result(out: Path, name: str, res: dict, doc: Path | None, markdown, load0, tool: str, argv) -> None:
+    """OUT/<name>.json, and unless `doc` is None the doc section `name` (with '_' as '-') from
+    markdown(res, load0, load1, command as run). For the probes that write one section each."""
+    import json
+    import os
+    import sys
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    if doc is not None:
+        cmd = run_prefix() + f".venv/bin/python tools/{tool} " + " ".join(argv if argv is not None else sys.argv[1:])
+        update_section(doc, name.replace("_", "-"), markdown(res, load0, os.getloadavg(), cmd.strip()))

@@ -136,3 +136,18 @@ def quantize_exclude(spec: dict, model: onnx.ModelProto) -> list[str]:
     pre = f"/{heads.pop()}/"
     return [n.name for n in model.graph.node
             if n.name.startswith(pre) and not n.name.startswith((pre + "cv", pre + "proto"))]
+
+
+def u2netp_setting(out: Path, n_val: int, n_train: int, seed: int, threads: int = 2):
+    """(model, validation data, training data, metric, the original's reference outputs) of u2netp as
+    the benchmark runs it: 128x128, the generated scenes, `saliency` against the original's maps.
+    Shared by the u2netp probes (tools/probe_u2netp_recovery.py, tools/probe_reconstruct.py)."""
+    import graphprune as gp
+    from graphprune.data import load_for_model
+    from graphprune.metrics import get_metric, reference_outputs
+    spec = MODELS["u2netp"]
+    model = gp.load(model_file("u2netp", spec, out))
+    val_dir, train_dir = write_data(spec, n_val, n_train, seed, out)
+    val, train = (load_for_model(d, model, **image_options(spec), option="--data") for d in (val_dir, train_dir))
+    metric = get_metric("saliency", model, has_labels=False)
+    return model, val, train, metric, reference_outputs(model, val.x, metric, None, threads=threads)

@@ -25,7 +25,6 @@ Writes OUT/probe_reconstruct.json and the section `probe-reconstruct` of docs/be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from _docs import cpu_name, load_text, run_prefix, update_section  # noqa: E402
-from _real_models import MODELS, image_options, model_file, write_data  # noqa: E402
+from _docs import cpu_name, load_text, write_result  # noqa: E402
+from _real_models import u2netp_setting  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bench_unlabelled.md"
 # (label, kept channels per group, or a uniform L1 ratio): one 64-channel stage group (group 0:
@@ -128,20 +127,13 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", default="out/probe_reconstruct")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
-    from graphprune.data import load_for_model
-    from graphprune.metrics import get_metric, reference_outputs
     from graphprune.metrics.runner import evaluate
     from graphprune.search.stages import fixed_subset
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0, load0 = time.time(), os.getloadavg()
-    spec = MODELS["u2netp"]
-    model = gp.load(model_file("u2netp", spec, out))
+    model, val, train, metric, ref = u2netp_setting(out, args.val, args.train, args.seed)
     an = gp.analyse(model)
-    val_dir, train_dir = write_data(spec, args.val, args.train, args.seed, out)
-    val, train = (load_for_model(d, model, **image_options(spec), option="--data") for d in (val_dir, train_dir))
-    metric = get_metric("saliency", model, has_labels=False)
-    ref = reference_outputs(model, val.x, metric, None, threads=2)
     rx = fixed_subset(train.x, args.samples, args.seed + 13)   # what optimize --reconstruct refits on
 
     def judge(m):
@@ -151,11 +143,7 @@ def main(argv=None) -> int:
     res = {"val": len(val), "samples": len(rx),
            "rows": [measure(model, an, label, cfg, rx, judge, macs0, score) for label, cfg in CONFIGS]}
     res["wall_s"] = time.time() - t0
-    (out / "probe_reconstruct.json").write_text(json.dumps(res, indent=1) + "\n")
-    if not args.no_doc:
-        cmd = run_prefix() + ".venv/bin/python tools/probe_reconstruct.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        update_section(DOC, "probe-reconstruct", markdown(res, load0, os.getloadavg(), cmd.strip()))
+    write_result(out, "probe_reconstruct", res, None if args.no_doc else DOC, markdown, load0, "probe_reconstruct.py", argv)
     return 0
 
 

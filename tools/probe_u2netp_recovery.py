@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -39,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp  # noqa: E402
-from _docs import cpu_name, load_text, run_prefix, update_section  # noqa: E402
-from _real_models import MODELS, image_options, model_file, write_data  # noqa: E402
+from _docs import cpu_name, load_text, write_result  # noqa: E402
+from _real_models import u2netp_setting  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bench_unlabelled.md"
 RECIPES = ("sgd:1e-5", "adam:1e-4", "adam:1e-5", "adam:1e-6", "adam-logits:1e-5", "sgd-logits:1e-4")
@@ -140,18 +139,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
-    from graphprune.data import load_for_model
-    from graphprune.metrics import get_metric, reference_outputs
     from graphprune.metrics.runner import evaluate
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0, load0 = time.time(), os.getloadavg()
-    spec = MODELS["u2netp"]
-    model = gp.load(model_file("u2netp", spec, out))
-    val_dir, train_dir = write_data(spec, args.val, args.train, args.seed, out)
-    val, train = (load_for_model(d, model, **image_options(spec), option="--data") for d in (val_dir, train_dir))
-    metric = get_metric("saliency", model, has_labels=False)
-    ref = reference_outputs(model, val.x, metric, None, threads=2)
+    model, val, train, metric, ref = u2netp_setting(out, args.val, args.train, args.seed)
 
     def judge(m):
         return evaluate(m, val.x, metric, ref, None, threads=2)
@@ -162,11 +154,7 @@ def main(argv=None) -> int:
     print(f"pruned {res['macs_ratio']:.2f} of the MACs: saliency {res['before']:.4f}", flush=True)
     res["runs"] = [run_recipe(r, pruned, model, train.x, judge, args) for r in args.recipes.split(",") if r]
     res["wall_s"] = time.time() - t0
-    (out / "probe_u2netp_recovery.json").write_text(json.dumps(res, indent=1) + "\n")
-    if not args.no_doc:
-        cmd = run_prefix() + ".venv/bin/python tools/probe_u2netp_recovery.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        update_section(DOC, "probe-u2netp-recovery", markdown(res, load0, os.getloadavg(), cmd.strip()))
+    write_result(out, "probe_u2netp_recovery", res, None if args.no_doc else DOC, markdown, load0, "probe_u2netp_recovery.py", argv)
     return 0
 
 
