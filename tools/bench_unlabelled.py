@@ -132,12 +132,29 @@ def _reconstruct_x(spec, train, args):
     return fixed_subset(train.x, spec["reconstruct"], args.seed + 13)
 
 
+def _scored(path: Path, spec, train, args, out: Path) -> Path:
+    """The model (a) searches: with spec["criterion"], a copy whose metadata holds that importance
+    method's scores on the refit's training images (optimize then ranks channels by them)."""
+    method = spec.get("criterion")
+    if not method:
+        return path
+    from graphprune.importance import compute_importance
+    x = _reconstruct_x(spec, train, args) if spec.get("reconstruct") else train.x
+    model = onnx.load(path)
+    dst = out / f"{path.stem}_{method}.onnx"
+    onnx.save(compute_importance(model, (x, None), method, samples=None).to_model(model), dst)
+    log(f"(a) channels ranked by `{method}` importance on {len(x)} training images ({dst.name})")
+    return dst
+
+
 def _refit_text(r) -> str:
     """The --reconstruct and searched-groups settings of a model's run ('' when off)."""
     txt = ""
     if r.get("reconstruct"):
         txt += (f"--reconstruct on {r['reconstruct']} training images ((a)'s candidates and (b)'s ratios judged "
                 "refitted, both refitted again before training); ")
+    if r.get("criterion"):
+        txt += f"(a) ranks channels by `{r['criterion']}` importance on those images, (b) by L1; "
     if r.get("searched_groups"):
         txt += (f"(a) searches the {len(r['searched_groups'])} groups whose halving saves >= {r.get('search_share', 0):.0%} of the MACs "
                 f"({', '.join(map(str, r['searched_groups']))}), (b) prunes every group; ")
@@ -195,7 +212,7 @@ def run_model(name, args, out_root: Path) -> dict:
         log(f"{name}: searching the {len(searched)} groups whose halving saves >= {spec['search_share']:.0%} of the "
             f"MACs ({', '.join(map(str, searched))}); the others stay at full width")
     ta = time.time()
-    s, a_fail = _search(path, val_dir, train_dir, spec, has_bn, args, out)
+    s, a_fail = _search(_scored(path, spec, train, args, out), val_dir, train_dir, spec, has_bn, args, out)
     wall_a = time.time() - ta
     tb = time.time()
     row, b_model, b_rec, b_tried, b_rows, judge = _uniform(model, an, val, train, spec, has_bn, args)
@@ -211,6 +228,7 @@ def run_model(name, args, out_root: Path) -> dict:
            "repeats": args.repeats, "max_drop": args.max_drop,
            "recovery_slack": args.recovery_slack, "channel_step": spec["step"], "budget": args.budget, "lr": args.lr,
            "reconstruct": spec.get("reconstruct"), "searched_groups": searched, "search_share": spec.get("search_share"),
+           "criterion": spec.get("criterion"),
            "a": _a_row(s) if s else None, "b": _b_row(row, b_rec, b_tried),
            "timing": timing, "macs_ratio": {k: gp.count(m, input_shapes=shapes).macs / macs0
                                             for k, m in (("a", a_model), ("b", b_model))},

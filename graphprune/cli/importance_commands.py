@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 def run_importance(args) -> int:
     from graphprune.importance.checks import check_run_options
-    from graphprune.importance.methods import DATA_FREE, METHODS
+    from graphprune.importance.methods import DATA_FREE, METHODS, NEEDS_TARGET
     from graphprune.modelio import read_model, refuse_overwriting_input, write_model
 
     method = args.method.lower()
@@ -68,7 +68,7 @@ def run_importance(args) -> int:
     imp = compute_importance(model, data, method, samples=args.samples, batch_size=args.batch_size,
                              seed=args.seed, per_class=args.per_class, progress=not args.no_progress, **options)
     out = write_model(imp.to_model(model), args.output, source=args.model)
-    if data is not None and data.y is None:
+    if data is not None and data.y is None and method in NEEDS_TARGET:
         print("note: the data has no labels; each sample was attributed to the model's top-1 class", file=sys.stderr)
     print(f"{out}: {method} scores for {len(imp.scores)} layers"
           + (f" from {imp.samples} samples" if imp.samples else ""), file=sys.stderr)

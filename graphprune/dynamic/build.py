@@ -57,7 +57,7 @@ class DynamicResult:
 
 def check_options(o: DynamicOptions) -> None:
     """One-line errors for nonsense options, before any model work."""
-    from graphprune.importance.methods import DATA_DRIVEN, METHODS
+    from graphprune.importance.methods import METHODS, XAI
     def bad_int(v, lo):
         return isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo
     if bad_int(o.k, 1):
@@ -67,10 +67,10 @@ def check_options(o: DynamicOptions) -> None:
     if not isinstance(o.budget, (int, float)) or not (0 < o.budget <= 1):
         raise GraphpruneError(f"--budget is the fraction of filters kept per gated layer, in (0, 1]; got {o.budget!r}")
     if o.method not in METHODS:
-        raise GraphpruneError(f"unknown importance method {o.method!r}; choose from {', '.join(DATA_DRIVEN)}")
-    if o.method not in DATA_DRIVEN:
-        raise GraphpruneError(f"--method {o.method} has no per-class scores; choose a data-driven method: "
-                              f"{', '.join(DATA_DRIVEN)}")
+        raise GraphpruneError(f"unknown importance method {o.method!r}; choose from {', '.join(XAI)}")
+    if o.method not in XAI:
+        raise GraphpruneError(f"--method {o.method} has no per-class scores; choose an XAI method: "
+                              f"{', '.join(XAI)}")
     if o.samples is not None and bad_int(o.samples, 1):
         raise GraphpruneError(f"--samples must be a positive integer, got {o.samples!r}")
     if bad_int(o.importance_samples, 1) or bad_int(o.batch_size, 1) or bad_int(o.head_steps, 0):

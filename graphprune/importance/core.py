@@ -51,7 +51,7 @@ from graphprune import metadata as md
 from graphprune.errors import GraphpruneError
 from graphprune.importance.checks import check_finite_weights, check_run_options
 from graphprune.importance.data_free import data_free_scores, producer_modules
-from graphprune.importance.methods import DATA_FREE, METHODS
+from graphprune.importance.methods import ACTIVATION, DATA_FREE, METHODS
 from graphprune.importance.naming import name_like_normalised
 
 
@@ -119,6 +119,19 @@ def _bridged(model) -> tuple[nn.Module, dict[str, str] | None]:
     return to_torch(normalised), names
 
 
+def _energy(model, ds, names, per_class: bool, batch_size: int, seed: int) -> Importance:
+    """`energy` (graphprune.importance.energy): onnxruntime on the normalised ONNX model, no class."""
+    if per_class:
+        raise GraphpruneError("--per-class needs an XAI method (energy attributes to no class)")
+    if names is None:
+        raise GraphpruneError("method energy scores ONNX models (it runs them in onnxruntime)")
+    import graphprune as gp
+    from graphprune.importance.energy import energy_scores
+    raw, params = energy_scores(gp.load(model), ds.x)
+    return Importance("energy", {k: normalise(v) for k, v in raw.items()}, None,
+                      {"seed": seed, "normalisation": "layer max", **params}, len(ds), data_hash(ds.x, ds.y), names)
+
+
 def compute_importance(model, data=None, method: str = "lrp", samples: int | None = 256,
                        batch_size: int = 32, seed: int = 0, per_class: bool = False,
                        progress: bool = True, **options) -> Importance:
@@ -147,8 +160,10 @@ def compute_importance(model, data=None, method: str = "lrp", samples: int | Non
         raw, params = data_free_scores(net, method)
         return Importance(method, {k: normalise(v) for k, v in raw.items()}, None, params, 0, None, names)
 
-    from graphprune.importance.xai import relevance_scores
     ds = ds.subsample(samples, seed)
+    if method in ACTIVATION:
+        return _energy(model, ds, names, per_class, batch_size, seed)
+    from graphprune.importance.xai import relevance_scores
     raw, raw_pc, params = relevance_scores(net, ds, method, batch_size=batch_size, per_class=per_class,
                                            progress=progress, **options)
     pc = {k: normalise(v) for k, v in raw_pc.items()} if per_class else None

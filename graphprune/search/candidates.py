@@ -50,7 +50,8 @@ def init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, r
     configure(x_calib, batch_size, x_reconstruct)
 
 
-def _repaired(model, config):
+def repaired(model, config):
+    """`model` (the candidate of `config`) reconstructed and recalibrated as configured in this process."""
     if not _CALIB or model is obj._STATE.get("model"):   # the original stays the user's model
         return model
     if "x_reconstruct" in _CALIB:
@@ -66,13 +67,13 @@ def _repaired(model, config):
 
 def build(config: dict[int, int]):
     """objectives.build(config), reconstructed and recalibrated when configured."""
-    return _repaired(obj.build(config), config)
+    return repaired(obj.build(config), config)
 
 
 @contextmanager
 def _recalibrated_builds():
     plain = obj.build
-    obj.build = lambda config: _repaired(plain(config), config)
+    obj.build = lambda config: repaired(plain(config), config)
     try:
         yield
     finally:

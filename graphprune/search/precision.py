@@ -157,8 +157,9 @@ def quantize(pruned: onnx.ModelProto, pmap: dict[str, str]) -> onnx.ModelProto:
 def _pruned(config: dict) -> onnx.ModelProto:
     """The fp32 candidate: pruned and, with --bn-recalibrate, recalibrated (before rounding, so the
     int8 weights are those of the recalibrated BN folded into its conv)."""
-    from graphprune.search.candidates import _recalibrated
-    return _recalibrated(obj.prune_only(split(config)[0]))
+    from graphprune.search.candidates import repaired
+    cfg = split(config)[0]
+    return repaired(obj.prune_only(cfg), cfg)
 
 
 def build(config: dict) -> onnx.ModelProto:
