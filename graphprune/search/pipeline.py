@@ -88,6 +88,8 @@ class RunState:
             drop_if_header_only(self.journal, self.journal.created, self.log)
         if self.own_executor and self.executor is not None:
             self.executor.shutdown()
+        from graphprune.search import candidates
+        candidates.configure(None)   # this run's calibration/refit samples must not reach later builds in-process
         if self.cluster is not None:
             self.cluster.close()
         if getattr(self.ev, "quality", None) is not None:
