@@ -24,8 +24,8 @@ in the same probe). The normal equations are accumulated in
 float64 over at most `max_rows` output positions drawn evenly from the samples; a refit
 replaces the kernel only when it lowers that Conv's squared error on those positions (never
 worse than pruning alone). Grouped/depthwise Convs (a removed channel takes its whole
-filter with it, the kept ones compute what they did), SAME padding and Convs whose kernel
-is not a float32 initializer are left as they are and listed in the report. The input
+filter with it, the kept ones compute what they did), SAME padding and non-float32 kernels
+are left as they are and listed in the report; kernels that are not initializers are left too. The input
 models are never modified.
 """
 from __future__ import annotations
@@ -87,9 +87,7 @@ def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _why_not(node, a: dict, weight) -> str | None:
-    if weight is None:
-        return "kernel not an initializer"
+def _why_not(a: dict, weight: np.ndarray) -> str | None:
     if weight.dtype != np.float32:
         return f"{weight.dtype} kernel"
     if weight.ndim not in (3, 4):
@@ -116,7 +114,7 @@ def _targets(base: onnx.ModelProto, pruned: onnx.ModelProto, keep_of) -> tuple[l
         if w.shape[1] == w0.shape[1]:
             continue
         a = _attrs(n)
-        why = _why_not(n, a, w)
+        why = _why_not(a, w)
         if why:
             skipped.append(f"{n.name} ({why})")
             continue
@@ -190,18 +188,18 @@ def _fit_level(level, base, cur, feeds, bs, fixed, max_rows, ridge, rng, rep, ty
     s_in = session(probe_model(cur, probe_in, types[1])) if probe_in else None
     s_ref = session(probe_model(base, [t.reference for t in level], types[0]))
     n = len(next(iter(feeds.values())))
-    n_batches = max(1, (n - n % bs if fixed else n) // bs + (0 if fixed or n % bs == 0 else 1))
+    n_batches = max(1, n // bs if fixed else -(-n // bs))   # what `batches` yields
+    kshape = {id(t): tuple(init[t.node.input[1]].dims[2:]) for t in level}
     normals = {id(t): _Normal() for t in level}
     for batch in batches(feeds, bs, fixed):
         got = dict(zip(probe_in, s_in.run(probe_in, batch))) if s_in else {}
         got.update({i: batch[i] for i in direct})
         refs = dict(zip([t.reference for t in level], s_ref.run([t.reference for t in level], batch)))
         for t in level:
-            w = numpy_helper.to_array(init[t.node.input[1]])
             y = refs[t.reference][:, t.keep]
             out_hw = y.shape[2:]
             rows = _rows_for(len(y), out_hw, max(1, max_rows // n_batches), rng)
-            x = _patches(np.asarray(got[t.node.input[0]], np.float32), t, w.shape[2:], rows, out_hw)
+            x = _patches(np.asarray(got[t.node.input[0]], np.float32), t, kshape[id(t)], rows, out_hw)
             if len(t.node.input) > 2 and t.node.input[2]:
                 x = np.concatenate([x, np.ones((len(x), 1), x.dtype)], 1)
             yr = y.reshape(len(y), y.shape[1], -1).transpose(0, 2, 1).reshape(-1, y.shape[1])[rows]

@@ -33,21 +33,22 @@ from graphprune.search import objectives as obj
 _CALIB: dict = {}
 
 
-def configure(x_calib, batch_size: int = 64, x_reconstruct=None) -> None:
+def configure(x_calib, batch_size: int = 64, x_reconstruct=None, seed: int = 0) -> None:
     """Recalibrate candidates on `x_calib` (None: never) and reconstruct them on `x_reconstruct`
-    (None: never) from now on in this process."""
+    (None: never; `seed` draws the refit's sampled positions, as recovery's refit does) from now on
+    in this process."""
     _CALIB.clear()
     if x_calib is not None:
         _CALIB.update(x=x_calib, batch=int(batch_size))
     if x_reconstruct is not None:
-        _CALIB.update(x_reconstruct=x_reconstruct)
+        _CALIB.update(x_reconstruct=x_reconstruct, seed=int(seed))
 
 
 def init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes, x_calib,
-                batch_size, x_reconstruct=None) -> None:
+                batch_size, x_reconstruct=None, seed: int = 0) -> None:
     """The executor initializer: objectives' worker state, then the calibration samples."""
     obj.init_worker(model_bytes, data_path, x, y, criterion, eval_threads, metric, ref, input_shapes)
-    configure(x_calib, batch_size, x_reconstruct)
+    configure(x_calib, batch_size, x_reconstruct, seed)
 
 
 def repaired(model, config):
@@ -59,7 +60,7 @@ def repaired(model, config):
         from graphprune.recovery.reconstruct import reconstruct
         s = obj._STATE
         plan = gp.choose(s["analysis"], keep={int(k): int(v) for k, v in config.items()}, criterion=s["criterion"])
-        model = reconstruct(s["model"], plan, model, _CALIB["x_reconstruct"])[0]
+        model = reconstruct(s["model"], plan, model, _CALIB["x_reconstruct"], seed=_CALIB["seed"])[0]
     if "x" in _CALIB:
         model = recalibrate_bn(model, _CALIB["x"], _CALIB["batch"])[0]
     return model

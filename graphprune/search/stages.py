@@ -14,6 +14,7 @@ import numpy as np
 
 from graphprune.errors import GraphpruneError
 from graphprune.inputs import input_shape_text
+from graphprune.metrics.runner import n_samples
 from graphprune.search import joint
 from graphprune.search import objectives as obj
 from graphprune.search import sensitivity as sens
@@ -175,12 +176,12 @@ def start_executor(st) -> None:
     obj.init_worker(model_bytes, None, st.x, st.y, o.criterion, 0, st.metric.name, st.ref, o.input_shapes)
     calib = bn_calibration_samples(st)
     st.recon_x = recon = reconstruct_samples(st)
-    candidates.configure(calib, o.batch_size, recon)
+    candidates.configure(calib, o.batch_size, recon, o.seed)
     if st.executor is None or is_dask_client(st.executor):
         st.own_executor = True
         args = (model_bytes, None, st.x, st.y, o.criterion, 1 if o.workers > 1 else 0, st.metric.name, st.ref,
                 o.input_shapes)
-        init, args = (candidates.init_worker, args + (calib, o.batch_size, recon)) \
+        init, args = (candidates.init_worker, args + (calib, o.batch_size, recon, o.seed)) \
             if calib is not None or recon is not None else (obj.init_worker, args)
         init, args = joint.wrap_initializer(st, init, args)
         st.executor = (make_cluster_executor(st, init, args) if st.cluster is not None or st.executor is not None
@@ -202,17 +203,15 @@ def bn_calibration_samples(st):
     if not any(n.op_type == "BatchNormalization" for n in st.model.graph.node):
         st.log("--bn-recalibrate: the model has no BatchNormalization (folded into its convolutions?): "
                "candidates are judged as they are")
-    x = st.train.x if st.train is not None else st.x
-    idx = np.sort(np.random.default_rng(o.seed + 11).permutation(len(x))[:o.bn_samples])
-    st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {len(idx)} "
+    sub = fixed_subset(st.train.x if st.train is not None else st.x, o.bn_samples, o.seed + 11)
+    st.log(f"--bn-recalibrate: every candidate judged after BN recalibration on {n_samples(sub)} "
            f"{'training' if st.train is not None else '--data'} samples")
-    return np.ascontiguousarray(x[idx])
+    return sub
 
 
 def fixed_subset(x, n: int, seed: int):
     """At most `n` samples of x (an array, or {input: array}) drawn with `seed`, in their order."""
-    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    idx = np.sort(np.random.default_rng(seed).permutation(count)[:n])
+    idx = np.sort(np.random.default_rng(seed).permutation(n_samples(x))[:n])
     return {k: np.ascontiguousarray(v[idx]) for k, v in x.items()} if isinstance(x, dict) else \
         np.ascontiguousarray(x[idx])
 
@@ -224,9 +223,9 @@ def reconstruct_samples(st):
     if not o.reconstruct:
         return None
     sub = fixed_subset(st.train.x if st.train is not None else st.x, o.reconstruct_samples, o.seed + 13)
-    n = len(next(iter(sub.values()))) if isinstance(sub, dict) else len(sub)
     st.log(f"--reconstruct: every candidate's convolutions that read pruned channels refitted by least squares "
-           f"on {n} {'training' if st.train is not None else '--data'} samples, and again before recovery")
+           f"on {n_samples(sub)} {'training' if st.train is not None else '--data'} samples, and again before "
+           "recovery")
     return sub
 
 
